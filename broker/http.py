@@ -1,0 +1,160 @@
+"""The HTTP functions: parse the request, call the task store, shape the response. Nothing else.
+
+Every function is registered for all methods and answers 405 itself for the ones it does not
+take, so a wrong method reads the same under the dev host and in Azure (whose host would
+otherwise answer 404).
+"""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+from urllib.parse import urljoin
+
+import azure.functions as func
+
+from . import auth, validate
+from .errors import Rejected
+from .respond import ALL_METHODS, endpoint, error_response, json_response
+from .settings import Settings
+from .store import get_store
+
+bp = func.Blueprint()
+
+DEMO_PAGE = Path(__file__).resolve().parent.parent / "clients" / "web" / "index.html"
+RETRY = {"Retry-After": "1"}
+
+
+def _route(name: str):
+    return bp.route(route=name, methods=ALL_METHODS, auth_level=func.AuthLevel.ANONYMOUS)
+
+
+def _links(req: func.HttpRequest, task_id: str) -> dict:
+    return {"status_url": urljoin(req.url, f"status?task_id={task_id}"),
+            "result_url": urljoin(req.url, f"getresult?task_id={task_id}")}
+
+
+@_route("predict")
+@endpoint(("POST",), auth.CLIENT)
+async def predict(req: func.HttpRequest, settings: Settings) -> func.HttpResponse:
+    """Submit a job: raw bytes, or the JSON wrapper with a base64 payload."""
+    model, payload, content_type, params = validate.submission(req, settings.max_payload_bytes)
+    key = validate.idempotency_key(req)
+    document, _ = await get_store(settings).submit(model, payload, content_type, params, key,
+                                                   auth.client_scope(req, settings))
+    body = {**document, **_links(req, document["task_id"])}
+    return json_response(body, 202, {"Location": body["result_url"], **RETRY})
+
+
+@_route("getresult")
+@endpoint(("GET",), auth.CLIENT)
+async def getresult(req: func.HttpRequest, settings: Settings) -> func.HttpResponse:
+    """The result when done (200), else the task's status with the status code that names it."""
+    task_id = validate.task_id(req)
+    wait = validate.integer(req, "wait", 0, 60, default=0)
+    form = req.params.get("format", "")
+    if form not in ("", "json"):
+        raise Rejected(400, "format must be json or left out")
+    task, body = await get_store(settings).result(task_id, wait)
+    document = task.document()
+    status = document["status"]
+    if status == "succeeded":
+        kind = task.result_content_type or validate.DEFAULT_CONTENT_TYPE
+        if form == "json":
+            return json_response({"task_id": task_id, "status": status, "content_type": kind,
+                                  "result": base64.b64encode(body or b"").decode()})
+        return func.HttpResponse(body or b"", status_code=200, headers={"Content-Type": kind}, mimetype=kind)
+    if status == "failed":
+        return json_response(document, 422)
+    if status == "cancelled":
+        return json_response(document, 410)
+    return json_response(document, 202, RETRY)
+
+
+@_route("status")
+@endpoint(("GET",), auth.CLIENT)
+async def status(req: func.HttpRequest, settings: Settings) -> func.HttpResponse:
+    return json_response(await get_store(settings).status(validate.task_id(req)))
+
+
+@_route("cancel")
+@endpoint(("POST",), auth.CLIENT)
+async def cancel(req: func.HttpRequest, settings: Settings) -> func.HttpResponse:
+    return json_response(await get_store(settings).cancel(validate.task_id(req)))
+
+
+@_route("getnexttask")
+@endpoint(("GET", "POST"), auth.WORKER)
+async def getnexttask(req: func.HttpRequest, settings: Settings) -> func.HttpResponse:
+    """Claim up to max_tasks tasks, long-polling up to wait seconds for the first."""
+    model = validate.model(req.params.get("model"))
+    max_tasks = validate.integer(req, "max_tasks", 1, 32, default=1)
+    wait = validate.integer(req, "wait", 0, 60, default=20)
+    lease = validate.integer(req, "lease", 5, 3600, default=60)
+    tasks = await get_store(settings).claim(model, max_tasks, wait, lease)
+    if not tasks:
+        return func.HttpResponse(status_code=204)
+    return json_response({"tasks": tasks})
+
+
+@_route("extendlease")
+@endpoint(("POST",), auth.WORKER)
+async def extendlease(req: func.HttpRequest, settings: Settings) -> func.HttpResponse:
+    """Heartbeat (seconds > 0) or give the task back to the queue (seconds = 0)."""
+    task_id = validate.task_id(req)
+    lease = validate.lease(req, task_id)
+    seconds = validate.integer(req, "seconds", 0, 3600)
+    return json_response(await get_store(settings).extend(task_id, lease, seconds))
+
+
+@_route("puttaskresult")
+@endpoint(("POST",), auth.WORKER)
+async def puttaskresult(req: func.HttpRequest, settings: Settings) -> func.HttpResponse:
+    """Commit a task's outcome: the result bytes, or (status=failed) an error, retryable or not."""
+    task_id = validate.task_id(req)
+    lease = validate.lease(req, task_id)
+    outcome = req.params.get("status", "succeeded")
+    body = req.get_body()
+    store = get_store(settings)
+    if outcome == "succeeded":
+        if len(body) > settings.max_payload_bytes:
+            raise validate.too_large(settings.max_payload_bytes)
+        kind = validate.content_type(req.headers.get("content-type"))
+        return json_response(await store.complete(lease, body, kind))
+    if outcome != "failed":
+        raise Rejected(400, "status must be succeeded or failed")
+    report = validate.json_object(body, "failure report")
+    error, retryable = report.get("error"), report.get("retryable", False)
+    if not isinstance(error, str) or not error.strip():
+        raise Rejected(400, "a failure report needs a non-empty \"error\" string")
+    if not isinstance(retryable, bool):
+        raise Rejected(400, "\"retryable\" must be true or false")
+    return json_response(await store.fail(lease, error, retryable))
+
+
+@_route("health")
+@endpoint(("GET",))
+async def health(req: func.HttpRequest, settings: Settings) -> func.HttpResponse:
+    await get_store(settings).health()
+    return json_response({"status": "ok"})
+
+
+@_route("stats")
+@endpoint(("GET",), auth.WORKER)
+async def stats(req: func.HttpRequest, settings: Settings) -> func.HttpResponse:
+    return json_response(await get_store(settings).stats())
+
+
+@_route("demo")
+@endpoint(("GET",))
+async def demo(req: func.HttpRequest, settings: Settings) -> func.HttpResponse:
+    """The Ajax demo page. It embeds no key: the user types one, if the broker needs one."""
+    try:
+        page = DEMO_PAGE.read_bytes()
+    except OSError:
+        return error_response(404, "the demo page is not deployed with this app")
+    return func.HttpResponse(page, status_code=200, mimetype="text/html", charset="utf-8",
+                             headers={"Cache-Control": "no-cache",
+                                      "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; "
+                                                                 "style-src 'self' 'unsafe-inline'; "
+                                                                 "script-src 'self' 'unsafe-inline'"})

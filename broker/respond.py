@@ -1,0 +1,68 @@
+"""Building responses, and the wrapper every HTTP function goes through.
+
+The wrapper loads the settings, answers 405 for methods the route does not list, checks the key,
+and turns every failure into one JSON sentence: `Rejected` as it says, storage outages as 503,
+anything else as a logged 500. Nothing raised ever reaches the host as a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import azure.functions as func
+
+from . import auth
+from .errors import Rejected
+from .settings import Settings, SettingsError, load
+from .storage import is_outage
+
+log = logging.getLogger("broker")
+
+ALL_METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]
+
+
+def json_response(body: dict, status: int = 200, headers: dict | None = None) -> func.HttpResponse:
+    return func.HttpResponse(json.dumps(body), status_code=status, headers=headers,
+                             mimetype="application/json", charset="utf-8")
+
+
+def error_response(status: int, message: str, headers: dict | None = None) -> func.HttpResponse:
+    return json_response({"error": message}, status, headers)
+
+
+def endpoint(methods: tuple[str, ...], role: str | None = None):
+    """Wrap `async def f(req, settings)` into the `async def f(req)` the Functions host calls."""
+
+    def wrap(handler):
+        async def run(req: func.HttpRequest) -> func.HttpResponse:
+            if req.method.upper() not in methods:
+                return error_response(405, f"this route accepts {' and '.join(methods)} only",
+                                      {"Allow": ", ".join(methods)})
+            try:
+                settings: Settings = load()
+                auth.check(req, settings, role)
+                return await handler(req, settings)
+            except Rejected as exc:
+                if exc.document is not None and exc.status in (409, 410, 422):
+                    return json_response({**exc.document, "error": exc.document.get("error") or exc.message},
+                                         exc.status, exc.headers)
+                return error_response(exc.status, exc.message, exc.headers)
+            except SettingsError as exc:
+                log.error("broker misconfigured: %s", exc)
+                return error_response(503, f"the broker is misconfigured: {exc}")
+            except Exception as exc:  # noqa: BLE001 - the last line of defence: one sentence, never a traceback
+                if is_outage(exc):
+                    log.warning("storage unavailable during %s: %s", handler.__name__, type(exc).__name__)
+                    return error_response(503, "storage is unavailable right now; retry shortly",
+                                          {"Retry-After": "2"})
+                log.exception("unexpected error in %s", handler.__name__)
+                return error_response(500, "the broker hit an unexpected error; it has been logged")
+
+        # Not functools.wraps: the host reads the signature, which must stay (req).
+        run.__name__ = handler.__name__
+        run.__qualname__ = handler.__qualname__
+        run.__doc__ = handler.__doc__
+        return run
+
+    return wrap

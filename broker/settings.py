@@ -1,0 +1,87 @@
+"""The broker's settings, read from the environment (Azure app settings or local.settings.json).
+
+Read on every use rather than once at import: reading a dozen variables costs microseconds,
+and it keeps a module import free of side effects. An empty value counts as unset.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+AZURITE_CONNECTION = (
+    "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
+    "AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;"
+    "BlobEndpoint=http://127.0.0.1:10000/devstoreaccount1;"
+    "QueueEndpoint=http://127.0.0.1:10001/devstoreaccount1;"
+)
+
+# Every BROKER_* setting with its default; the README's configuration table mirrors this.
+DEFAULTS = {
+    "BROKER_WORKER_KEYS": "",
+    "BROKER_CLIENT_KEYS": "",
+    "BROKER_MAX_ATTEMPTS": "5",
+    "BROKER_MAX_PAYLOAD_BYTES": str(20 * 1024 * 1024),
+    "BROKER_RESULT_TTL_SECONDS": "86400",
+    "BROKER_CLEANUP_BATCH": "1000",
+    "BROKER_STORAGE_TIMEOUT_SECONDS": "20",
+}
+
+
+class SettingsError(ValueError):
+    """A setting holds a value the broker cannot use."""
+
+
+def _get(name: str) -> str:
+    value = os.environ.get(name, "").strip()
+    return value if value else DEFAULTS.get(name, "")
+
+
+def _int(name: str, low: int, high: int) -> int:
+    raw = _get(name)
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"setting {name} must be an integer, got {raw!r}") from None
+    if not low <= value <= high:
+        raise SettingsError(f"setting {name} must be between {low} and {high}, got {value}")
+    return value
+
+
+def _keys(name: str) -> tuple[str, ...]:
+    return tuple(k.strip() for k in _get(name).split(",") if k.strip())
+
+
+@dataclass(frozen=True)
+class Settings:
+    storage_connection: str
+    worker_keys: tuple[str, ...]
+    client_keys: tuple[str, ...]
+    max_attempts: int
+    max_payload_bytes: int
+    result_ttl_seconds: int
+    cleanup_batch: int
+    storage_timeout_seconds: int
+
+
+def connection_string() -> str:
+    """BROKER_STORAGE_CONNECTION wins over AzureWebJobsStorage; 'UseDevelopmentStorage=true' is Azurite."""
+    raw = _get("BROKER_STORAGE_CONNECTION") or _get("AzureWebJobsStorage")
+    if not raw:
+        raise SettingsError("no storage configured: set AzureWebJobsStorage or BROKER_STORAGE_CONNECTION")
+    if raw.replace(" ", "").rstrip(";").lower() == "usedevelopmentstorage=true":
+        return AZURITE_CONNECTION
+    return raw
+
+
+def load() -> Settings:
+    return Settings(
+        storage_connection=connection_string(),
+        worker_keys=_keys("BROKER_WORKER_KEYS"),
+        client_keys=_keys("BROKER_CLIENT_KEYS"),
+        max_attempts=_int("BROKER_MAX_ATTEMPTS", 1, 100),
+        max_payload_bytes=_int("BROKER_MAX_PAYLOAD_BYTES", 1, 100 * 1024 * 1024),
+        result_ttl_seconds=_int("BROKER_RESULT_TTL_SECONDS", 1, 365 * 86400),
+        cleanup_batch=_int("BROKER_CLEANUP_BATCH", 1, 100_000),
+        storage_timeout_seconds=_int("BROKER_STORAGE_TIMEOUT_SECONDS", 1, 600),
+    )

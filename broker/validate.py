@@ -1,0 +1,148 @@
+"""Parsing and checking what a request brings; every refusal is a 400 (or 413) with one sentence."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+
+import azure.functions as func
+
+from .errors import Rejected
+from .lease import BadToken, Lease
+
+TASK_ID = re.compile(r"[0-9a-f]{32}")
+MODEL = re.compile(r"[a-z0-9]+(-[a-z0-9]+)*")
+MAX_MODEL_CHARS = 40
+MAX_PARAMS_BYTES = 4096
+MAX_CONTENT_TYPE_CHARS = 200
+MAX_IDEMPOTENCY_KEY_CHARS = 200
+DEFAULT_CONTENT_TYPE = "application/octet-stream"
+
+
+def task_id(req: func.HttpRequest) -> str:
+    value = req.params.get("task_id", "")
+    if not TASK_ID.fullmatch(value):
+        raise Rejected(400, "task_id must be 32 lowercase hexadecimal characters")
+    return value
+
+
+def model(value: str | None) -> str:
+    if not value:
+        raise Rejected(400, "a model name is required (?model=NAME)")
+    if len(value) > MAX_MODEL_CHARS or not MODEL.fullmatch(value):
+        raise Rejected(400, "model must be lowercase letters and digits in groups joined by single hyphens, "
+                            f"at most {MAX_MODEL_CHARS} characters")
+    return value
+
+
+def integer(req: func.HttpRequest, name: str, low: int, high: int, default: int | None = None) -> int:
+    raw = req.params.get(name)
+    if raw is None or raw == "":
+        if default is None:
+            raise Rejected(400, f"{name} is required (an integer from {low} to {high})")
+        return default
+    if not re.fullmatch(r"[+-]?[0-9]{1,12}", raw) or not low <= int(raw) <= high:
+        raise Rejected(400, f"{name} must be an integer from {low} to {high}")
+    return int(raw)
+
+
+def params(value) -> dict:
+    """`params` given as a JSON text (query) or already parsed (JSON body)."""
+    if value is None or value == "":
+        return {}
+    if isinstance(value, str):
+        if len(value.encode()) > MAX_PARAMS_BYTES:
+            raise Rejected(400, f"params must be at most {MAX_PARAMS_BYTES} bytes of JSON")
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise Rejected(400, "params is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise Rejected(400, "params must be a JSON object")
+    if len(json.dumps(value, separators=(",", ":")).encode()) > MAX_PARAMS_BYTES:
+        raise Rejected(400, f"params must be at most {MAX_PARAMS_BYTES} bytes of JSON")
+    return value
+
+
+def content_type(value: str | None) -> str:
+    value = (value or "").strip()
+    if not value:
+        return DEFAULT_CONTENT_TYPE
+    if len(value) > MAX_CONTENT_TYPE_CHARS or not value.isprintable() or not value.isascii():
+        raise Rejected(400, "the content type is not a valid media type")
+    return value
+
+
+def idempotency_key(req: func.HttpRequest) -> str | None:
+    value = req.headers.get("idempotency-key")
+    if value is None:
+        return None
+    if not 1 <= len(value) <= MAX_IDEMPOTENCY_KEY_CHARS or not value.isprintable():
+        raise Rejected(400, f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} printable characters")
+    return value
+
+
+def lease(req: func.HttpRequest, task: str) -> Lease:
+    token = req.params.get("lease", "")
+    if not token:
+        raise Rejected(400, "the lease token is required (?lease=TOKEN)")
+    try:
+        return Lease.decode(token, task)
+    except BadToken as exc:
+        raise Rejected(400, str(exc)) from None
+
+
+def too_large(limit: int) -> Rejected:
+    return Rejected(413, f"the payload is larger than the limit of {limit} bytes")
+
+
+def json_object(body: bytes, what: str) -> dict:
+    try:
+        value = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise Rejected(400, f"the {what} is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise Rejected(400, f"the {what} must be a JSON object")
+    return value
+
+
+def base64_payload(value, limit: int) -> bytes:
+    if not isinstance(value, str) or not value:
+        raise Rejected(400, "the JSON body needs a non-empty base64 string in \"payload\"")
+    if len(value) // 4 * 3 > limit + 3:
+        raise too_large(limit)
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise Rejected(400, "payload is not valid base64") from None
+
+
+def submission(req: func.HttpRequest, max_bytes: int) -> tuple[str, bytes, str, dict]:
+    """(model, payload, content type, params) of a predict request, in either body form."""
+    header_type = req.headers.get("content-type", "")
+    raw = req.params.get("raw", "") in ("1", "true")
+    query_model = req.params.get("model")
+    body = req.get_body()
+    if header_type.split(";")[0].strip().lower() == "application/json" and not raw:
+        wrapper = json_object(body, "JSON body")
+        payload = base64_payload(wrapper.get("payload"), max_bytes)
+        body_model = wrapper.get("model")
+        if body_model is not None and not isinstance(body_model, str):
+            raise Rejected(400, "model must be a string")
+        if query_model and body_model and query_model != body_model:
+            raise Rejected(400, "the model in the query and the model in the body differ")
+        name = model(query_model or body_model)
+        kind = wrapper.get("content_type")
+        if kind is not None and not isinstance(kind, str):
+            raise Rejected(400, "content_type must be a string")
+        extra = params(wrapper["params"]) if wrapper.get("params") is not None else params(req.params.get("params"))
+    else:
+        payload, name, kind = body, model(query_model), header_type
+        extra = params(req.params.get("params"))
+    if not payload:
+        raise Rejected(400, "the payload is empty")
+    if len(payload) > max_bytes:
+        raise too_large(max_bytes)
+    return name, payload, content_type(kind), extra

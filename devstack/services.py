@@ -1,0 +1,165 @@
+"""Local services for development, tests and benchmarks: Azurite, the broker dev host, workers.
+
+Each runs as a child process whose output goes to a log file; `start()` waits for the line that
+says it is ready (and learns a port picked by the OS from it), `stop()` ends that PID and nothing
+else. Nothing here is deployed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+AZURITE_JS = ROOT / "node_modules" / "azurite" / "dist" / "src" / "azurite.js"
+ACCOUNT = "devstoreaccount1"
+ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+
+
+class ServiceError(RuntimeError):
+    pass
+
+
+class Service:
+    """A child process, its log file, and the wait for its ready line."""
+
+    name = "service"
+    ready = re.compile(r"$^")
+
+    def __init__(self, log_dir: str | Path | None = None) -> None:
+        self.log_dir = Path(log_dir or tempfile.mkdtemp(prefix=f"{self.name}-"))
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.log_dir / f"{self.name}.log"
+        self.proc: subprocess.Popen | None = None
+        self.matches: list[re.Match] = []
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def environment(self) -> dict:
+        return dict(os.environ)
+
+    def start(self, timeout: float = 60, count: int = 1) -> "Service":
+        """Start and wait until the ready pattern has appeared `count` times in the log."""
+        log = open(self.log_path, "ab")
+        offset = log.tell()
+        self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+                                     env=self.environment(), stdin=subprocess.DEVNULL, start_new_session=True)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = self.log_path.read_bytes()[offset:].decode(errors="replace")
+            self.matches = list(self.ready.finditer(text))
+            if len(self.matches) >= count:
+                return self
+            if self.proc.poll() is not None:
+                raise ServiceError(f"{self.name} exited with code {self.proc.returncode}:\n{text[-3000:]}")
+            time.sleep(0.05)
+        self.stop()
+        raise ServiceError(f"{self.name} was not ready within {timeout:.0f} s; log: {self.log_path}")
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def send(self, sig: int) -> None:
+        if self.alive():
+            os.kill(self.proc.pid, sig)
+
+    def stop(self, timeout: float = 10, sig: int = signal.SIGTERM) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        self.stop(sig=signal.SIGKILL)
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+class Azurite(Service):
+    """Azurite on 127.0.0.1: in memory, or on disk in `location` (kept across restarts)."""
+
+    name = "azurite"
+    ready = re.compile(r"Azurite (Blob|Queue) service is successfully listening at http://[\d.]+:(\d+)")
+
+    def __init__(self, location: str | Path | None = None, blob_port: int = 0, queue_port: int = 0,
+                 log_dir: str | Path | None = None) -> None:
+        super().__init__(log_dir)
+        self.location = Path(location) if location else None
+        self.blob_port, self.queue_port = blob_port, queue_port
+
+    def command(self) -> list[str]:
+        if not AZURITE_JS.exists():
+            raise ServiceError(f"Azurite is not installed ({AZURITE_JS} is missing): run `npm ci` first")
+        storage = ["--location", str(self.location)] if self.location else ["--inMemoryPersistence"]
+        return ["node", str(AZURITE_JS), "--skipApiVersionCheck", "--disableTelemetry", "--loose",
+                "--blobHost", "127.0.0.1", "--blobPort", str(self.blob_port),
+                "--queueHost", "127.0.0.1", "--queuePort", str(self.queue_port),
+                "--tableHost", "127.0.0.1", "--tablePort", "0", *storage]
+
+    def start(self, timeout: float = 60, count: int = 2) -> "Azurite":
+        super().start(timeout, count)
+        for match in self.matches:
+            if match.group(1) == "Blob":
+                self.blob_port = int(match.group(2))
+            else:
+                self.queue_port = int(match.group(2))
+        return self
+
+    def restart(self, down_seconds: float = 0) -> None:
+        """Stop, stay down a while, and start again on the same ports (and data, if on disk)."""
+        self.stop()
+        time.sleep(down_seconds)
+        self.start()
+
+    @property
+    def connection_string(self) -> str:
+        return (f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={ACCOUNT_KEY};"
+                f"BlobEndpoint=http://127.0.0.1:{self.blob_port}/{ACCOUNT};"
+                f"QueueEndpoint=http://127.0.0.1:{self.queue_port}/{ACCOUNT};")
+
+
+class DevHost(Service):
+    """The broker dev host (`python -m broker.devhost`) with the given settings."""
+
+    name = "devhost"
+    ready = re.compile(r"listening on (http://[\d.]+:(\d+)/api)")
+
+    def __init__(self, connection_string: str, settings: dict | None = None, port: int = 0,
+                 log_dir: str | Path | None = None, extra_args: list[str] | None = None) -> None:
+        super().__init__(log_dir)
+        self.connection_string = connection_string
+        self.settings = settings or {}
+        self.port = port
+        self.extra_args = extra_args or []
+        self.url = ""
+
+    def environment(self) -> dict:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_")}
+        env.update({"BROKER_STORAGE_CONNECTION": self.connection_string, "PYTHONUNBUFFERED": "1"})
+        env.update({k: str(v) for k, v in self.settings.items()})
+        return env
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "broker.devhost", "--host", "127.0.0.1", "--port", str(self.port),
+                "--settings", os.devnull, *self.extra_args]
+
+    def start(self, timeout: float = 60, count: int = 1) -> "DevHost":
+        super().start(timeout, count)
+        self.url = self.matches[-1].group(1)
+        self.port = int(self.matches[-1].group(2))
+        return self

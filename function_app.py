@@ -1,0 +1,12 @@
+"""The Azure Functions entry point: the broker's HTTP functions and its cleanup timer.
+
+The functions are anonymous at the platform level; the app checks keys itself (docs/API.md).
+"""
+
+import azure.functions as func
+
+from broker import cleanup, http
+
+app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
+app.register_functions(http.bp)
+app.register_functions(cleanup.bp)
