@@ -1,0 +1,83 @@
+"""Results expire: 404 from finished_at + TTL on, and the timer function deletes them in batches."""
+
+import asyncio
+import importlib
+import time
+
+import pytest
+from azure.storage.blob import BlobServiceClient
+
+
+@pytest.fixture
+def ttl_broker(start_broker):
+    return start_broker({"BROKER_RESULT_TTL_SECONDS": "2"})
+
+
+def finish(broker, model, count):
+    ids = [broker.submit(model, f"{i}".encode()) for i in range(count)]
+    for task in broker.claim(model, max_tasks=count):
+        assert broker.put(task).status_code == 200
+    return ids
+
+
+def run_cleanup(monkeypatch, azurite, ttl, batch):
+    """Run the timer function itself, in this process, against the test's Azurite."""
+    monkeypatch.setenv("BROKER_STORAGE_CONNECTION", azurite.connection_string)
+    monkeypatch.setenv("BROKER_RESULT_TTL_SECONDS", str(ttl))
+    monkeypatch.setenv("BROKER_CLEANUP_BATCH", str(batch))
+    cleanup = importlib.import_module("broker.cleanup").cleanup
+    store = importlib.import_module("broker.store")
+
+    async def once():
+        try:
+            await cleanup(None)
+        finally:
+            for key, task_store in list(store._stores.items()):
+                if key[0] is asyncio.get_running_loop():
+                    await task_store.storage.close()
+                    del store._stores[key]
+
+    asyncio.run(once())
+
+
+def test_expired_result_reads_404_before_the_timer_runs(ttl_broker, model):
+    [task_id] = finish(ttl_broker, model, 1)
+    assert ttl_broker.get(f"/getresult?task_id={task_id}").status_code == 200
+    time.sleep(2.2)
+    for path in ("/getresult", "/status"):
+        assert ttl_broker.get(f"{path}?task_id={task_id}").status_code == 404
+    assert ttl_broker.post(f"/cancel?task_id={task_id}").status_code == 404
+
+
+def test_timer_deletes_expired_results_in_batches_and_leaves_newer_ones(ttl_broker, azurite, model, monkeypatch):
+    blobs = BlobServiceClient.from_connection_string(azurite.connection_string)
+    outbox = blobs.get_container_client("outbox")
+    old = finish(ttl_broker, model, 5)
+    # A leftover of a crash: the inbox blob of a finished task still there.
+    blobs.get_blob_client("inbox", old[0]).upload_blob(b"leftover", overwrite=True)
+    time.sleep(2.5)
+    new = finish(ttl_broker, model, 2)
+
+    def present(ids):
+        return {i for i in ids if outbox.get_blob_client(i).exists()}
+
+    # Other tests' results are in the same outbox: count only this test's.
+    run_cleanup(monkeypatch, azurite, ttl=2, batch=100000)
+    assert present(old) == set()
+    assert present(new) == set(new)
+    assert not blobs.get_blob_client("inbox", old[0]).exists()
+    assert ttl_broker.get(f"/getresult?task_id={new[0]}").status_code == 200
+
+
+def test_an_interrupted_cleanup_resumes(ttl_broker, azurite, model, monkeypatch):
+    outbox = BlobServiceClient.from_connection_string(azurite.connection_string).get_container_client("outbox")
+    old = finish(ttl_broker, model, 5)
+    time.sleep(2.5)
+    remaining = []
+    for _ in range(100):  # each run stops after 2 deletions, as if cut short; the next one goes on
+        run_cleanup(monkeypatch, azurite, ttl=2, batch=2)
+        remaining.append(len([i for i in old if outbox.get_blob_client(i).exists()]))
+        if remaining[-1] == 0:
+            break
+    assert remaining[-1] == 0
+    assert len(remaining) >= 2  # it took more than one bounded run

@@ -1,0 +1,183 @@
+"""getnexttask, extendlease and puttaskresult: claims, leases, redelivery, first outcome wins."""
+
+import base64
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from azure.storage.blob import BlobServiceClient, ContentSettings
+
+
+def extend(broker, task, seconds, lease=None):
+    return broker.post(f"/extendlease?task_id={task['task_id']}&lease={lease or task['lease']}&seconds={seconds}",
+                       headers=broker.worker)
+
+
+def test_claim_answers_204_when_nothing_arrives(broker, model):
+    response = broker.get(f"/getnexttask?model={model}&wait=1", headers=broker.worker)
+    assert response.status_code == 204 and response.content == b""
+
+
+def test_batch_claim_is_in_submission_order_and_fields_are_complete(broker, model):
+    ids = [broker.submit(model, f"p{i}".encode()) for i in range(5)]
+    tasks = broker.claim(model, max_tasks=5)
+    assert [t["task_id"] for t in tasks] == ids
+    first = tasks[0]
+    assert set(first) == {"task_id", "model", "params", "content_type", "payload", "lease", "lease_expires_at",
+                          "attempt"}
+    assert first["attempt"] == 1 and first["lease_expires_at"].endswith("Z") and first["model"] == model
+    assert base64.b64decode(first["payload"]) == b"p0"
+    assert all(c.isalnum() or c in "-_" for c in first["lease"])  # URL-safe
+
+
+def test_claim_answers_without_waiting_to_fill_the_batch(broker, model):
+    broker.submit(model)
+    assert len(broker.claim(model, max_tasks=32, wait=30)) == 1
+
+
+def test_long_poll_is_woken_by_a_submit(broker, model):
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(broker.claim, model, 1, 30)
+        time.sleep(0.5)
+        task_id = broker.submit(model)
+        assert [t["task_id"] for t in waiting.result(30)] == [task_id]
+
+
+def test_concurrent_claimers_get_disjoint_tasks(broker, model):
+    ids = {broker.submit(model, str(i).encode()) for i in range(40)}
+    with ThreadPoolExecutor(8) as pool:
+        batches = list(pool.map(lambda _: broker.claim(model, max_tasks=3, wait=2), range(24)))
+    claimed = [t["task_id"] for batch in batches for t in batch]
+    assert len(claimed) == len(set(claimed)) == 40
+    assert set(claimed) == ids
+
+
+def test_heartbeat_renews_the_token(broker, model):
+    task_id = broker.submit(model)
+    [task] = broker.claim(model, lease=5)
+    renewed = extend(broker, task, 30)
+    assert renewed.status_code == 200 and set(renewed.json()) == {"lease", "lease_expires_at"}
+    assert renewed.json()["lease"] != task["lease"]
+    time.sleep(6)  # past the first lease: the heartbeat kept it
+    assert broker.claim(model, wait=0) == []
+    assert broker.status(task_id)["status"] == "running"
+    assert broker.put({**task, "lease": renewed.json()["lease"]}).status_code == 200
+
+
+def test_expired_lease_is_redelivered_and_the_stale_holder_is_refused(broker, model):
+    task_id = broker.submit(model)
+    [first] = broker.claim(model, lease=5)
+    time.sleep(5.5)
+    assert broker.status(task_id)["status"] == "queued"  # the lease ran out: queued until claimed again
+    [second] = broker.claim(model, wait=10)
+    assert second["task_id"] == task_id and second["attempt"] == 2
+    assert broker.status(task_id)["attempts"] == 2
+    assert extend(broker, first, 30).status_code == 409  # lost: claimed by another attempt
+    assert broker.put(second, b"from second").status_code == 200
+    late = broker.put(first, b"from first")
+    assert late.status_code == 409 and late.json()["status"] == "succeeded"
+    assert broker.get(f"/getresult?task_id={task_id}").content == b"from second"
+    assert broker.put(second, b"from second").status_code == 200  # the same put repeated: the same 200
+
+
+def test_put_after_expiry_is_accepted_when_nobody_committed(broker, model):
+    task_id = broker.submit(model)
+    [task] = broker.claim(model, lease=5)
+    time.sleep(5.5)
+    assert broker.put(task, b"late but first").status_code == 200
+    assert broker.get(f"/getresult?task_id={task_id}").content == b"late but first"
+    assert broker.claim(model, wait=1) == []
+
+
+def test_give_back_keeps_the_attempt_number(broker, model):
+    task_id = broker.submit(model)
+    [task] = broker.claim(model)
+    back = extend(broker, task, 0)
+    assert back.status_code == 200
+    assert broker.status(task_id)["status"] == "queued"
+    [again] = broker.claim(model, wait=5)
+    assert again["task_id"] == task_id and again["attempt"] == 1
+    assert broker.put(again).status_code == 200
+
+
+def test_retryable_failure_requeues_with_next_attempt(broker, model):
+    task_id = broker.submit(model)
+    [task] = broker.claim(model)
+    response = broker.put_failure(task, "GPU out of memory", retryable=True)
+    assert response.json() == {"task_id": task_id, "status": "queued"}
+    [again] = broker.claim(model, wait=5)
+    assert again["attempt"] == 2
+    assert broker.put_failure(again, "bad", retryable=False).json()["status"] == "failed"
+    assert broker.status(task_id)["error"] == "bad"
+
+
+def test_max_attempts_by_retryable_failures(start_broker, model):
+    strict = start_broker({"BROKER_MAX_ATTEMPTS": "2"})
+    task_id = strict.submit(model)
+    [one] = strict.claim(model)
+    assert strict.put_failure(one, "flaky", retryable=True).json()["status"] == "queued"
+    [two] = strict.claim(model, wait=5)
+    assert strict.put_failure(two, "flaky again", retryable=True).json()["status"] == "failed"
+    status = strict.status(task_id)
+    assert status["status"] == "failed" and status["attempts"] == 2
+    assert status["error"] == "gave up after 2 attempts: flaky again"
+
+
+def test_max_attempts_by_expired_leases(start_broker, model):
+    strict = start_broker({"BROKER_MAX_ATTEMPTS": "2"})
+    task_id = strict.submit(model)
+    assert len(strict.claim(model, lease=5)) == 1
+    time.sleep(5.5)
+    assert strict.claim(model, lease=5, wait=5)[0]["attempt"] == 2
+    time.sleep(5.5)
+    assert strict.claim(model, wait=2) == []  # the third delivery is not handed out
+    status = strict.status(task_id)
+    assert status["status"] == "failed" and status["attempts"] == 2
+    assert status["error"].startswith("gave up after 2 attempts: the worker's lease ran out")
+    assert strict.get(f"/getresult?task_id={task_id}").status_code == 422
+
+
+def test_crash_between_commit_and_cleanup_is_healed_by_the_next_claim(broker, azurite, model):
+    """The broker wrote the outbox blob and died before deleting the message: nobody gets it again."""
+    task_id = broker.submit(model)
+    [task] = broker.claim(model, lease=5)
+    blobs = BlobServiceClient.from_connection_string(azurite.connection_string)
+    blobs.get_blob_client("outbox", task_id).upload_blob(
+        b"committed", metadata={"outcome": '{"status":"succeeded","model":"%s","created":1,"finished":%f,'
+                                           '"attempts":1}' % (model, time.time())},
+        content_settings=ContentSettings(content_type="text/plain"))
+    time.sleep(5.5)
+    assert broker.claim(model, wait=2) == []  # the redelivered message was dropped
+    assert blobs.get_container_client("inbox").get_blob_client(task_id).exists() is False
+    assert broker.get(f"/getresult?task_id={task_id}").content == b"committed"
+    assert broker.put(task).status_code == 409
+
+
+def test_bad_tokens_are_400(broker, model):
+    task_id = broker.submit(model)
+    other_id = broker.submit(model)
+    [task, other] = broker.claim(model, max_tasks=2)
+    for lease in ("not-a-token", "", "W10", other["lease"]):
+        response = broker.post(f"/extendlease?task_id={task_id}&lease={lease}&seconds=10", headers=broker.worker)
+        assert response.status_code == 400, lease
+        response = broker.post(f"/puttaskresult?task_id={task_id}&lease={lease}", headers=broker.worker, data=b"x")
+        assert response.status_code == 400, lease
+    assert other["task_id"] == other_id
+
+
+def test_bad_failure_reports_and_statuses_are_400(broker, model):
+    broker.submit(model)
+    [task] = broker.claim(model)
+    base = f"/puttaskresult?task_id={task['task_id']}&lease={task['lease']}"
+    for suffix, body in (("&status=failed", b"{}"), ("&status=failed", b"not json"),
+                         ("&status=failed", b'{"error": "x", "retryable": "yes"}'), ("&status=maybe", b"")):
+        response = broker.post(base + suffix, data=body, headers=broker.worker)
+        assert response.status_code == 400, (suffix, body)
+    assert broker.put(task).status_code == 200
+
+
+def test_oversize_result_is_413(start_broker, model):
+    small = start_broker({"BROKER_MAX_PAYLOAD_BYTES": "100"})
+    small.submit(model)
+    [task] = small.claim(model)
+    assert small.put(task, b"x" * 101).status_code == 413
+    assert small.put(task, b"x" * 100).status_code == 200

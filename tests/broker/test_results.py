@@ -1,0 +1,94 @@
+"""GET /getresult and /status, POST /cancel: every state and its status code."""
+
+import base64
+import threading
+
+import pytest
+
+
+def test_queued_then_running_then_succeeded(broker, model):
+    task_id = broker.submit(model, b"in", "text/plain")
+    queued = broker.get(f"/getresult?task_id={task_id}")
+    assert queued.status_code == 202 and queued.json()["status"] == "queued"
+    assert queued.headers["Retry-After"] == "1"
+    [task] = broker.claim(model)
+    running = broker.get(f"/getresult?task_id={task_id}")
+    assert running.status_code == 202 and running.json()["status"] == "running"
+    assert running.json()["started_at"].endswith("Z") and running.json()["attempts"] == 1
+    assert broker.put(task, b"\x00\x01result", "application/x-thing").json() == {"task_id": task_id,
+                                                                                "status": "succeeded"}
+    done = broker.get(f"/getresult?task_id={task_id}")
+    assert done.status_code == 200
+    assert done.content == b"\x00\x01result" and done.headers["Content-Type"] == "application/x-thing"
+    as_json = broker.get(f"/getresult?task_id={task_id}&format=json").json()
+    assert as_json == {"task_id": task_id, "status": "succeeded", "content_type": "application/x-thing",
+                       "result": base64.b64encode(b"\x00\x01result").decode()}
+    status = broker.status(task_id)
+    assert status["status"] == "succeeded" and status["result_content_type"] == "application/x-thing"
+    assert status["finished_at"] >= status["started_at"] >= status["created_at"]
+
+
+def test_failed_task_reads_422_with_its_error(broker, model):
+    task_id = broker.submit(model)
+    [task] = broker.claim(model)
+    assert broker.put_failure(task, "bad input: not an image").json() == {"task_id": task_id, "status": "failed"}
+    response = broker.get(f"/getresult?task_id={task_id}")
+    assert response.status_code == 422
+    assert response.json()["status"] == "failed" and response.json()["error"] == "bad input: not an image"
+
+
+def test_unknown_task_is_404(broker):
+    for path in ("/getresult", "/status"):
+        response = broker.get(f"{path}?task_id={'0' * 32}")
+        assert response.status_code == 404 and "no task" in response.json()["error"]
+    assert broker.post(f"/cancel?task_id={'0' * 32}").status_code == 404
+
+
+def test_wait_returns_when_the_result_lands(broker, model):
+    task_id = broker.submit(model)
+    [task] = broker.claim(model)
+    answers = []
+    waiter = threading.Thread(target=lambda: answers.append(broker.get(f"/getresult?task_id={task_id}&wait=30")))
+    waiter.start()
+    broker.put(task, b"late")
+    waiter.join(30)
+    assert answers and answers[0].status_code == 200 and answers[0].content == b"late"
+
+
+def test_wait_runs_out_with_202(broker, model):
+    task_id = broker.submit(model)
+    response = broker.get(f"/getresult?task_id={task_id}&wait=1")
+    assert response.status_code == 202 and response.json()["status"] == "queued"
+
+
+def test_cancel_queued_task(broker, model):
+    task_id = broker.submit(model)
+    response = broker.post(f"/cancel?task_id={task_id}")
+    assert response.status_code == 200 and response.json()["status"] == "cancelled"
+    assert broker.post(f"/cancel?task_id={task_id}").json()["status"] == "cancelled"  # again: the same 200
+    assert broker.get(f"/getresult?task_id={task_id}").status_code == 410
+    assert broker.claim(model, wait=1) == []  # never handed out
+
+
+def test_cancel_running_task_reaches_its_worker(broker, model):
+    task_id = broker.submit(model)
+    [task] = broker.claim(model)
+    assert broker.post(f"/cancel?task_id={task_id}").status_code == 200
+    heartbeat = broker.post(f"/extendlease?task_id={task_id}&lease={task['lease']}&seconds=30", headers=broker.worker)
+    assert heartbeat.status_code == 410 and heartbeat.json()["status"] == "cancelled"
+    put = broker.put(task)
+    assert put.status_code == 410
+    assert broker.get(f"/getresult?task_id={task_id}").status_code == 410
+
+
+@pytest.mark.parametrize("outcome", ["succeeded", "failed"])
+def test_cancel_finished_task_is_409_with_document(broker, model, outcome):
+    task_id = broker.submit(model)
+    [task] = broker.claim(model)
+    if outcome == "succeeded":
+        broker.put(task)
+    else:
+        broker.put_failure(task, "nope")
+    response = broker.post(f"/cancel?task_id={task_id}")
+    assert response.status_code == 409 and response.json()["status"] == outcome
+    assert response.json()["task_id"] == task_id

@@ -1,0 +1,137 @@
+"""POST /predict: both body forms, every refusal, idempotency (also under concurrency)."""
+
+import base64
+import json
+from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import quote
+
+import pytest
+
+TASK_FIELDS = {"task_id", "model", "status", "created_at", "started_at", "finished_at", "attempts", "error",
+               "result_content_type"}
+
+
+def test_raw_submit_answers_202_with_document_links_and_headers(broker, model):
+    response = broker.post(f"/predict?model={model}&params={quote(json.dumps({'top_k': 3}))}",
+                           data=b"\x89PNG raw", headers={"Content-Type": "image/png"})
+    assert response.status_code == 202
+    body = response.json()
+    assert TASK_FIELDS | {"status_url", "result_url"} == set(body)
+    assert len(body["task_id"]) == 32 and body["model"] == model and body["status"] == "queued"
+    assert body["attempts"] == 0 and body["created_at"].endswith("Z")
+    assert response.headers["Location"] == body["result_url"]
+    assert body["result_url"].endswith(f"/api/getresult?task_id={body['task_id']}")
+    assert body["status_url"].endswith(f"/api/status?task_id={body['task_id']}")
+    assert response.headers["Retry-After"] == "1"
+    [task] = broker.claim(model)
+    assert base64.b64decode(task["payload"]) == b"\x89PNG raw"
+    assert task["content_type"] == "image/png" and task["params"] == {"top_k": 3}
+
+
+def test_json_wrapper_submit(broker, model):
+    wrapper = {"payload": base64.b64encode(b"hello").decode(), "content_type": "text/plain",
+               "model": model, "params": {"a": [1, 2]}}
+    response = broker.post("/predict", json=wrapper)
+    assert response.status_code == 202, response.text
+    [task] = broker.claim(model)
+    assert (base64.b64decode(task["payload"]), task["content_type"], task["params"]) == (b"hello", "text/plain",
+                                                                                         {"a": [1, 2]})
+
+
+def test_raw_flag_submits_json_itself(broker, model):
+    response = broker.post(f"/predict?model={model}&raw=1", data=b'{"x": 1}',
+                           headers={"Content-Type": "application/json"})
+    assert response.status_code == 202
+    [task] = broker.claim(model)
+    assert base64.b64decode(task["payload"]) == b'{"x": 1}' and task["content_type"] == "application/json"
+
+
+def test_missing_content_type_is_octet_stream(broker, model):
+    response = broker.post(f"/predict?model={model}", data=b"abc", headers={"Content-Type": ""})
+    assert response.status_code == 202
+    assert broker.claim(model)[0]["content_type"] == "application/octet-stream"
+
+
+@pytest.mark.parametrize("query, body, headers, fragment", [
+    ("", b"abc", {}, "model name is required"),
+    ("?model=Bad_Name", b"abc", {}, "model must be"),
+    ("?model=a--b", b"abc", {}, "model must be"),
+    ("?model=" + "a" * 41, b"abc", {}, "model must be"),
+    ("?model=ok", b"", {}, "payload is empty"),
+    ("?model=ok&params=%7Bnot%20json", b"abc", {}, "params is not valid JSON"),
+    ("?model=ok&params=%5B1%5D", b"abc", {}, "params must be a JSON object"),
+    ("?model=ok&params=" + quote(json.dumps({"k": "v" * 5000})), b"abc", {}, "at most 4096 bytes"),
+    ("?model=ok", b"{not json", {"Content-Type": "application/json"}, "not valid JSON"),
+    ("?model=ok", b"[1]", {"Content-Type": "application/json"}, "must be a JSON object"),
+    ("?model=ok", b'{"payload": "***"}', {"Content-Type": "application/json"}, "not valid base64"),
+    ("?model=ok", b'{"payload": ""}', {"Content-Type": "application/json"}, "non-empty base64"),
+    ("?model=ok", b'{"payload": "YQ==", "model": "other"}', {"Content-Type": "application/json"}, "differ"),
+    ("", b'{"payload": "YQ=="}', {"Content-Type": "application/json"}, "model name is required"),
+    ("?model=ok", b'{"payload": "YQ==", "params": 3}', {"Content-Type": "application/json"}, "JSON object"),
+    ("?model=ok", b"abc", {"Idempotency-Key": "x" * 201}, "Idempotency-Key"),
+])
+def test_bad_submits_answer_400_with_one_sentence(broker, query, body, headers, fragment):
+    response = broker.post("/predict" + query, data=body, headers={"Content-Type": "text/plain", **headers})
+    assert response.status_code == 400, response.text
+    assert response.headers["Content-Type"].startswith("application/json")
+    assert fragment in response.json()["error"]
+
+
+def test_oversize_payload_is_413_in_both_forms(start_broker, model):
+    small = start_broker({"BROKER_MAX_PAYLOAD_BYTES": "1000"})
+    assert small.post(f"/predict?model={model}", data=b"x" * 1000).status_code == 202
+    response = small.post(f"/predict?model={model}", data=b"x" * 1001)
+    assert response.status_code == 413 and "1000 bytes" in response.json()["error"]
+    wrapped = {"payload": base64.b64encode(b"x" * 1001).decode(), "model": model}
+    assert small.post("/predict", json=wrapped).status_code == 413
+    # The limit is on the decoded payload, not on the base64 text.
+    wrapped = {"payload": base64.b64encode(b"x" * 999).decode(), "model": model}
+    assert small.post("/predict", json=wrapped).status_code == 202
+
+
+def test_idempotent_repeat_returns_the_same_task(broker, model):
+    headers = {"Idempotency-Key": "order-42", "Content-Type": "text/plain"}
+    first = broker.post(f"/predict?model={model}", data=b"same", headers=headers)
+    again = broker.post(f"/predict?model={model}", data=b"same", headers=headers)
+    assert first.status_code == again.status_code == 202
+    assert first.json()["task_id"] == again.json()["task_id"]
+    [task] = broker.claim(model, max_tasks=5, wait=1)
+    assert task["task_id"] == first.json()["task_id"]
+    assert broker.claim(model, wait=1) == []  # one task, handed out once
+    # Repeated while running: still the same task, now running, and nothing new to claim.
+    third = broker.post(f"/predict?model={model}", data=b"same", headers=headers)
+    assert third.json()["task_id"] == task["task_id"] and third.json()["status"] == "running"
+    assert broker.put(task).status_code == 200
+    done = broker.post(f"/predict?model={model}", data=b"same", headers=headers)
+    assert done.status_code == 202 and done.json()["status"] == "succeeded"
+    assert broker.claim(model, wait=1) == []
+
+
+def test_idempotency_key_with_other_payload_or_model_is_409(broker, model):
+    headers = {"Idempotency-Key": f"k-{model}"}
+    assert broker.post(f"/predict?model={model}", data=b"one", headers=headers).status_code == 202
+    response = broker.post(f"/predict?model={model}", data=b"two", headers=headers)
+    assert response.status_code == 409 and "different payload or model" in response.json()["error"]
+    assert broker.post(f"/predict?model={model}-x", data=b"one", headers=headers).status_code == 409
+
+
+def test_concurrent_submits_with_one_key_create_one_task(broker, model):
+    def submit(_):
+        return broker.post(f"/predict?model={model}", data=b"race", headers={"Idempotency-Key": f"race-{model}"})
+
+    with ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(submit, range(16)))
+    assert {r.status_code for r in responses} == {202}
+    assert len({r.json()["task_id"] for r in responses}) == 1
+    claimed = broker.claim(model, max_tasks=32, wait=1)
+    assert [t["task_id"] for t in claimed] == [responses[0].json()["task_id"]]
+    assert broker.put(claimed[0]).status_code == 200
+    assert broker.claim(model, max_tasks=32, wait=1) == []  # spare messages were dropped, not handed out
+
+
+def test_idempotency_keys_are_scoped_per_client_key(start_broker, model):
+    keyed = start_broker({"BROKER_CLIENT_KEYS": "client-a,client-b"})
+    one = keyed.post(f"/predict?model={model}", data=b"p", headers={"Idempotency-Key": "k", "Authorization": "Bearer client-a"})
+    two = keyed.post(f"/predict?model={model}", data=b"q", headers={"Idempotency-Key": "k", "Authorization": "Bearer client-b"})
+    assert one.status_code == two.status_code == 202
+    assert one.json()["task_id"] != two.json()["task_id"]
