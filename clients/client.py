@@ -1,0 +1,127 @@
+"""BrokerClient: submit a job to the broker, wait for it, get its result. Needs only `requests`."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from typing import Callable
+
+from . import transport
+from .errors import BrokerHTTPError, TaskCancelled, TaskFailed, TaskTimeout
+from .payload import read_payload
+from .result import Result
+
+DEFAULT_URL = "http://127.0.0.1:7071/api"
+MAX_WAIT = 60  # the broker holds a getresult at most this long (API.md)
+PENDING = ("queued", "running")
+
+
+class BrokerClient:
+    """A client of one broker.
+
+    `timeout` bounds each HTTP exchange (a long-poll gets its `wait` on top); `retries` and
+    `backoff` govern the retries on connection errors and 503.
+    """
+
+    def __init__(self, base_url: str = DEFAULT_URL, key: str | None = None, timeout: float = 30,
+                 retries: int = 4, backoff: float = 0.5) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self.headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self.http = transport.session(retries, backoff)
+
+    @classmethod
+    def from_env(cls, **kwargs) -> "BrokerClient":
+        """A client for BROKER_URL (default the local dev host) with BROKER_CLIENT_KEY, if set."""
+        return cls(os.environ.get("BROKER_URL") or DEFAULT_URL, os.environ.get("BROKER_CLIENT_KEY") or None,
+                   **kwargs)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> "BrokerClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _call(self, method: str, route: str, ok: tuple[int, ...] = (200,), hold: float = 0, **kwargs):
+        kwargs["headers"] = {**self.headers, **kwargs.get("headers", {})}
+        response = transport.send(self.http, method, f"{self.base_url}/{route}",
+                                  timeout=self.timeout + hold, **kwargs)
+        if response.status_code not in ok:
+            transport.raise_for(response)
+        return response
+
+    def submit(self, data_or_path, model: str, content_type: str | None = None, params: dict | None = None,
+               idempotency_key: str | None = None) -> str:
+        """Queue a job; returns its task id. The content type is guessed from a file name when not given."""
+        payload, guessed = read_payload(data_or_path)
+        query = {"model": model, "raw": "1"}  # raw: a JSON payload is the payload, not the broker's wrapper
+        if params:
+            query["params"] = json.dumps(params, separators=(",", ":"))
+        headers = {"Content-Type": content_type or guessed, "Idempotency-Key": idempotency_key or uuid.uuid4().hex}
+        return self._call("POST", "predict", (202,), params=query, data=payload, headers=headers).json()["task_id"]
+
+    def status(self, task_id: str) -> dict:
+        return self._call("GET", "status", params={"task_id": task_id}).json()
+
+    def cancel(self, task_id: str) -> dict:
+        """Cancel a queued or running task; returns its status document."""
+        response = self._call("POST", "cancel", (200, 409), params={"task_id": task_id})
+        if response.status_code == 409:
+            document = response.json()
+            raise BrokerHTTPError(409, f"task {task_id} already {document.get('status', 'finished')} "
+                                       f"and cannot be cancelled", document)
+        return response.json()
+
+    def _poll(self, task_id: str, wait: int) -> tuple[Result | None, dict, float]:
+        """(result or None, status document, Retry-After) after holding up to `wait` seconds."""
+        response = self._call("GET", "getresult", (200, 202, 410, 422), hold=wait,
+                              params={"task_id": task_id, "wait": wait})
+        if response.status_code == 200:
+            kind = response.headers.get("Content-Type", "application/octet-stream")
+            return Result(task_id, response.content, kind), {"task_id": task_id, "status": "succeeded"}, 0
+        document = response.json()
+        if response.status_code == 422:
+            raise TaskFailed(task_id, document.get("error") or "no reason given", document)
+        if response.status_code == 410:
+            raise TaskCancelled(task_id, document)
+        return None, document, transport.retry_after(response)
+
+    def result(self, task_id: str, wait: int = 0) -> Result | None:
+        """The result, or None while the task is still queued or running after `wait` seconds (0-60).
+
+        Raises TaskFailed or TaskCancelled for a task that ended that way.
+        """
+        return self._poll(task_id, wait)[0]
+
+    def wait(self, task_id: str, timeout: float | None = None, poll: int = 20,
+             on_status: Callable[[dict], None] | None = None) -> Result:
+        """Wait for the result with the broker's long-poll, at most `timeout` seconds (None: no limit).
+
+        Each request is held by the broker up to `poll` seconds; an early "not yet" is followed by
+        a pause of the broker's Retry-After, so this never spins. `on_status` sees each "not yet".
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            remaining = MAX_WAIT if deadline is None else deadline - time.monotonic()
+            if remaining <= 0:
+                raise TaskTimeout(task_id, timeout)
+            asked = time.monotonic()
+            result, document, pause = self._poll(task_id, max(0, min(poll, MAX_WAIT, int(remaining))))
+            if result is not None:
+                return result
+            if on_status:
+                on_status(document)
+            pause -= time.monotonic() - asked
+            if pause > 0:
+                time.sleep(pause if deadline is None else max(0.0, min(pause, deadline - time.monotonic())))
+
+    def predict(self, data_or_path, model: str, content_type: str | None = None, params: dict | None = None,
+                idempotency_key: str | None = None, timeout: float | None = 300) -> Result:
+        """Submit and wait: the finished task's Result, or TaskFailed / TaskCancelled / TaskTimeout."""
+        task_id = self.submit(data_or_path, model, content_type, params, idempotency_key)
+        return self.wait(task_id, timeout)

@@ -1,0 +1,38 @@
+"""Fixtures for the client tests: an echo worker on the main broker, a broker with client keys.
+
+The worker serves model `echo` for the whole session (the demo page offers that name), so
+tests that need a task to stay queued use the unique `model` fixture, which no worker serves.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from tests.conftest import CLIENT_KEY
+
+from .echo import echo_worker
+
+
+@pytest.fixture(scope="session")
+def echo(broker):
+    """A worker answering model `echo` on the main broker until the session ends."""
+    with echo_worker(broker, "echo"):
+        yield "echo"
+
+
+@pytest.fixture(scope="session")
+def keyed_broker(start_broker):
+    """A broker whose client routes need CLIENT_KEY."""
+    return start_broker({"BROKER_CLIENT_KEYS": CLIENT_KEY})
+
+
+@pytest.fixture
+def dead_url() -> str:
+    """A broker URL where nothing listens (a port the OS just handed out and took back)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/api"
+
