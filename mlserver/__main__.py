@@ -1,0 +1,132 @@
+"""`python -m mlserver`: serve a model through the broker from this machine (PC, VM or Colab)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import sys
+
+MODEL_NAME = re.compile(r"[a-z0-9]+(-[a-z0-9]+)*")
+EXIT_OK, EXIT_CONFIG, EXIT_WEIGHTS = 0, 2, 3
+WEIGHTS_HINT = "use --weights none for random weights, or --weights PATH for a local file"
+
+EPILOG = """\
+environment:
+  BROKER_URL         the broker's base URL, when --broker-url is not given
+  BROKER_WORKER_KEY  a worker key of the broker (one of its BROKER_WORKER_KEYS); read from the
+                     environment only, so it never shows in the process list
+
+built-in handlers:
+  echo           returns each payload unchanged (params: sleep_ms, fail); no TensorFlow
+  resnet50       ImageNet classification -> JSON top-k (params: top_k); --weights imagenet|PATH|none
+  deeplabv3plus  Pascal VOC segmentation -> PNG mask, overlay or JSON (params: output);
+                 --weights PRESET|DIR|PATH|none; --option input_size=N (default 512)
+
+exit status: 0 stopped by a signal (work in hand finished or given back); 2 bad arguments or
+configuration (including a key or URL the broker refuses); 3 the weights cannot be had
+("mlserver: weights unavailable: ..."); 1 anything else.
+"""
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m mlserver", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Serve a model through the broker: long-poll it for tasks, run them in batches, "
+                    "put the results back. Stop with SIGTERM or Ctrl+C.")
+    parser.add_argument("--broker-url", default=os.environ.get("BROKER_URL"), metavar="URL",
+                        help="the broker's base URL, e.g. https://APP.azurewebsites.net/api "
+                             "(default: $BROKER_URL)")
+    parser.add_argument("--model", required=True, metavar="NAME",
+                        help="the model name clients submit to (?model=NAME); also picks the built-in "
+                             "handler of that name unless --handler is given")
+    parser.add_argument("--handler", metavar="NAME|module:Class",
+                        help="echo, resnet50, deeplabv3plus, or your own Handler subclass as module:Class "
+                             "(default: the --model name)")
+    parser.add_argument("--weights", metavar="W",
+                        help="the handler's weights: a name (resnet50: imagenet; deeplabv3plus: a keras-hub "
+                             "preset), a local file or directory, or none for random weights "
+                             "(default: the handler's own)")
+    parser.add_argument("--batch", type=int, default=8, metavar="N",
+                        help="claim and run up to N tasks at once, 1-32 (default 8)")
+    parser.add_argument("--lease", type=int, default=60, metavar="S",
+                        help="seconds a claimed task is held before the broker hands it out again, "
+                             "5-3600; renewed every S/2 seconds while the task is in hand (default 60)")
+    parser.add_argument("--wait", type=int, default=10, metavar="S",
+                        help="seconds one long-poll waits for a task, 0-60; a stop waits at most this "
+                             "long for a poll in flight (default 10)")
+    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                        help="a handler option, repeatable (deeplabv3plus: input_size=N)")
+    parser.add_argument("--status-interval", type=float, default=30, metavar="S",
+                        help="seconds between status lines: done, failed, img/s, batch fill, queue wait "
+                             "(default 30)")
+    parser.add_argument("--upload-threads", type=int, default=4, metavar="N",
+                        help="threads that encode and put results in the background (default 4)")
+    args = parser.parse_args(argv)
+    problems = [
+        (not args.broker_url, "--broker-url (or BROKER_URL) is required"),
+        (len(args.model) > 40 or not MODEL_NAME.fullmatch(args.model),
+         "--model must be lowercase letters and digits in groups joined by single hyphens, at most 40 characters"),
+        (not 1 <= args.batch <= 32, "--batch must be from 1 to 32"),
+        (not 5 <= args.lease <= 3600, "--lease must be from 5 to 3600 seconds"),
+        (not 0 <= args.wait <= 60, "--wait must be from 0 to 60 seconds"),
+        (args.status_interval <= 0, "--status-interval must be positive"),
+        (not 1 <= args.upload_threads <= 64, "--upload-threads must be from 1 to 64"),
+        (any("=" not in option for option in args.option), "--option takes KEY=VALUE"),
+    ]
+    for failed, message in problems:
+        if failed:
+            parser.error(message)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("urllib3").setLevel(logging.ERROR)  # its retry warnings repeat what the worker says
+    log = logging.getLogger("mlserver")
+
+    # Imported here so that --help and argument errors answer at once.
+    from .broker_api import BrokerClient
+    from .fetcher import Claiming
+    from .handlers import HandlerNotFound, handler_class
+    from .handlers.base import BadOption, WeightsUnavailable
+    from .worker import Worker
+
+    key = os.environ.get("BROKER_WORKER_KEY")
+    if not key:
+        return _fail(EXIT_CONFIG, "BROKER_WORKER_KEY is not set: set it to one of the broker's worker keys")
+    spec = args.handler or args.model
+    try:
+        cls = handler_class(spec)
+        options = dict(option.split("=", 1) for option in args.option)
+        handler = cls(weights=args.weights, options=options, batch_size=args.batch)
+        log.info("loading handler %s (weights: %s)", spec, handler.weights or "none needed")
+        handler.load()
+    except HandlerNotFound as exc:
+        return _fail(EXIT_CONFIG, f"{exc}")
+    except BadOption as exc:
+        return _fail(EXIT_CONFIG, f"{exc}")
+    except WeightsUnavailable as exc:
+        return _fail(EXIT_WEIGHTS, f"weights unavailable: {exc}; {WEIGHTS_HINT}")
+    log.info("device: %s", handler.device())
+
+    client = BrokerClient(args.broker_url, key, pool_size=args.upload_threads + 2)
+    worker = Worker(client, handler, Claiming(args.model, args.batch, args.wait, args.lease),
+                    args.status_interval, args.upload_threads)
+    fatal = worker.run()
+    client.close()
+    if fatal is not None:
+        hint = " (check BROKER_WORKER_KEY)" if fatal.status == 401 else " (check --broker-url; it ends in /api)"
+        return _fail(EXIT_CONFIG, f"the broker refused this worker: {fatal}{hint}")
+    return EXIT_OK
+
+
+def _fail(code: int, message: str) -> int:
+    print(f"mlserver: {message}", file=sys.stderr, flush=True)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

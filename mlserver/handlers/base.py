@@ -1,0 +1,88 @@
+"""The handler interface: what the worker needs from a model, and the errors it understands.
+
+The worker drives a handler in three places, each on its own thread:
+  decode(payload, content_type, params) -> input   the fetch thread, while the model runs
+  predict([input, ...]) -> [output, ...]           the model thread, one call per batch
+  encode(output, input) -> (bytes, content_type)   the upload threads
+`load()` runs once before the first task. Anything `decode` raises fails that task alone; a
+`predict` that raises for a whole batch is retried one input at a time, so only the input that
+breaks the model fails.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class TaskError(Exception):
+    """An error about one task, worded for the client who sent it (one sentence)."""
+
+    retryable = False
+
+    def __init__(self, message: str, retryable: bool | None = None) -> None:
+        super().__init__(message)
+        if retryable is not None:
+            self.retryable = retryable
+
+
+class InputError(TaskError):
+    """The payload or its params cannot be used; sending it again will not help."""
+
+
+class WeightsUnavailable(RuntimeError):
+    """The weights asked for cannot be had (no internet, no such file); the worker cannot start."""
+
+
+class BadOption(ValueError):
+    """A handler option (--option KEY=VALUE) is not usable; the worker cannot start."""
+
+
+class Handler:
+    """Subclass this to serve your own model: `python -m mlserver --handler yourmodule:YourHandler`."""
+
+    #: `--weights` when the flag is not given.
+    default_weights: str | None = None
+    #: Exceptions that mean "try this task again later" (the broker requeues it while attempts remain).
+    retryable_errors: tuple[type[BaseException], ...] = (MemoryError,)
+
+    def __init__(self, weights: str | None = None, options: dict[str, str] | None = None,
+                 batch_size: int = 1) -> None:
+        self.weights = weights if weights is not None else self.default_weights
+        self.options = dict(options or {})
+        self.batch_size = batch_size
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__
+
+    def load(self) -> None:
+        """Load the model once. Raise WeightsUnavailable when the weights cannot be had."""
+
+    def device(self) -> str:
+        """Where the model runs, for the start-up log."""
+        return "cpu"
+
+    def decode(self, payload: bytes, content_type: str, params: dict) -> Any:
+        """Turn one task's payload into a model input; raise InputError when it cannot be used."""
+        return payload
+
+    def predict(self, inputs: list[Any]) -> list[Any]:
+        """Run the model on a batch; return one output per input, in order."""
+        raise NotImplementedError
+
+    def encode(self, output: Any, item: Any) -> tuple[bytes, str]:
+        """The result bytes of one output and their content type; `item` is what decode returned."""
+        raise NotImplementedError
+
+    def is_retryable(self, exc: BaseException) -> bool:
+        if isinstance(exc, TaskError):
+            return exc.retryable
+        return isinstance(exc, self.retryable_errors)
+
+
+def failure_message(handler: Handler, exc: BaseException) -> str:
+    """One sentence for the client: a TaskError's own words, else what broke, without a traceback."""
+    if isinstance(exc, TaskError):
+        return str(exc)
+    detail = (str(exc).strip().splitlines() or [""])[0][:300]
+    return f"{handler.name} failed on this input ({type(exc).__name__}{': ' + detail if detail else ''})"

@@ -1,0 +1,50 @@
+"""`echo`: returns each payload unchanged, for tests and benchmarks of everything but the model.
+
+params: `sleep_ms` sleeps that long per batch (simulated compute; the longest in the batch wins);
+`fail` fails that task with that message. It imports no TensorFlow, so it starts in a moment.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from .base import Handler, InputError, TaskError
+
+MAX_SLEEP_MS = 3_600_000
+
+
+@dataclass
+class EchoInput:
+    payload: bytes
+    content_type: str
+    sleep_ms: float
+    fail: str | None
+
+
+class Echo(Handler):
+    name = "echo"
+
+    def device(self) -> str:
+        return "none (echo runs no model)"
+
+    def decode(self, payload: bytes, content_type: str, params: dict) -> EchoInput:
+        sleep_ms = params.get("sleep_ms", 0)
+        if isinstance(sleep_ms, bool) or not isinstance(sleep_ms, (int, float)) or not 0 <= sleep_ms <= MAX_SLEEP_MS:
+            raise InputError(f"params.sleep_ms must be a number of milliseconds from 0 to {MAX_SLEEP_MS}")
+        fail = params.get("fail")
+        if fail is not None and not (isinstance(fail, str) and fail.strip()):
+            raise InputError("params.fail must be a non-empty message")
+        return EchoInput(payload, content_type, float(sleep_ms), fail)
+
+    def predict(self, inputs: list[EchoInput]) -> list[bytes]:
+        time.sleep(max(item.sleep_ms for item in inputs) / 1000)
+        # Failing here, not in decode, makes a `fail` task break its whole batch the way a poison
+        # input breaks a real model, so the worker's one-by-one fallback is exercised too.
+        for item in inputs:
+            if item.fail:
+                raise TaskError(item.fail)
+        return [item.payload for item in inputs]
+
+    def encode(self, output: bytes, item: EchoInput) -> tuple[bytes, str]:
+        return output, item.content_type

@@ -1,0 +1,45 @@
+"""Reading any image Pillow knows into RGB, with one clear sentence when a payload is not one."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .base import InputError
+
+Image.MAX_IMAGE_PIXELS = 64_000_000  # refuse decompression bombs, but allow large photos
+
+
+def read_rgb(payload: bytes, content_type: str) -> Image.Image:
+    """The payload as an upright RGB image: any mode (L, LA, P, RGBA, CMYK, I;16 ...) is converted."""
+    try:
+        with Image.open(io.BytesIO(payload)) as image:
+            image = ImageOps.exif_transpose(image)  # phones store rotation in EXIF
+            return _to_rgb(image)
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as exc:
+        if isinstance(exc, Image.DecompressionBombError):
+            raise InputError("the image is too large to decode (over 64 megapixels)") from None
+        kind = content_type.split(";")[0].strip() or "unknown type"
+        if isinstance(exc, UnidentifiedImageError):
+            raise InputError(f"payload is not an image Pillow can read (got {len(payload)} bytes of {kind})") from None
+        raise InputError(f"the image is damaged and cannot be decoded ({len(payload)} bytes of {kind})") from None
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        # Transparent pixels over white, as a viewer would show them (not their hidden colour).
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if image.mode.startswith("I") or image.mode == "F":
+        # 16-bit and float greyscale: Pillow's own conversion clips them to white, so scale to 8 bits.
+        values = np.asarray(image, dtype=np.float64)
+        if image.mode == "F":
+            low, high = float(values.min()), float(values.max())
+            values = (values - low) * (255 / (high - low) if high > low else 0.0)
+        else:
+            values = np.clip(values, 0, 65535) / 257
+        return Image.fromarray(values.round().astype(np.uint8), "L").convert("RGB")
+    return image.convert("RGB")

@@ -1,0 +1,98 @@
+"""`resnet50`: ImageNet classification with keras.applications.ResNet50.
+
+--weights: `imagenet` (default; Keras downloads and caches the file), a local `.weights.h5`, `.h5`
+or `.keras` file, or `none` (random weights, for tests). params: `top_k` (1-20, default 5).
+Output: application/json {"model", "weights", "predictions": [{"label", "index", "score"}, ...]}.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from . import keras_runtime
+from .base import Handler, InputError, WeightsUnavailable
+from .images import read_rgb
+
+SIZE = 224
+CLASSES_FILE = Path(__file__).resolve().parent.parent / "imagenet_classes.json"
+
+
+def imagenet_labels() -> list[str]:
+    """The 1000 ImageNet class names, shipped with mlserver (never downloaded)."""
+    index = json.loads(CLASSES_FILE.read_text())
+    return [index[str(i)][1] for i in range(len(index))]
+
+
+@dataclass
+class Picture:
+    pixels: np.ndarray  # SIZE x SIZE x 3, uint8 RGB
+    top_k: int
+
+
+class ResNet50(Handler):
+    name = "resnet50"
+    default_weights = "imagenet"
+
+    def load(self) -> None:
+        self._device = keras_runtime.start_tensorflow()
+        import keras
+
+        self.retryable_errors = keras_runtime.retryable_errors()
+        self.labels = imagenet_labels()
+        self.preprocess = keras.applications.resnet50.preprocess_input
+        self.model = self._build(keras)
+        # Trace the model now for a full and a single-item batch, so the first tasks are not slow.
+        for size in sorted({self.batch_size, 1}):
+            self.model.predict_on_batch(np.zeros((size, SIZE, SIZE, 3), np.float32))
+
+    def _build(self, keras):
+        weights = self.weights or "imagenet"
+        if weights.lower() in ("none", "random"):
+            return keras.applications.ResNet50(weights=None)
+        if weights == "imagenet":
+            try:
+                return keras.applications.ResNet50(weights="imagenet")
+            except Exception as exc:  # noqa: BLE001 - Keras raises a bare Exception for a failed download
+                raise WeightsUnavailable(f"cannot download the ImageNet weights for resnet50 ({_first_line(exc)})") from None
+        path = keras_runtime.local_weights(weights)
+        if path is None or not path.is_file():
+            raise WeightsUnavailable(f"no weights file at {weights}")
+        if path.suffix == ".keras":
+            return keras.saving.load_model(path)
+        model = keras.applications.ResNet50(weights=None)
+        model.load_weights(path)
+        return model
+
+    def device(self) -> str:
+        return self._device
+
+    def decode(self, payload: bytes, content_type: str, params: dict) -> Picture:
+        top_k = params.get("top_k", 5)
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= 20:
+            raise InputError("params.top_k must be an integer from 1 to 20")
+        image = read_rgb(payload, content_type).resize((SIZE, SIZE), Image.Resampling.BILINEAR)
+        return Picture(np.asarray(image, dtype=np.uint8), top_k)
+
+    def predict(self, inputs: list[Picture]) -> list[np.ndarray]:
+        batch = self.preprocess(np.stack([item.pixels for item in inputs]).astype(np.float32))
+        return list(np.asarray(self.model.predict_on_batch(batch)))
+
+    def encode(self, output: np.ndarray, item: Picture) -> tuple[bytes, str]:
+        best = np.argsort(-output, kind="stable")[: item.top_k]
+        body = {"model": self.name, "weights": self._weights_label(),
+                "predictions": [{"label": self.labels[i], "index": int(i), "score": float(output[i])} for i in best]}
+        return json.dumps(body).encode(), "application/json"
+
+    def _weights_label(self) -> str:
+        # A local path would tell clients about the worker's file system: the file name is enough.
+        weights = self.weights or "imagenet"
+        return Path(weights).name if keras_runtime.looks_like_path(weights) else weights
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]

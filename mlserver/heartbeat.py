@@ -1,0 +1,52 @@
+"""Keeps the leases of in-hand tasks alive while they wait or run, and learns of cancellations."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from .broker_api import BrokerClient, Cancelled, LeaseLost, Refused, Unavailable
+from .stats import Stats
+from .tasks import Ledger, Task
+
+log = logging.getLogger("mlserver.heartbeat")
+RETRY_SOON = 1.0  # after a failed renewal; half a lease is left, so a few tries fit
+
+
+class Heartbeat(threading.Thread):
+    def __init__(self, client: BrokerClient, ledger: Ledger, stats: Stats, lease_seconds: int) -> None:
+        super().__init__(name="heartbeat", daemon=True)
+        self.client, self.ledger, self.stats = client, ledger, stats
+        self.tick = min(1.0, lease_seconds / 10)
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        while not self.halt.wait(self.tick):
+            now = time.monotonic()
+            for task in self.ledger.held():
+                if task.renew_at <= now and not (task.cancelled or task.lease_lost):
+                    self.renew(task)
+
+    def renew(self, task: Task) -> None:
+        # An upload holds the lock while it uses the token; it ends the lease anyway, so skip.
+        if not task.lock.acquire(blocking=False):
+            return
+        try:
+            answer = self.client.extend(task.task_id, task.lease, task.lease_seconds)
+            task.lease = answer["lease"]
+            task.schedule_renewal()
+        except Cancelled:
+            task.cancelled = True
+            self.ledger.remove(task)
+            self.stats.count("cancelled")
+            log.info("task %s was cancelled by its client; dropping it", task.task_id)
+        except Unavailable as exc:
+            task.renew_at = time.monotonic() + RETRY_SOON
+            log.warning("could not renew the lease of task %s: %s", task.task_id, exc)
+        except (LeaseLost, Refused) as exc:
+            # Keep working: a put after a lost lease is still accepted if no other attempt committed.
+            task.lease_lost = True
+            log.warning("lost the lease of task %s: %s", task.task_id, exc)
+        finally:
+            task.lock.release()

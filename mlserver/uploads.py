@@ -1,0 +1,105 @@
+"""Puts outcomes back to the broker in the background, so the model never waits on the network.
+
+Encoding a result (JSON, PNG) happens here too: it is CPU work the accelerator thread need not do.
+A put is safe to repeat (the broker answers a repeated put with the same lease the same way), so
+network failures are retried with backoff until they succeed or the worker is forced to quit.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable
+
+from .backoff import Backoff
+from .broker_api import BrokerClient, Cancelled, Refused, Unavailable
+from .handlers.base import Handler, failure_message
+from .stats import Stats
+from .tasks import Ledger, Task
+
+log = logging.getLogger("mlserver.uploads")
+
+
+class Uploads:
+    def __init__(self, client: BrokerClient, handler: Handler, ledger: Ledger, stats: Stats, threads: int = 4) -> None:
+        self.client, self.handler, self.ledger, self.stats = client, handler, ledger, stats
+        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="upload")
+        self.halt = threading.Event()  # set when the worker must quit without finishing
+
+    def succeed(self, task: Task, output: Any) -> None:
+        self._submit(self._encode_and_put, task, output)
+
+    def fail(self, task: Task, error: str, retryable: bool) -> None:
+        self._submit(self._put_failure, task, error, retryable)
+
+    def give_back(self, task: Task) -> None:
+        """Return a task that was never started to the queue at once (its attempt number is kept)."""
+        self._submit(self._give_back, task)
+
+    def _submit(self, job: Callable, task: Task, *args) -> None:
+        try:
+            self.pool.submit(self._guarded, job, task, *args)
+        except RuntimeError:  # closed: the worker is quitting without waiting; the lease will run out
+            log.warning("task %s is left to its lease running out", task.task_id)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+
+    def _guarded(self, job: Callable, task: Task, *args) -> None:
+        try:
+            job(task, *args)
+        except Exception:  # noqa: BLE001 - a bug in one upload must not take the pool down
+            log.exception("unexpected error while finishing task %s", task.task_id)
+        finally:
+            self.ledger.remove(task)
+
+    def _encode_and_put(self, task: Task, output: Any) -> None:
+        try:
+            body, content_type = self.handler.encode(output, task.decoded)
+        except Exception as exc:  # noqa: BLE001 - the encoder's failure is this task's outcome
+            self._put_failure(task, failure_message(self.handler, exc), self.handler.is_retryable(exc))
+            return
+        try:
+            self._send(task, "done", lambda lease: self.client.put_result(task.task_id, lease, body, content_type))
+        except Refused as exc:
+            if exc.status != 413:
+                raise
+            self._put_failure(task, f"the result ({len(body)} bytes) is larger than the broker accepts", False)
+
+    def _put_failure(self, task: Task, error: str, retryable: bool) -> None:
+        log.info("task %s failed%s: %s", task.task_id, " (retryable)" if retryable else "", error)
+        self._send(task, "failed", lambda lease: self.client.put_failure(task.task_id, lease, error, retryable))
+
+    def _give_back(self, task: Task) -> None:
+        self._send(task, "given back", lambda lease: self.client.extend(task.task_id, lease, 0))
+
+    def _send(self, task: Task, outcome: str, request: Callable[[str], dict]) -> None:
+        """Run `request` with the task's current lease until the broker answers; count the outcome."""
+        if task.cancelled:
+            return
+        backoff = Backoff(first=0.5, cap=15)
+        with task.lock:
+            while True:
+                try:
+                    request(task.lease)
+                    self.stats.count(outcome)
+                    return
+                except Cancelled:
+                    task.cancelled = True
+                    self.stats.count("cancelled")
+                    log.info("task %s was cancelled by its client; its outcome was not kept", task.task_id)
+                    return
+                except Unavailable as exc:
+                    if self.halt.is_set():
+                        log.error("task %s: gave up on the broker while quitting: %s", task.task_id, exc)
+                        return
+                    delay = backoff.next()
+                    log.warning("task %s: %s; retrying in %.1f s", task.task_id, exc, delay)
+                    self.halt.wait(delay)
+                except Refused as exc:
+                    if exc.status == 413:
+                        raise
+                    # 409 (another attempt committed), 404 (the task expired): nothing left to do.
+                    log.warning("task %s: %s", task.task_id, exc)
+                    return

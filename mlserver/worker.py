@@ -1,0 +1,143 @@
+"""The worker: claim batches, run the model on them, put the outcomes back; stop cleanly on a signal.
+
+Threads: the fetch thread claims and decodes the next batch while this (the main) thread runs the
+model on the current one; upload threads encode and put results; the heartbeat keeps leases
+alive. On SIGTERM or SIGINT the worker stops claiming, finishes the batch the model is running,
+gives back (extendlease seconds=0) every task it has not started, and exits 0. A second signal
+stops waiting for a long-poll in flight or for a broker that does not answer.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import signal
+import threading
+import time
+from typing import Any
+
+from .broker_api import BrokerClient, Refused
+from .fetcher import Claiming, Fetcher
+from .handlers.base import Handler, failure_message
+from .heartbeat import Heartbeat
+from .stats import Stats, StatusLine
+from .tasks import Ledger, Task
+from .uploads import Uploads
+
+log = logging.getLogger("mlserver")
+READY_LINE = "worker ready"
+TAKE_POLL = 0.2
+
+
+class Worker:
+    def __init__(self, client: BrokerClient, handler: Handler, claiming: Claiming,
+                 status_interval: float = 30, upload_threads: int = 4) -> None:
+        self.client, self.handler, self.claiming = client, handler, claiming
+        self.stop = threading.Event()
+        self.force = threading.Event()
+        self.ledger = Ledger()
+        self.stats = Stats(claiming.batch)
+        self.uploads = Uploads(client, handler, self.ledger, self.stats, upload_threads)
+        self.fetcher = Fetcher(client, handler, claiming, self.ledger, self.uploads, self.stats, self.stop)
+        self.heartbeat = Heartbeat(client, self.ledger, self.stats, claiming.lease)
+        self.status = StatusLine(self.stats, status_interval)
+
+    def run(self) -> Refused | None:
+        """Serve until a signal (or a fatal answer from the broker, which is returned)."""
+        self._install_signals()
+        for thread in (self.heartbeat, self.status, self.fetcher):
+            thread.start()
+        log.info("%s: model %s, batch %d, lease %d s, broker %s", READY_LINE, self.claiming.model,
+                 self.claiming.batch, self.claiming.lease, self.client.url)
+        try:
+            self._serve()
+        finally:
+            self._wind_down()
+        return self.fetcher.fatal
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                batch = self.fetcher.ready.get(timeout=TAKE_POLL)
+            except queue.Empty:
+                if self.force.is_set() or (self.stop.is_set() and not self.fetcher.is_alive()):
+                    return
+                continue
+            self.fetcher.room.release()
+            if self.stop.is_set():
+                self.fetcher.give_back(batch)
+            else:
+                self.run_batch(batch)
+
+    def run_batch(self, batch: list[Task]) -> None:
+        live = [task for task in batch if not task.cancelled]
+        if not live:
+            return
+        now = time.monotonic()
+        self.stats.batch(len(live), [now - task.claimed_at for task in live])
+        try:
+            outputs = self._predict(live)
+        except Exception as exc:  # noqa: BLE001 - a model error for the batch: find the input that causes it
+            if len(live) == 1:
+                self._fail(live[0], exc)
+                return
+            log.warning("the model failed on a batch of %d (%s); running its inputs one by one",
+                        len(live), failure_message(self.handler, exc))
+            for task in live:
+                self._run_one(task)
+            return
+        for task, output in zip(live, outputs):
+            self._succeed(task, output)
+
+    def _run_one(self, task: Task) -> None:
+        try:
+            output = self._predict([task])[0]
+        except Exception as exc:  # noqa: BLE001 - this input's own failure
+            self._fail(task, exc)
+            return
+        self._succeed(task, output)
+
+    def _predict(self, tasks: list[Task]) -> list[Any]:
+        outputs = list(self.handler.predict([task.decoded for task in tasks]))
+        if len(outputs) != len(tasks):
+            raise RuntimeError(f"predict returned {len(outputs)} outputs for {len(tasks)} inputs")
+        return outputs
+
+    def _succeed(self, task: Task, output: Any) -> None:
+        if task.cancelled:
+            self.ledger.remove(task)
+        else:
+            self.uploads.succeed(task, output)
+
+    def _fail(self, task: Task, exc: BaseException) -> None:
+        self.uploads.fail(task, failure_message(self.handler, exc), self.handler.is_retryable(exc))
+
+    def _wind_down(self) -> None:
+        """Give back what was never started, let uploads finish, stop the helpers."""
+        self.stop.set()
+        while True:
+            try:
+                self.fetcher.give_back(self.fetcher.ready.get_nowait())
+            except queue.Empty:
+                break
+        self.uploads.close()
+        for thread in (self.heartbeat, self.status):
+            thread.halt.set()
+        totals = self.stats.totals
+        log.info("stopped: done %d, failed %d, cancelled %d, gave back %d", totals["done"], totals["failed"],
+                 totals["cancelled"], totals["given back"])
+
+    def _install_signals(self) -> None:
+        def on_signal(signum: int, _frame) -> None:
+            name = signal.Signals(signum).name
+            if not self.stop.is_set():
+                log.info("%s: stopping; finishing the batch in hand and giving back the rest "
+                         "(send it again to quit without waiting for the broker)", name)
+                self.stop.set()
+            else:
+                log.info("%s again: quitting without waiting for the broker", name)
+                self.force.set()
+                self.uploads.halt.set()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)

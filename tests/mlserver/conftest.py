@@ -1,0 +1,64 @@
+"""Worker fixtures: real `python -m mlserver` processes against the real broker and Azurite.
+
+Workers poll with a short --wait so that stopping them at the end of a test is quick, and log a
+status line every second so tests can read what they did.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+
+import pytest
+import requests
+from PIL import Image
+
+from devstack.worker import Worker
+
+FAST = ["--wait", "2", "--status-interval", "1"]
+
+
+@pytest.fixture
+def start_worker(broker, tmp_path):
+    """start_worker(model, *args, via=broker, env=None) -> a running Worker; all are stopped afterwards."""
+    workers: list[Worker] = []
+
+    def start(model: str, *args: str, via=None, env: dict | None = None, timeout: float = 240) -> Worker:
+        target = via or broker
+        worker = Worker(target.url, target.worker_key, ["--model", model, *FAST, *args], env=env,
+                        log_dir=tmp_path / f"worker-{len(workers)}")
+        workers.append(worker)
+        return worker.start(timeout)
+
+    yield start
+    for worker in workers:
+        worker.stop(timeout=30)
+
+
+def result(broker, task_id: str, timeout: float = 120) -> requests.Response:
+    """The final getresult answer (not 202), long-polling up to `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        response = broker.get(f"/getresult?task_id={task_id}&wait=20")
+        if response.status_code != 202:
+            return response
+    raise AssertionError(f"task {task_id} did not finish within {timeout} s: {broker.status(task_id)}")
+
+
+def wait_for(condition, timeout: float = 60, interval: float = 0.2, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def image_bytes(mode: str, size: tuple[int, int], fmt: str = "PNG") -> bytes:
+    """A small test picture in the given Pillow mode and file format."""
+    base = Image.linear_gradient("L").resize(size)
+    picture = Image.merge("RGB", (base, base.transpose(Image.Transpose.ROTATE_90), Image.new("L", size, 90)))
+    buffer = io.BytesIO()
+    picture.convert(mode).save(buffer, fmt)
+    return buffer.getvalue()

@@ -1,0 +1,52 @@
+"""The echo handler end to end: batches, content types, a failing task among survivors."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+from .conftest import result
+
+
+def test_many_tasks_come_back_unchanged_in_batches(broker, model, start_worker):
+    kinds = ["image/png", "text/plain; charset=utf-8", "application/octet-stream", "application/x-custom+json"]
+    sent = {}
+    for i in range(40):
+        payload = os.urandom(16) + f"task {i}".encode() * (i + 1)
+        sent[broker.submit(model, payload, kinds[i % len(kinds)])] = (payload, kinds[i % len(kinds)])
+    worker = start_worker(model, "--handler", "echo", "--batch", "8")
+
+    for task_id, (payload, kind) in sent.items():
+        response = result(broker, task_id)
+        assert response.status_code == 200, response.text
+        assert response.content == payload
+        assert response.headers["Content-Type"] == kind
+        assert broker.status(task_id)["attempts"] == 1
+    # All 40 were queued before the worker started, so it must have claimed them in full batches.
+    fills = [float(f) for f in re.findall(r"batch fill ([\d.]+)/8", worker.log_text())]
+    assert max(fills) > 1, worker.log_text()
+
+
+def test_a_failing_task_fails_alone_and_its_batch_survives(broker, model, start_worker):
+    ids = [broker.submit(model, f"survivor {i}".encode(), "text/plain") for i in range(3)]
+    poison = broker.submit(model, b"poison", "text/plain", params={"params": json.dumps({"fail": "simulated failure"})})
+    ids += [broker.submit(model, f"survivor {i}".encode(), "text/plain") for i in range(3, 6)]
+    worker = start_worker(model, "--handler", "echo", "--batch", "8")
+
+    failed = result(broker, poison)
+    assert failed.status_code == 422, failed.text
+    assert failed.json()["error"] == "simulated failure"
+    assert failed.json()["attempts"] == 1  # not retryable: failed at once, not requeued
+    for i, task_id in enumerate(ids):
+        response = result(broker, task_id)
+        assert response.status_code == 200 and response.content == f"survivor {i}".encode()
+    assert "one by one" in worker.log_text()
+
+
+def test_a_bad_param_fails_that_task_with_one_sentence(broker, model, start_worker):
+    bad = broker.submit(model, b"x", params={"params": json.dumps({"sleep_ms": "soon"})})
+    good = broker.submit(model, b"y")
+    start_worker(model, "--handler", "echo", "--batch", "4")
+    assert result(broker, bad).json()["error"] == "params.sleep_ms must be a number of milliseconds from 0 to 3600000"
+    assert result(broker, good).content == b"y"
