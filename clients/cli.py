@@ -1,0 +1,226 @@
+"""`python -m clients`: predict files, look at tasks, fetch results, cancel. Errors are one line.
+
+Exit codes: 0 all went well; 1 an error, or a task that failed, was cancelled or timed out;
+2 a usage error; 3 (`result`) the task has not finished yet; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import queue
+import sys
+import threading
+import time
+from pathlib import Path
+
+from . import progress
+from .client import DEFAULT_URL, BrokerClient
+from .errors import BrokerError, BrokerHTTPError, TaskCancelled, TaskFailed, TaskTimeout
+from .outputs import Outputs
+from .payload import extension_for, read_payload
+from .result import Result
+
+PARALLEL_WAITS = 8  # long-polls held open at once; the other tasks wait their turn
+
+
+class UsageError(Exception):
+    pass
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, not argparse's usage block
+        raise UsageError(f"{message} (see --help)")
+
+
+def fail(message: str, code: int = 1) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+def json_text(value) -> str:
+    return json.dumps(value, indent=2, ensure_ascii=False)
+
+
+def parse_params(text: str | None) -> dict | None:
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise UsageError("--params is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise UsageError("--params must be a JSON object, like '{\"top_k\": 3}'")
+    return value
+
+
+# ---- predict -------------------------------------------------------------------------------
+
+
+def outcome(client: BrokerClient, task_id: str, deadline: float, poll: int, on_status):
+    """The Result, or the BrokerError that ended the wait (failed, cancelled, timed out, unreachable)."""
+    try:
+        return client.wait(task_id, max(0.0, deadline - time.monotonic()), poll, on_status)
+    except BrokerError as exc:
+        return exc
+
+
+def wait_all(client: BrokerClient, jobs: list[tuple[str, str]], timeout: float, poll: int, shown):
+    """Yield (input, task id, outcome) as tasks finish, waiting on several at once."""
+    deadline = time.monotonic() + timeout
+    done: queue.Queue = queue.Queue()
+    slots = threading.Semaphore(PARALLEL_WAITS)
+
+    def run(name: str, task_id: str) -> None:
+        with slots:
+            done.put((name, task_id, outcome(client, task_id, deadline, poll,
+                                             lambda document: shown.update(name, document["status"]))))
+
+    for name, task_id in jobs:
+        # Daemon threads: Ctrl-C must not wait for long-polls to come back.
+        threading.Thread(target=run, args=(name, task_id), daemon=True).start()
+    for _ in jobs:
+        yield done.get()
+
+
+def report(name: str, task_id: str, result, outputs: Outputs, count: int, shown) -> bool:
+    """Write or print one outcome and say so; True if the task succeeded."""
+    if isinstance(result, Result):
+        target = outputs.target(name, result)
+        if target is None:
+            body = result.json()
+            print(json_text(body) if count == 1 else
+                  json.dumps({"file": name, "task_id": task_id, "content_type": result.content_type, "result": body},
+                             ensure_ascii=False), flush=True)
+            shown.finished(name, "succeeded", f"succeeded (task {task_id})")
+        else:
+            shown.finished(name, "succeeded", f"succeeded -> {outputs.write(target, result)}")
+        return True
+    if isinstance(result, TaskFailed):
+        shown.finished(name, "failed", f"task {task_id} failed: {result.error}")
+    elif isinstance(result, TaskCancelled):
+        shown.finished(name, "cancelled", str(result))
+    elif isinstance(result, TaskTimeout):
+        shown.finished(name, "timed out", f"task {task_id} did not finish in time; it may still finish: "
+                                          f"python -m clients result {task_id}")
+    else:
+        shown.finished(name, "error", str(result))
+    return False
+
+
+def predict(args, client: BrokerClient) -> int:
+    params = parse_params(args.params)
+    inputs = []
+    for name in args.files:
+        try:
+            inputs.append((name, *read_payload(name)))
+        except OSError as exc:
+            return fail(f"cannot read {name}: {exc.strerror or exc}")
+    outputs = Outputs(args.out, len(inputs), args.model)
+    shown = progress.display(len(inputs))
+    ok = True
+    jobs = []
+    try:
+        for name, payload, content_type in inputs:
+            try:
+                task_id = client.submit(payload, args.model, content_type, params)
+            except BrokerHTTPError as exc:
+                if exc.status in (401, 403):
+                    raise  # the same for every file: stop now
+                shown.finished(name, "error", f"not submitted: {exc}")
+                ok = False
+                continue
+            jobs.append((name, task_id))
+            shown.update(name, "queued", task_id)
+        poll = 2 if isinstance(shown, progress.Bar) else 10  # a live bar wants fresher counts
+        for name, task_id, result in wait_all(client, jobs, args.timeout, poll, shown):
+            ok &= report(name, task_id, result, outputs, len(inputs), shown)
+    finally:
+        shown.close()
+    return 0 if ok else 1
+
+
+# ---- status, result, cancel ----------------------------------------------------------------
+
+
+def status(args, client: BrokerClient) -> int:
+    print(json_text(client.status(args.task_id)))
+    return 0
+
+
+def result(args, client: BrokerClient) -> int:
+    if not 0 <= args.wait <= 60:
+        raise UsageError("--wait must be from 0 to 60 seconds")
+    found = client.result(args.task_id, args.wait)
+    if found is None:
+        state = client.status(args.task_id)["status"]
+        return fail(f"task {args.task_id} is still {state}; ask again later (or use --wait)", 3)
+    if args.out:
+        print(f"saved {found.save(args.out)}", file=sys.stderr)
+    elif found.is_json:
+        print(json_text(found.json()))
+    elif found.media_type.startswith("text/"):
+        sys.stdout.write(found.content.decode("utf-8", errors="replace"))
+    else:
+        print(f"saved {found.save(f'{args.task_id}{extension_for(found.content_type)}')}", file=sys.stderr)
+    return 0
+
+
+def cancel(args, client: BrokerClient) -> int:
+    print(json_text(client.cancel(args.task_id)))
+    return 0
+
+
+# ---- the command line ----------------------------------------------------------------------
+
+
+def parser() -> argparse.ArgumentParser:
+    top = Parser(prog="python -m clients", description="Submit jobs to the broker and fetch their results.",
+                 epilog="Environment: BROKER_URL (default %s), BROKER_CLIENT_KEY (when the broker needs one)."
+                        % DEFAULT_URL)
+    top.add_argument("--broker-url", default=os.environ.get("BROKER_URL") or DEFAULT_URL,
+                     help="the broker's base URL, ending in /api (default: $BROKER_URL or %(default)s)")
+    commands = top.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    run = commands.add_parser("predict", help="submit files and wait for their results")
+    run.add_argument("files", nargs="+", metavar="FILE", help="input files (the content type comes from the name)")
+    run.add_argument("--model", required=True, help="the model to run, e.g. resnet50, deeplabv3plus, echo")
+    run.add_argument("--out", metavar="PATH|DIR",
+                     help="where results go: a file for one input, a directory for several "
+                          "(default: JSON to stdout, anything else to <input>.<model>.<ext> here)")
+    run.add_argument("--params", metavar="JSON", help="a JSON object handed to the model, e.g. '{\"top_k\": 3}'")
+    run.add_argument("--timeout", type=float, default=300, metavar="S",
+                     help="seconds to wait for all results (default %(default)g)")
+    run.set_defaults(run=predict)
+
+    show = commands.add_parser("status", help="print a task's status document")
+    show.add_argument("task_id", metavar="ID")
+    show.set_defaults(run=status)
+
+    fetch = commands.add_parser("result", help="print or save a finished task's result")
+    fetch.add_argument("task_id", metavar="ID")
+    fetch.add_argument("--out", metavar="PATH", help="save the result here")
+    fetch.add_argument("--wait", type=int, default=0, metavar="S",
+                       help="wait up to S seconds (0-60) for the task to finish (default 0)")
+    fetch.set_defaults(run=result)
+
+    stop = commands.add_parser("cancel", help="cancel a queued or running task")
+    stop.add_argument("task_id", metavar="ID")
+    stop.set_defaults(run=cancel)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = parser().parse_args(argv)
+        with BrokerClient(args.broker_url, os.environ.get("BROKER_CLIENT_KEY") or None) as client:
+            return args.run(args, client)
+    except UsageError as exc:
+        return fail(str(exc), 2)
+    except BrokerError as exc:
+        return fail(str(exc))
+    except OSError as exc:
+        return fail(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc))
+    except KeyboardInterrupt:
+        return fail("interrupted; submitted tasks go on (python -m clients status ID)", 130)
