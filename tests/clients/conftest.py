@@ -1,4 +1,4 @@
-"""Fixtures for the client tests: an echo worker on the main broker, a broker with client keys.
+"""Fixtures for the client tests: a real echo worker on the main broker, a broker with client keys.
 
 The worker serves model `echo` for the whole session (the demo page offers that name), so
 tests that need a task to stay queued use the unique `model` fixture, which no worker serves.
@@ -10,16 +10,17 @@ import socket
 
 import pytest
 
+from devstack.worker import Worker
 from tests.conftest import CLIENT_KEY
-
-from .echo import echo_worker
 
 
 @pytest.fixture(scope="session")
-def echo(broker):
-    """A worker answering model `echo` on the main broker until the session ends."""
-    with echo_worker(broker, "echo"):
-        yield "echo"
+def echo(broker, tmp_path_factory):
+    """A real `python -m mlserver --handler echo` worker for model `echo` on the main broker."""
+    worker = Worker(broker.url, broker.worker_key, ["--model", "echo", "--handler", "echo", "--wait", "2"],
+                    log_dir=tmp_path_factory.mktemp("echo-worker")).start()
+    yield "echo"
+    worker.stop(timeout=30)
 
 
 @pytest.fixture(scope="session")
