@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import time
 
+import numpy as np
 import pytest
 import requests
 from PIL import Image
@@ -58,7 +59,11 @@ def wait_for(condition, timeout: float = 60, interval: float = 0.2, what: str = 
 def image_bytes(mode: str, size: tuple[int, int], fmt: str = "PNG") -> bytes:
     """A small test picture in the given Pillow mode and file format."""
     base = Image.linear_gradient("L").resize(size)
-    picture = Image.merge("RGB", (base, base.transpose(Image.Transpose.ROTATE_90), Image.new("L", size, 90)))
+    picture = Image.merge("RGB", (base, base.transpose(Image.Transpose.FLIP_TOP_BOTTOM), Image.new("L", size, 90)))
+    if mode == "I;16":  # Pillow cannot convert RGB to 16 bits itself
+        picture = Image.fromarray(np.asarray(base, np.uint16) * 257)
+    else:
+        picture = picture.convert(mode)
     buffer = io.BytesIO()
-    picture.convert(mode).save(buffer, fmt)
+    picture.save(buffer, fmt)
     return buffer.getvalue()

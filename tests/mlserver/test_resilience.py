@@ -1,0 +1,86 @@
+"""Leases, cancellation, shutdown and broker outages, with the echo handler's simulated work."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+from .conftest import result, wait_for
+
+
+def sleeping(ms: int) -> dict:
+    return {"params": json.dumps({"sleep_ms": ms})}
+
+
+def test_heartbeat_keeps_a_slow_task_from_being_redelivered(broker, model, start_worker):
+    task_id = broker.submit(model, b"slow", params=sleeping(12_000))
+    start_worker(model, "--handler", "echo", "--batch", "1", "--lease", "5")
+    wait_for(lambda: broker.status(task_id)["status"] == "running", what="the worker to claim the task")
+    # Without renewals the 5 s lease would run out and this claim would get the task (attempt 2).
+    assert broker.claim(model, wait=14) == []
+    response = result(broker, task_id)
+    assert response.status_code == 200 and response.content == b"slow"
+    assert broker.status(task_id)["attempts"] == 1
+
+
+def test_cancel_reaches_a_running_task(broker, model, start_worker):
+    task_id = broker.submit(model, b"doomed", params=sleeping(10_000))
+    worker = start_worker(model, "--handler", "echo", "--batch", "1", "--lease", "5")
+    wait_for(lambda: broker.status(task_id)["status"] == "running", what="the worker to claim the task")
+    assert broker.post(f"/cancel?task_id={task_id}").status_code == 200
+    # The heartbeat (every 2.5 s) learns of it while the 10 s of work is still going on.
+    wait_for(lambda: f"task {task_id} was cancelled" in worker.log_text(), timeout=8, what="the heartbeat's 410")
+    follower = broker.submit(model, b"next")
+    assert result(broker, follower).content == b"next"
+    assert broker.status(task_id)["status"] == "cancelled"
+    assert "cancelled 1" in worker.log_text()
+
+
+def test_sigterm_finishes_the_running_batch_gives_back_the_rest_and_exits_0(broker, model, start_worker):
+    ids = [broker.submit(model, f"task {i}".encode(), params=sleeping(4_000)) for i in range(6)]
+    worker = start_worker(model, "--handler", "echo", "--batch", "2")
+    # Two tasks run, two more are claimed and decoded ahead of them; two stay in the queue.
+    wait_for(lambda: sum(broker.status(t)["status"] == "running" for t in ids) == 4, timeout=30,
+             what="a running batch and a prefetched one")
+    worker.send(signal.SIGTERM)
+    assert worker.proc.wait(30) == 0, worker.log_text()
+
+    statuses = [broker.status(t) for t in ids]
+    assert [s["status"] for s in statuses].count("succeeded") == 2, statuses
+    assert [s["status"] for s in statuses].count("queued") == 4, statuses
+    given_back = [t for t in broker.claim(model, max_tasks=6, wait=5) if t["task_id"] in ids]
+    assert len(given_back) == 4 and all(t["attempt"] == 1 for t in given_back)
+    assert "gave back 2" in worker.log_text()
+
+
+def test_broker_down_at_start_and_mid_run_the_worker_waits_and_resumes(broker, start_broker, model, start_worker):
+    # A second dev host on the same storage: tasks submitted through the main one reach it.
+    flaky = start_broker()
+    flaky.host.stop()
+    worker = start_worker(model, "--handler", "echo", "--batch", "4", via=flaky)
+    first = broker.submit(model, b"before")
+    wait_for(lambda: "retrying in" in worker.log_text(), what="the worker to notice the broker is down")
+    flaky.host.start()
+    assert result(broker, first).content == b"before"
+    assert worker.alive()
+
+    flaky.host.stop()
+    wait_for(lambda: worker.log_text().count("retrying in") >= 2, what="the worker to notice the second outage")
+    second = broker.submit(model, b"after")
+    flaky.host.start()
+    assert result(broker, second).content == b"after"
+    assert worker.alive() and "Traceback" not in worker.log_text()
+
+
+def test_a_wrong_worker_key_stops_the_worker_with_one_line(broker, model):
+    env = {**os.environ, "BROKER_URL": broker.url, "BROKER_WORKER_KEY": "not-the-key"}
+    done = subprocess.run([sys.executable, "-m", "mlserver", "--model", model, "--handler", "echo"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "mlserver: the broker refused this worker: getnexttask answered 401: "
+        f"{broker.get('/getnexttask?model=x', headers={'Authorization': 'Bearer nope'}).json()['error']}"
+        " (check BROKER_WORKER_KEY)"]
