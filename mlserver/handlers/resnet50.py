@@ -75,7 +75,7 @@ class ResNet50(Handler):
         top_k = params.get("top_k", 5)
         if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= 20:
             raise InputError("params.top_k must be an integer from 1 to 20")
-        image = read_rgb(payload, content_type).resize((SIZE, SIZE), Image.Resampling.BILINEAR)
+        image = read_rgb(payload, content_type, at_least=SIZE).resize((SIZE, SIZE), Image.Resampling.BILINEAR)
         return Picture(np.asarray(image, dtype=np.uint8), top_k)
 
     def predict(self, inputs: list[Picture]) -> list[np.ndarray]:

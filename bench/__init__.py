@@ -1,0 +1,1 @@
+"""Benchmarks: scripts that print numbers (and save them under bench/results/), not timed tests."""

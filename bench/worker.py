@@ -1,0 +1,159 @@
+"""`python -m bench.worker`: ResNet50 images/s through the broker versus the bare model, same images, same run.
+
+For each batch size it submits the same JPEGs to a fresh queue, starts a real worker (random
+weights) on it and takes the broker's own timestamps: from the first claim to the last result.
+The bare figure is the same handler's predict (preprocessing + model) on the same decoded images,
+in this process, with nothing else running, measured just before and just after each broker run. Azurite, the dev host and the worker share this
+machine's cores, as they would on a single small box. The worker's peak memory is its VmHWM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import re
+import sys
+import tempfile
+import time
+import uuid
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import requests
+from PIL import Image
+
+from devstack.services import Azurite, DevHost
+from devstack.worker import Worker
+
+RESULTS = Path(__file__).resolve().parent / "results"
+WORKER_KEY = "bench-worker-key"
+
+
+def photos(count: int, size: tuple[int, int], seed: int = 7) -> list[bytes]:
+    """Distinct JPEGs with smooth shapes and noise, so decoding costs what a real photo's would."""
+    rng = np.random.default_rng(seed)
+    width, height = size
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    out = []
+    for _ in range(count):
+        fx, fy, phase = rng.uniform(0.005, 0.05, 2).tolist() + [rng.uniform(0, 6.3)]
+        base = (np.sin(xs * fx + phase) + np.cos(ys * fy - phase)) * 60 + 128
+        rgb = np.stack([base, base[::-1], base[:, ::-1]], axis=-1) + rng.normal(0, 12, (height, width, 3))
+        buffer = io.BytesIO()
+        Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8)).save(buffer, "JPEG", quality=90)
+        out.append(buffer.getvalue())
+    return out
+
+
+def bare_rate(handler, inputs: list, batch: int) -> float:
+    """Images/s of the handler's predict alone over `inputs`, in batches of `batch`, after a warm-up."""
+    handler.predict(inputs[:batch])
+    start = time.perf_counter()
+    for i in range(0, len(inputs), batch):
+        handler.predict(inputs[i:i + batch])
+    return len(inputs) / (time.perf_counter() - start)
+
+
+def parse_time(stamp: str) -> float:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+def peak_rss_mib(pid: int) -> float | None:
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    match = re.search(r"VmHWM:\s+(\d+) kB", text)
+    return int(match.group(1)) / 1024 if match else None
+
+
+def broker_rate(url: str, payloads: list[bytes], batch: int, log_dir: Path) -> dict:
+    """Queue every payload, start a worker, and time it from its first claim to its last result."""
+    session = requests.Session()
+    model = "bench-" + uuid.uuid4().hex[:8]
+    ids = []
+    for payload in payloads:
+        response = session.post(f"{url}/predict?model={model}", data=payload, headers={"Content-Type": "image/jpeg"})
+        response.raise_for_status()
+        ids.append(response.json()["task_id"])
+    worker = Worker(url, WORKER_KEY, ["--model", model, "--handler", "resnet50", "--weights", "none",
+                                      "--batch", str(batch), "--lease", "300", "--wait", "5",
+                                      "--status-interval", "5"], log_dir=log_dir).start(timeout=600)
+    try:
+        for task_id in ids:  # one long-poll at a time: the client adds next to no load meanwhile
+            while session.get(f"{url}/getresult?task_id={task_id}&wait=60").status_code == 202:
+                pass
+        rss = peak_rss_mib(worker.proc.pid)
+    finally:
+        worker.stop(timeout=60)
+    documents = [session.get(f"{url}/status?task_id={task_id}").json() for task_id in ids]
+    failed = [d for d in documents if d["status"] != "succeeded"]
+    if failed:
+        raise SystemExit(f"{len(failed)} tasks did not succeed, e.g. {failed[0]}; worker log: {worker.log_path}")
+    start = min(parse_time(d["started_at"]) for d in documents)
+    end = max(parse_time(d["finished_at"]) for d in documents)
+    device = re.search(r"device: (.*)", worker.log_text())
+    return {"rate": len(ids) / (end - start), "seconds": end - start, "peak_rss_mib": rss,
+            "device": device.group(1) if device else "unknown"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.worker", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=96, help="images per batch size (default 96)")
+    parser.add_argument("--batches", default="1,8,16", help="batch sizes, comma-separated (default 1,8,16)")
+    parser.add_argument("--size", default="640x480", help="image width x height (default 640x480)")
+    args = parser.parse_args(argv)
+    batches = [int(b) for b in args.batches.split(",")]
+    size = tuple(int(v) for v in args.size.lower().split("x"))
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from mlserver.handlers.resnet50 import ResNet50
+
+    payloads = photos(args.images, size)
+    handler = ResNet50(weights="none", batch_size=max(batches))
+    handler.load()
+    inputs = [handler.decode(payload, "image/jpeg", {}) for payload in payloads]
+    print(f"{len(payloads)} JPEGs of {size[0]}x{size[1]}, ResNet50 with random weights, device {handler.device()}",
+          flush=True)
+
+    work = Path(tempfile.mkdtemp(prefix="bench-worker-"))
+    azurite = Azurite(log_dir=work / "azurite").start()
+    host = DevHost(azurite.connection_string, {"BROKER_WORKER_KEYS": WORKER_KEY}, log_dir=work / "devhost",
+                   extra_args=["--no-timers"]).start()
+    rows = []
+    try:
+        for batch in batches:
+            # The bare model just before and just after, so load from elsewhere on the machine
+            # weighs on both figures alike.
+            before = bare_rate(handler, inputs, batch)
+            through = broker_rate(host.url, payloads, batch, work / f"worker-{batch}")
+            bare = (before + bare_rate(handler, inputs, batch)) / 2
+            rows.append({"batch": batch, "bare_images_per_s": round(bare, 2),
+                         "broker_images_per_s": round(through["rate"], 2),
+                         "ratio": round(through["rate"] / bare, 3),
+                         "worker_peak_rss_mib": through["peak_rss_mib"] and round(through["peak_rss_mib"]),
+                         "device": through["device"]})
+            print(f"  batch {batch:>2}: done", flush=True)
+    finally:
+        host.stop()
+        azurite.stop()
+
+    print(f"\n{'batch':>5}  {'bare img/s':>10}  {'broker img/s':>12}  {'ratio':>6}  {'worker peak RSS':>15}")
+    for row in rows:
+        print(f"{row['batch']:>5}  {row['bare_images_per_s']:>10.2f}  {row['broker_images_per_s']:>12.2f}  "
+              f"{row['ratio']:>6.3f}  {str(row['worker_peak_rss_mib']) + ' MiB':>15}")
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"worker-{datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps({"images": len(payloads), "size": list(size), "cpus": os.cpu_count(),
+                                "machine": platform.machine(), "python": sys.version.split()[0],
+                                "device": handler.device(), "rows": rows}, indent=2) + "\n")
+    print(f"\nsaved {path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
