@@ -3,8 +3,6 @@
 Run it with: python -m mlserver --model digits --handler digits:Digits --weights digits.keras
 """
 
-from __future__ import annotations
-
 import io
 import json
 
