@@ -43,6 +43,16 @@ def json_text(value) -> str:
     return json.dumps(value, indent=2, ensure_ascii=False)
 
 
+def printable_json(result: Result) -> str | None:
+    """The result as indented JSON text, or None when it is not JSON (whatever its content type says)."""
+    if not result.is_json:
+        return None
+    try:
+        return json_text(result.json())
+    except ValueError:
+        return None
+
+
 def parse_params(text: str | None) -> dict | None:
     if text is None:
         return None
@@ -87,12 +97,12 @@ def wait_all(client: BrokerClient, jobs: list[tuple[str, str]], timeout: float, 
 def report(name: str, task_id: str, result, outputs: Outputs, count: int, shown) -> bool:
     """Write or print one outcome and say so; True if the task succeeded."""
     if isinstance(result, Result):
-        target = outputs.target(name, result)
+        text = printable_json(result)
+        target = outputs.target(name, result, printable=text is not None)
         if target is None:
-            body = result.json()
-            print(json_text(body) if count == 1 else
-                  json.dumps({"file": name, "task_id": task_id, "content_type": result.content_type, "result": body},
-                             ensure_ascii=False), flush=True)
+            print(text if count == 1 else json.dumps({"file": name, "task_id": task_id, "content_type":
+                                                      result.content_type, "result": result.json()},
+                                                     ensure_ascii=False), flush=True)
             shown.finished(name, "succeeded", f"succeeded (task {task_id})")
         else:
             shown.finished(name, "succeeded", f"succeeded -> {outputs.write(target, result)}")
@@ -156,10 +166,11 @@ def result(args, client: BrokerClient) -> int:
     if found is None:
         state = client.status(args.task_id)["status"]
         return fail(f"task {args.task_id} is still {state}; ask again later (or use --wait)", 3)
+    text = printable_json(found)
     if args.out:
         print(f"saved {found.save(args.out)}", file=sys.stderr)
-    elif found.is_json:
-        print(json_text(found.json()))
+    elif text is not None:
+        print(text)
     elif found.media_type.startswith("text/"):
         sys.stdout.write(found.content.decode("utf-8", errors="replace"))
     else:
@@ -175,6 +186,14 @@ def cancel(args, client: BrokerClient) -> int:
 # ---- the command line ----------------------------------------------------------------------
 
 
+def subcommand(commands, name: str, run, help: str, task: bool = True) -> argparse.ArgumentParser:
+    command = commands.add_parser(name, help=help)
+    if task:
+        command.add_argument("task_id", metavar="ID")
+    command.set_defaults(run=run)
+    return command
+
+
 def parser() -> argparse.ArgumentParser:
     top = Parser(prog="python -m clients", description="Submit jobs to the broker and fetch their results.",
                  epilog="Environment: BROKER_URL (default %s), BROKER_CLIENT_KEY (when the broker needs one)."
@@ -183,7 +202,7 @@ def parser() -> argparse.ArgumentParser:
                      help="the broker's base URL, ending in /api (default: $BROKER_URL or %(default)s)")
     commands = top.add_subparsers(dest="command", required=True, parser_class=Parser)
 
-    run = commands.add_parser("predict", help="submit files and wait for their results")
+    run = subcommand(commands, "predict", predict, "submit files and wait for their results", task=False)
     run.add_argument("files", nargs="+", metavar="FILE", help="input files (the content type comes from the name)")
     run.add_argument("--model", required=True, help="the model to run, e.g. resnet50, deeplabv3plus, echo")
     run.add_argument("--out", metavar="PATH|DIR",
@@ -192,22 +211,12 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--params", metavar="JSON", help="a JSON object handed to the model, e.g. '{\"top_k\": 3}'")
     run.add_argument("--timeout", type=float, default=300, metavar="S",
                      help="seconds to wait for all results (default %(default)g)")
-    run.set_defaults(run=predict)
-
-    show = commands.add_parser("status", help="print a task's status document")
-    show.add_argument("task_id", metavar="ID")
-    show.set_defaults(run=status)
-
-    fetch = commands.add_parser("result", help="print or save a finished task's result")
-    fetch.add_argument("task_id", metavar="ID")
+    subcommand(commands, "status", status, "print a task's status document")
+    fetch = subcommand(commands, "result", result, "print or save a finished task's result")
     fetch.add_argument("--out", metavar="PATH", help="save the result here")
     fetch.add_argument("--wait", type=int, default=0, metavar="S",
                        help="wait up to S seconds (0-60) for the task to finish (default 0)")
-    fetch.set_defaults(run=result)
-
-    stop = commands.add_parser("cancel", help="cancel a queued or running task")
-    stop.add_argument("task_id", metavar="ID")
-    stop.set_defaults(run=cancel)
+    subcommand(commands, "cancel", cancel, "cancel a queued or running task")
     return top
 
 

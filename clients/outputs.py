@@ -27,11 +27,11 @@ class Outputs:
             self.file = Path(out)
         self.used: set[Path] = set()
 
-    def target(self, source: str, result: Result) -> Path | None:
-        """The path to write this result to, or None to print it (a JSON result with no --out)."""
+    def target(self, source: str, result: Result, printable: bool) -> Path | None:
+        """The path to write this result to, or None to print it (a printable JSON result with no --out)."""
         if self.file is not None:
             return self.file
-        if self.directory is None and result.is_json:
+        if self.directory is None and printable:
             return None
         path = (self.directory or Path.cwd()) / f"{Path(source).stem}.{self.model}{extension_for(result.content_type)}"
         if path in self.used:  # two inputs with one stem (a/cat.png, b/cat.png): keep both results

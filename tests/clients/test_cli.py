@@ -63,6 +63,14 @@ def test_predict_prints_a_json_result_and_names_other_results_after_the_input(br
     assert (tmp_path / "cat.echo.png").read_bytes() == files["cat.png"].read_bytes()
 
 
+def test_a_json_result_that_is_not_json_is_saved_not_printed(broker, echo, tmp_path):
+    (tmp_path / "broken.json").write_bytes(b"{not json")
+    done = cli("predict", "broken.json", "--model", echo, url=broker.url, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == ""
+    assert (tmp_path / "broken.echo.json").read_bytes() == b"{not json"
+
+
 def test_predict_several_json_results_print_one_line_each(broker, echo, files, tmp_path):
     (tmp_path / "more.json").write_text('{"n": 2}')
     done = cli("predict", "scores.json", "more.json", "--model", echo, url=broker.url, cwd=tmp_path)
