@@ -9,7 +9,7 @@ import re
 import sys
 
 MODEL_NAME = re.compile(r"[a-z0-9]+(-[a-z0-9]+)*")
-EXIT_OK, EXIT_CONFIG, EXIT_WEIGHTS = 0, 2, 3
+EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_WEIGHTS = 0, 1, 2, 3
 WEIGHTS_HINT = "use --weights none for random weights, or --weights PATH for a local file"
 
 EPILOG = """\
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     log = logging.getLogger("mlserver")
 
     # Imported here so that --help and argument errors answer at once.
-    from .broker_api import BrokerClient
+    from .broker_api import BrokerClient, Refused
     from .fetcher import Claiming
     from .handlers import HandlerNotFound, handler_class
     from .handlers.base import BadOption, WeightsUnavailable
@@ -117,9 +117,11 @@ def main(argv: list[str] | None = None) -> int:
                     args.status_interval, args.upload_threads)
     fatal = worker.run()
     client.close()
-    if fatal is not None:
+    if isinstance(fatal, Refused):
         hint = " (check BROKER_WORKER_KEY)" if fatal.status == 401 else " (check --broker-url; it ends in /api)"
         return _fail(EXIT_CONFIG, f"the broker refused this worker: {fatal}{hint}")
+    if fatal is not None:
+        return _fail(EXIT_ERROR, f"stopped by an unexpected error: {type(fatal).__name__}: {fatal}")
     return EXIT_OK
 
 

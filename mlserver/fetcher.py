@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from dataclasses import dataclass
 
 from .backoff import Backoff
@@ -20,6 +21,7 @@ from .uploads import Uploads
 
 log = logging.getLogger("mlserver.fetch")
 HAND_OVER_POLL = 0.2  # how often a waiting fetch thread looks at the stop flag
+MIN_EMPTY_POLL = 1.0  # an empty answer faster than this is followed by a pause
 
 
 @dataclass(frozen=True)
@@ -38,11 +40,20 @@ class Fetcher(threading.Thread):
         self.ledger, self.uploads, self.stats, self.stop = ledger, uploads, stats, stop
         self.ready: queue.Queue[list[Task]] = queue.Queue()
         self.room = threading.Semaphore(1)  # released by the model thread when it takes a batch
-        self.fatal: Refused | None = None
+        self.fatal: Exception | None = None  # why the worker must stop: a refusal, or a bug
 
     def run(self) -> None:
+        try:
+            self._run()
+        except Exception as exc:  # noqa: BLE001 - a bug here must stop the worker, not leave it idle forever
+            log.exception("the fetch thread failed")
+            self.fatal = exc
+            self.stop.set()
+
+    def _run(self) -> None:
         backoff = Backoff(first=1.0, cap=30.0)
         while self._wait_for_room():
+            asked = time.monotonic()
             try:
                 claims = self.client.claim(self.claiming.model, self.claiming.batch, self.claiming.wait,
                                            self.claiming.lease)
@@ -59,6 +70,8 @@ class Fetcher(threading.Thread):
             if backoff.failures:
                 log.info("the broker answers again")
                 backoff.reset()
+            if not claims and time.monotonic() - asked < MIN_EMPTY_POLL:
+                self.stop.wait(MIN_EMPTY_POLL)  # --wait 0, or a poll cut short: do not spin
             tasks = [Task.from_claim(claim, self.claiming.lease) for claim in claims]
             self.ledger.add(tasks)
             if self.stop.is_set():

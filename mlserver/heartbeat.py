@@ -48,5 +48,8 @@ class Heartbeat(threading.Thread):
             # Keep working: a put after a lost lease is still accepted if no other attempt committed.
             task.lease_lost = True
             log.warning("lost the lease of task %s: %s", task.task_id, exc)
+        except Exception:  # noqa: BLE001 - one odd answer must not end the heartbeat for every task
+            task.renew_at = time.monotonic() + RETRY_SOON
+            log.exception("unexpected error renewing the lease of task %s", task.task_id)
         finally:
             task.lock.release()

@@ -16,7 +16,7 @@ import threading
 import time
 from typing import Any
 
-from .broker_api import BrokerClient, Refused
+from .broker_api import BrokerClient
 from .fetcher import Claiming, Fetcher
 from .handlers.base import Handler, failure_message
 from .heartbeat import Heartbeat
@@ -42,8 +42,8 @@ class Worker:
         self.heartbeat = Heartbeat(client, self.ledger, self.stats, claiming.lease)
         self.status = StatusLine(self.stats, status_interval)
 
-    def run(self) -> Refused | None:
-        """Serve until a signal (or a fatal answer from the broker, which is returned)."""
+    def run(self) -> Exception | None:
+        """Serve until a signal; returns what stopped it otherwise (a refusal from the broker, a bug)."""
         self._install_signals()
         for thread in (self.heartbeat, self.status, self.fetcher):
             thread.start()
