@@ -7,6 +7,7 @@ rather than hang while storage is away, and the caller retries.
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from azure.core.exceptions import HttpResponseError, ResourceExistsError, ServiceRequestError, ServiceResponseError
 from azure.storage.blob.aio import BlobServiceClient, ContainerClient
@@ -31,6 +32,8 @@ def is_outage(exc: BaseException) -> bool:
 
 class Storage:
     def __init__(self, connection: str, timeout: int) -> None:
+        # The SDK logs every storage request at INFO; the Functions host would ship each one.
+        logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(logging.WARNING)
         options = dict(connection_timeout=3, read_timeout=timeout)
         self.blobs = BlobServiceClient.from_connection_string(
             connection, retry_policy=BlobRetry(backoff=0.3, retry_total=2, random_jitter_range=0.2), **options)

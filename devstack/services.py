@@ -140,9 +140,11 @@ class DevHost(Service):
     ready = re.compile(r"listening on (http://[\d.]+:(\d+)/api)")
 
     def __init__(self, connection_string: str, settings: dict | None = None, port: int = 0,
-                 log_dir: str | Path | None = None, extra_args: list[str] | None = None) -> None:
+                 log_dir: str | Path | None = None, extra_args: list[str] | None = None,
+                 settings_file: str = os.devnull) -> None:
         super().__init__(log_dir)
         self.connection_string = connection_string
+        self.settings_file = settings_file
         self.settings = settings or {}
         self.port = port
         self.extra_args = extra_args or []
@@ -156,7 +158,7 @@ class DevHost(Service):
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", "broker.devhost", "--host", "127.0.0.1", "--port", str(self.port),
-                "--settings", os.devnull, *self.extra_args]
+                "--settings", self.settings_file, *self.extra_args]
 
     def start(self, timeout: float = 60, count: int = 1) -> "DevHost":
         super().start(timeout, count)
