@@ -9,28 +9,22 @@ machine's cores, as they would on a single small box. The worker's peak memory i
 
 from __future__ import annotations
 
-import argparse
 import io
-import json
 import os
-import platform
 import re
 import sys
-import tempfile
 import time
-import uuid
 from datetime import datetime
-from pathlib import Path
 
 import numpy as np
 import requests
 from PIL import Image
 
-from devstack.services import Azurite, DevHost
 from devstack.worker import Worker
 
-RESULTS = Path(__file__).resolve().parent / "results"
-WORKER_KEY = "bench-worker-key"
+from .common import WORKER_KEY, Stack, model_name, note_load, parse_args, pick, ratio, rss_mib, save, table
+
+NAME = "worker"
 
 
 def photos(count: int, size: tuple[int, int], seed: int = 7) -> list[bytes]:
@@ -62,19 +56,10 @@ def parse_time(stamp: str) -> float:
     return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
 
-def peak_rss_mib(pid: int) -> float | None:
-    try:
-        text = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return None
-    match = re.search(r"VmHWM:\s+(\d+) kB", text)
-    return int(match.group(1)) / 1024 if match else None
-
-
 def broker_rate(url: str, payloads: list[bytes], batch: int, log_dir: Path) -> dict:
     """Queue every payload, start a worker, and time it from its first claim to its last result."""
     session = requests.Session()
-    model = "bench-" + uuid.uuid4().hex[:8]
+    model = model_name()
     ids = []
     for payload in payloads:
         response = session.post(f"{url}/predict?model={model}", data=payload, headers={"Content-Type": "image/jpeg"})
@@ -87,7 +72,7 @@ def broker_rate(url: str, payloads: list[bytes], batch: int, log_dir: Path) -> d
         for task_id in ids:  # one long-poll at a time: the client adds next to no load meanwhile
             while session.get(f"{url}/getresult?task_id={task_id}&wait=60").status_code == 202:
                 pass
-        rss = peak_rss_mib(worker.proc.pid)
+        rss = rss_mib(worker.proc.pid, "VmHWM")
     finally:
         worker.stop(timeout=60)
     documents = [session.get(f"{url}/status?task_id={task_id}").json() for task_id in ids]
@@ -102,56 +87,46 @@ def broker_rate(url: str, payloads: list[bytes], batch: int, log_dir: Path) -> d
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.worker", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--images", type=int, default=96, help="images per batch size (default 96)")
-    parser.add_argument("--batches", default="1,8,16", help="batch sizes, comma-separated (default 1,8,16)")
-    parser.add_argument("--size", default="640x480", help="image width x height (default 640x480)")
-    args = parser.parse_args(argv)
+    def options(parser) -> None:
+        parser.add_argument("--images", type=int, help="images per batch size (default 96; 32 with --quick)")
+        parser.add_argument("--batches", default="1,8,16", help="batch sizes, comma-separated (default 1,8,16)")
+        parser.add_argument("--size", default="640x480", help="image width x height (default 640x480)")
+
+    args = parse_args(NAME, argv, options)
     batches = [int(b) for b in args.batches.split(",")]
     size = tuple(int(v) for v in args.size.lower().split("x"))
+    note_load(NAME)
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from mlserver.handlers.resnet50 import ResNet50
 
-    payloads = photos(args.images, size)
+    payloads = photos(args.images or pick(32, 96), size)
     handler = ResNet50(weights="none", batch_size=max(batches))
     handler.load()
     inputs = [handler.decode(payload, "image/jpeg", {}) for payload in payloads]
     print(f"{len(payloads)} JPEGs of {size[0]}x{size[1]}, ResNet50 with random weights, device {handler.device()}",
           flush=True)
 
-    work = Path(tempfile.mkdtemp(prefix="bench-worker-"))
-    azurite = Azurite(log_dir=work / "azurite").start()
-    host = DevHost(azurite.connection_string, {"BROKER_WORKER_KEYS": WORKER_KEY}, log_dir=work / "devhost",
-                   extra_args=["--no-timers"]).start()
     rows = []
-    try:
+    with Stack() as stack:
         for batch in batches:
             # The bare model just before and just after, so load from elsewhere on the machine
             # weighs on both figures alike.
             before = bare_rate(handler, inputs, batch)
-            through = broker_rate(host.url, payloads, batch, work / f"worker-{batch}")
+            through = broker_rate(stack.url, payloads, batch, stack.work / f"worker-{batch}")
             bare = (before + bare_rate(handler, inputs, batch)) / 2
             rows.append({"batch": batch, "bare_images_per_s": round(bare, 2),
                          "broker_images_per_s": round(through["rate"], 2),
-                         "ratio": round(through["rate"] / bare, 3),
+                         "ratio": ratio(through["rate"], bare),
                          "worker_peak_rss_mib": through["peak_rss_mib"] and round(through["peak_rss_mib"]),
                          "device": through["device"]})
             print(f"  batch {batch:>2}: done", flush=True)
-    finally:
-        host.stop()
-        azurite.stop()
 
-    print(f"\n{'batch':>5}  {'bare img/s':>10}  {'broker img/s':>12}  {'ratio':>6}  {'worker peak RSS':>15}")
-    for row in rows:
-        print(f"{row['batch']:>5}  {row['bare_images_per_s']:>10.2f}  {row['broker_images_per_s']:>12.2f}  "
-              f"{row['ratio']:>6.3f}  {str(row['worker_peak_rss_mib']) + ' MiB':>15}")
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"worker-{datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps({"images": len(payloads), "size": list(size), "cpus": os.cpu_count(),
-                                "machine": platform.machine(), "python": sys.version.split()[0],
-                                "device": handler.device(), "rows": rows}, indent=2) + "\n")
-    print(f"\nsaved {path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path}")
+    table("ResNet50 through the broker vs the bare model (goal: ratio >= 0.85 on CPU, 0.95 on a GPU)",
+          ["batch", "bare img/s", "broker img/s", "ratio", "worker peak MiB"],
+          [[r["batch"], r["bare_images_per_s"], r["broker_images_per_s"], r["ratio"], r["worker_peak_rss_mib"]]
+           for r in rows])
+    save(NAME, {"images": len(payloads), "size": list(size), "device": handler.device(), "rows": rows})
     return 0
 
 
