@@ -49,15 +49,17 @@ class BrokerClient:
 
     def _call(self, method: str, route: str, ok: tuple[int, ...] = (200,), hold: float = 0, **kwargs):
         kwargs["headers"] = {**self.headers, **kwargs.get("headers", {})}
-        response = transport.send(self.http, method, f"{self.base_url}/{route}",
-                                  timeout=self.timeout + hold, **kwargs)
+        response = transport.send(self.http, method, self.base_url, route, timeout=self.timeout + hold, **kwargs)
         if response.status_code not in ok:
             transport.raise_for(response)
         return response
 
     def submit(self, data_or_path, model: str, content_type: str | None = None, params: dict | None = None,
                idempotency_key: str | None = None) -> str:
-        """Queue a job; returns its task id. The content type is guessed from a file name when not given."""
+        """Queue a job; returns its task id. The content type is guessed from a file name when not given.
+
+        A path that cannot be read raises the usual OSError (FileNotFoundError, ...) before anything is sent.
+        """
         payload, guessed = read_payload(data_or_path)
         query = {"model": model, "raw": "1"}  # raw: a JSON payload is the payload, not the broker's wrapper
         if params:

@@ -39,12 +39,11 @@ def reason(exc: Exception) -> str:
     return type(exc).__name__
 
 
-def send(http: requests.Session, method: str, url: str, **kwargs) -> requests.Response:
-    base = url.split("?")[0].rsplit("/", 1)[0]
+def send(http: requests.Session, method: str, base_url: str, route: str, **kwargs) -> requests.Response:
     try:
-        return http.request(method, url, **kwargs)
+        return http.request(method, f"{base_url}/{route}", **kwargs)
     except requests.RequestException as exc:
-        raise BrokerUnavailable(f"cannot reach the broker at {base} ({reason(exc)})") from None
+        raise BrokerUnavailable(f"cannot reach the broker at {base_url} ({reason(exc)})") from None
 
 
 def error_message(response: requests.Response) -> tuple[str, dict | None]:

@@ -6,7 +6,7 @@ import io
 
 from PIL import Image, ImageDraw
 
-VOC_COLOURS = {"background": (0, 0, 0), "cat": (64, 0, 0), "person": (192, 128, 128)}
+VOC_CLASSES = {"background": (0, (0, 0, 0)), "cat": (8, (64, 0, 0)), "person": (15, (192, 128, 128))}
 
 
 def png(image: Image.Image) -> bytes:
@@ -28,9 +28,13 @@ def picture(width: int = 320, height: int = 200) -> bytes:
 
 
 def voc_mask(width: int = 120, height: int = 80) -> bytes:
-    """A segmentation mask as deeplabv3plus returns it: background, a cat on the left, a person on the right."""
-    image = Image.new("RGB", (width, height), VOC_COLOURS["background"])
+    """A mask as deeplabv3plus returns it (a palette PNG, pixel = VOC class): a cat left, a person top right."""
+    image = Image.new("P", (width, height), VOC_CLASSES["background"][0])
+    palette = [0] * 768
+    for index, colour in VOC_CLASSES.values():
+        palette[3 * index:3 * index + 3] = colour
+    image.putpalette(palette)
     draw = ImageDraw.Draw(image)
-    draw.rectangle([0, 0, width // 3 - 1, height - 1], fill=VOC_COLOURS["cat"])  # a third of the pixels
-    draw.rectangle([width * 2 // 3, 0, width - 1, height // 2 - 1], fill=VOC_COLOURS["person"])  # a sixth
+    draw.rectangle([0, 0, width // 3 - 1, height - 1], fill=VOC_CLASSES["cat"][0])  # a third of the pixels
+    draw.rectangle([width * 2 // 3, 0, width - 1, height // 2 - 1], fill=VOC_CLASSES["person"][0])  # a sixth
     return png(image)
