@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
 import uuid
 
 import pytest
@@ -11,7 +14,7 @@ from PIL import Image
 
 from mlserver.handlers import voc
 
-from .conftest import image_bytes, result
+from .conftest import image_bytes, result, wait_for
 
 
 def submit(broker, model, payload, kind, output=None):
@@ -21,24 +24,28 @@ def submit(broker, model, payload, kind, output=None):
 
 @pytest.fixture(scope="module")
 def deeplab(broker, tmp_path_factory):
-    """A deeplabv3plus worker (random weights, 64 x 64 model input, batch 4) on its own queue."""
+    """A queue with one batch waiting, then a deeplabv3plus worker on it (random weights, 64 x 64 input)."""
     from devstack.worker import Worker
 
     model = "t-" + uuid.uuid4().hex[:12]
+    ids = {
+        "mask": submit(broker, model, image_bytes("RGB", (97, 61), "JPEG"), "image/jpeg"),
+        "cmyk": submit(broker, model, image_bytes("CMYK", (40, 90), "JPEG"), "image/jpeg", "mask"),
+        "overlay": submit(broker, model, image_bytes("L", (120, 45)), "image/png", "overlay"),
+        "json": submit(broker, model, image_bytes("RGBA", (50, 70)), "image/png", "json"),
+        "text": submit(broker, model, b"not a picture at all", "text/plain"),
+    }
     worker = Worker(broker.url, broker.worker_key,
                     ["--model", model, "--handler", "deeplabv3plus", "--weights", "none", "--option", "input_size=64",
-                     "--batch", "4", "--wait", "2", "--status-interval", "1"],
+                     "--batch", "8", "--wait", "2", "--status-interval", "1"],
                     log_dir=tmp_path_factory.mktemp("deeplab-worker")).start()
-    yield model
+    yield model, ids, worker
     worker.stop(timeout=30)
 
 
 def test_masks_overlays_and_summaries_come_back_at_the_original_size(broker, deeplab):
-    mask_id = submit(broker, deeplab, image_bytes("RGB", (97, 61), "JPEG"), "image/jpeg")
-    cmyk_id = submit(broker, deeplab, image_bytes("CMYK", (40, 90), "JPEG"), "image/jpeg", "mask")
-    overlay_id = submit(broker, deeplab, image_bytes("L", (120, 45)), "image/png", "overlay")
-    json_id = submit(broker, deeplab, image_bytes("RGBA", (50, 70)), "image/png", "json")
-    text_id = submit(broker, deeplab, b"not a picture at all", "text/plain")
+    _, ids, worker = deeplab
+    mask_id, cmyk_id, overlay_id, json_id, text_id = (ids[k] for k in ("mask", "cmyk", "overlay", "json", "text"))
 
     for task_id, size in ((mask_id, (97, 61)), (cmyk_id, (40, 90))):
         response = result(broker, task_id)
@@ -60,10 +67,11 @@ def test_masks_overlays_and_summaries_come_back_at_the_original_size(broker, dee
     failed = result(broker, text_id)
     assert failed.status_code == 422
     assert failed.json()["error"] == "payload is not an image Pillow can read (got 20 bytes of text/plain)"
+    wait_for(lambda: "batch fill 4.0/8" in worker.log_text(), timeout=10, what="the four images as one batch")
 
 
 def test_an_unknown_output_fails_that_task(broker, deeplab):
-    task_id = submit(broker, deeplab, image_bytes("RGB", (20, 20)), "image/png", "heatmap")
+    task_id = submit(broker, deeplab[0], image_bytes("RGB", (20, 20)), "image/png", "heatmap")
     assert result(broker, task_id).json()["error"] == "params.output must be one of mask, overlay, json"
 
 
@@ -72,3 +80,15 @@ def test_voc_palette_is_the_standard_one():
     colours = [tuple(flat[i:i + 3]) for i in range(0, len(flat), 3)]
     assert colours[:4] == [(0, 0, 0), (128, 0, 0), (0, 128, 0), (128, 128, 0)]
     assert colours[15] == (192, 128, 128) and colours[20] == (0, 64, 128) and colours[255] == (224, 224, 192)
+
+
+def test_a_preset_that_cannot_be_downloaded_exits_3_with_one_line(broker, tmp_path):
+    env = {**os.environ, "BROKER_URL": broker.url, "BROKER_WORKER_KEY": broker.worker_key,
+           "KERAS_HOME": str(tmp_path), "KAGGLEHUB_CACHE": str(tmp_path / "kagglehub")}
+    done = subprocess.run([sys.executable, "-m", "mlserver", "--model", "deeplabv3plus"],
+                          env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 3, done.stdout + done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.startswith("mlserver:")]
+    assert len(lines) == 1
+    assert lines[0].startswith("mlserver: weights unavailable: cannot load the keras-hub preset "
+                               "deeplab_v3_plus_resnet50_pascalvoc (")
