@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from .backoff import Backoff
 from .broker_api import BrokerClient, Refused, Unavailable
 from .handlers.base import Handler, failure_message
-from .stats import Stats
 from .tasks import Ledger, Task
 from .uploads import Uploads
 
@@ -34,10 +33,10 @@ class Claiming:
 
 class Fetcher(threading.Thread):
     def __init__(self, client: BrokerClient, handler: Handler, claiming: Claiming, ledger: Ledger,
-                 uploads: Uploads, stats: Stats, stop: threading.Event) -> None:
+                 uploads: Uploads, stop: threading.Event) -> None:
         super().__init__(name="fetch", daemon=True)
         self.client, self.handler, self.claiming = client, handler, claiming
-        self.ledger, self.uploads, self.stats, self.stop = ledger, uploads, stats, stop
+        self.ledger, self.uploads, self.stop = ledger, uploads, stop
         self.ready: queue.Queue[list[Task]] = queue.Queue()
         self.room = threading.Semaphore(1)  # released by the model thread when it takes a batch
         self.fatal: Exception | None = None  # why the worker must stop: a refusal, or a bug

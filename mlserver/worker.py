@@ -38,7 +38,7 @@ class Worker:
         self.ledger = Ledger()
         self.stats = Stats(claiming.batch)
         self.uploads = Uploads(client, handler, self.ledger, self.stats, upload_threads)
-        self.fetcher = Fetcher(client, handler, claiming, self.ledger, self.uploads, self.stats, self.stop)
+        self.fetcher = Fetcher(client, handler, claiming, self.ledger, self.uploads, self.stop)
         self.heartbeat = Heartbeat(client, self.ledger, self.stats, claiming.lease)
         self.status = StatusLine(self.stats, status_interval)
 
