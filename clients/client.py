@@ -15,7 +15,6 @@ from .result import Result
 
 DEFAULT_URL = "http://127.0.0.1:7071/api"
 MAX_WAIT = 60  # the broker holds a getresult at most this long (API.md)
-PENDING = ("queued", "running")
 
 
 class BrokerClient:
