@@ -108,12 +108,12 @@ class DeepLabV3Plus(Handler):
         mask = Image.fromarray(output, "P").resize(item.image.size, Image.Resampling.NEAREST)
         mask.putpalette(PALETTE)
         if item.output == "json":
-            return json.dumps(_summary(mask)).encode(), "application/json"
+            return json.dumps(mask_summary(mask)).encode(), "application/json"
         if item.output == "overlay":
             blended = Image.blend(item.image, mask.convert("RGB"), OVERLAY_ALPHA)
             # Background (class 0) keeps the input's own pixels rather than being darkened.
             mask = Image.composite(blended, item.image, Image.fromarray((np.asarray(mask) > 0).astype(np.uint8) * 255))
-        return _png(mask), "image/png"
+        return png(mask), "image/png"
 
 
 def _from_config(keras_hub):
@@ -136,7 +136,8 @@ def _rescaling(converter) -> tuple[np.ndarray | float, np.ndarray | float]:
     return scale, 0.0 if offset is None else np.asarray(offset, np.float32)
 
 
-def _summary(mask: Image.Image) -> dict:
+def mask_summary(mask: Image.Image) -> dict:
+    """The `json` output: the image's size and the VOC classes present, largest first."""
     counts = np.bincount(np.asarray(mask).ravel(), minlength=len(voc.LABELS))
     total = mask.width * mask.height
     present = sorted((i for i in range(len(voc.LABELS)) if counts[i]), key=lambda i: -counts[i])
@@ -145,7 +146,8 @@ def _summary(mask: Image.Image) -> dict:
                         for i in present]}
 
 
-def _png(image: Image.Image) -> bytes:
+def png(image: Image.Image) -> bytes:
+    """PNG bytes, without `optimize` (it would cost more CPU than it saves bytes here)."""
     buffer = io.BytesIO()
     image.save(buffer, "PNG", optimize=False)
     return buffer.getvalue()
