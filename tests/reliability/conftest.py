@@ -22,7 +22,6 @@ from tests.conftest import Broker
 
 FIGURES: dict[str, dict] = {}
 FIGURES_FILE = Path(os.environ.get("RELIABILITY_FIGURES", "/tmp/reliability-figures.json"))
-TERMINAL = ("succeeded", "failed", "cancelled")
 
 
 def record(section: str, **values) -> None:
@@ -70,15 +69,23 @@ def start_workers(tmp_path):
         worker.stop(timeout=20)
 
 
-def submit_many(broker: Broker, model: str, payloads: list[bytes], params: dict | None = None,
-                clients: int = 8) -> list[str]:
-    """Submit every payload (raw bytes) through `clients` concurrent sessions; returns the task ids in order."""
-    query = f"/predict?model={model}" + (f"&params={requests.utils.quote(json.dumps(params))}" if params else "")
+def submit_many(broker: Broker, model: str, payloads: list[bytes], params: list[dict] | None = None,
+                clients: int = 8, latencies: list[float] | None = None) -> list[str]:
+    """Submit every payload (raw bytes, with its params) through `clients` concurrent sessions; the ids in order.
+
+    Each submit's latency (seconds) is appended to `latencies` when given.
+    """
     sessions = [requests.Session() for _ in range(clients)]
 
     def one(index: int) -> str:
+        query = f"/predict?model={model}"
+        if params:
+            query += "&params=" + requests.utils.quote(json.dumps(params[index]))
+        started = time.perf_counter()
         response = sessions[index % clients].post(broker.url + query, data=payloads[index], timeout=60,
                                                   headers={"Content-Type": "application/octet-stream"})
+        if latencies is not None:
+            latencies.append(time.perf_counter() - started)
         assert response.status_code == 202, response.text
         return response.json()["task_id"]
 
@@ -86,30 +93,26 @@ def submit_many(broker: Broker, model: str, payloads: list[bytes], params: dict 
         return list(pool.map(one, range(len(payloads))))
 
 
-def wait_finished(broker: Broker, ids: list[str], timeout: float, threads: int = 8) -> dict[str, dict]:
-    """Status documents of all tasks once every one is terminal; fails listing the stragglers after `timeout`."""
+def final_results(broker: Broker, ids: list[str], timeout: float, threads: int = 8) -> dict[str, requests.Response]:
+    """Each task's final getresult answer (not 202, not a passing 503), long-polling; fails after `timeout`."""
     deadline = time.monotonic() + timeout
-    pending = list(ids)
-    done: dict[str, dict] = {}
     session = requests.Session()
+
+    def one(task_id: str) -> requests.Response:
+        while time.monotonic() < deadline:
+            response = session.get(f"{broker.url}/getresult?task_id={task_id}&wait=10", timeout=60)
+            if response.status_code not in (202, 503):
+                return response
+            time.sleep(0.2 if response.status_code == 503 else 0)
+        raise AssertionError(f"task {task_id} did not finish within {timeout} s: "
+                             f"{session.get(f'{broker.url}/status?task_id={task_id}', timeout=60).text}")
+
     with ThreadPoolExecutor(threads) as pool:
-        while pending and time.monotonic() < deadline:
-            statuses = list(pool.map(lambda t: session.get(f"{broker.url}/status?task_id={t}", timeout=60), pending))
-            for task_id, response in zip(pending, statuses):
-                if response.status_code == 200 and response.json()["status"] in TERMINAL:
-                    done[task_id] = response.json()
-                else:
-                    assert response.status_code in (200, 503), (task_id, response.status_code, response.text)
-            pending = [t for t in pending if t not in done]
-            if pending:
-                time.sleep(0.5)
-    assert not pending, f"{len(pending)} of {len(ids)} tasks did not finish within {timeout} s, e.g. " \
-                        f"{[broker.get(f'/status?task_id={t}').text for t in pending[:3]]}"
-    return done
+        return dict(zip(ids, pool.map(one, ids)))
 
 
-def results(broker: Broker, ids: list[str], threads: int = 8) -> dict[str, requests.Response]:
+def statuses(broker: Broker, ids: list[str], threads: int = 8) -> dict[str, dict]:
     session = requests.Session()
     with ThreadPoolExecutor(threads) as pool:
-        answers = pool.map(lambda t: session.get(f"{broker.url}/getresult?task_id={t}", timeout=60), ids)
-        return dict(zip(ids, answers))
+        answers = pool.map(lambda t: session.get(f"{broker.url}/status?task_id={t}", timeout=60), ids)
+        return {task_id: answer.json() for task_id, answer in zip(ids, answers)}
