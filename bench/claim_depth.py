@@ -1,0 +1,129 @@
+"""Claim cost against queue depth: getnexttask at depth 30 and 2,000 (and 10,000 in the full run),
+and, in the same run on the same Azurite, the design this project replaces: list the inbox
+container and lease the first blob that is not leased.
+
+Each depth has its own model (queue) and its own legacy container, filled before timing. Claims
+go round-robin over the depths so drift hits them alike; after each timed claim one task is added
+back (untimed), so the depth stays where it was. The legacy claim's lease is released after it is
+timed, for the same reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+from azure.storage.blob import BlobServiceClient
+from azure.storage.blob.aio import BlobServiceClient as AsyncBlobServiceClient
+
+from . import common
+
+GOAL_RATIO = 1.3
+FILL_PARALLEL = 48
+
+
+async def fill_queue(connection: str, model: str, depth: int) -> None:
+    """Submit `depth` tasks through the broker's own task store (what predict writes), in parallel."""
+    from broker.settings import Settings
+    from broker.storage import Storage
+    from broker.store import TaskStore
+
+    settings = Settings(connection, (common.WORKER_KEY,), (), 5, 20 << 20, 86400, 1000, 20)
+    storage = Storage(connection, 20)
+    store = TaskStore(storage, settings)
+    await storage.ensure_queue(model)
+    gate = asyncio.Semaphore(FILL_PARALLEL)
+
+    async def one(i: int) -> None:
+        async with gate:
+            await store.submit(model, b"x" * 1024, "application/octet-stream", {})
+
+    try:
+        await asyncio.gather(*(one(i) for i in range(depth)))
+    finally:
+        await storage.close()
+
+
+async def fill_container(connection: str, container: str, depth: int) -> None:
+    """The old layout: one payload blob per task in an inbox container, names in submission order."""
+    async with AsyncBlobServiceClient.from_connection_string(connection) as service:
+        client = service.get_container_client(container)
+        await client.create_container()
+        gate = asyncio.Semaphore(FILL_PARALLEL)
+
+        async def one(i: int) -> None:
+            async with gate:
+                await client.upload_blob(f"{i:08d}-{uuid.uuid4().hex}", b"x" * 1024)
+
+        await asyncio.gather(*(one(i) for i in range(depth)))
+
+
+def legacy_claim(container) -> tuple[float, object]:
+    """List the container until the first blob not leased, and lease it. Returns (seconds, lease)."""
+    start = time.perf_counter()
+    for blob in container.list_blobs():
+        if blob.lease.status != "locked":
+            lease = container.get_blob_client(blob.name).acquire_lease(lease_duration=60)
+            return time.perf_counter() - start, lease
+    raise RuntimeError("no free blob")
+
+
+def main(argv=None) -> dict:
+    common.parse_args("claim_depth", argv)
+    common.note_load("claim_depth")
+    depths = common.pick([30, 2000], [30, 2000, 10000])
+    claims = common.pick(30, 60)
+    with common.Stack() as stack:
+        conn, url = stack.connection_string, stack.url
+        models = {d: common.model_name(f"depth{d}") for d in depths}
+        containers = {d: f"legacy-inbox-{d}" for d in depths}
+        start = time.perf_counter()
+        for d in depths:
+            asyncio.run(fill_queue(conn, models[d], d))
+            asyncio.run(fill_container(conn, containers[d], d))
+            print(f"  filled depth {d} ({time.perf_counter() - start:.0f} s)", flush=True)
+        session = common.worker_session()
+        blobs = BlobServiceClient.from_connection_string(conn)
+        clients = {d: blobs.get_container_client(containers[d]) for d in depths}
+        ours = {d: [] for d in depths}
+        legacy = {d: [] for d in depths}
+        for d in depths:  # warm both paths once
+            session.get(f"{url}/getnexttask", params={"model": models[d], "wait": 0, "lease": 600})
+            session.post(f"{url}/predict?model={models[d]}", data=b"x" * 1024)
+            _, lease = legacy_claim(clients[d])
+            lease.release()
+        for i in range(claims):
+            for d in depths:
+                t0 = time.perf_counter()
+                response = session.get(f"{url}/getnexttask", params={"model": models[d], "wait": 0, "lease": 600})
+                ours[d].append(time.perf_counter() - t0)
+                if response.status_code != 200:
+                    raise RuntimeError(f"claim at depth {d} answered {response.status_code}")
+                session.post(f"{url}/predict?model={models[d]}", data=b"x" * 1024)  # keep the depth
+                seconds, lease = legacy_claim(clients[d])
+                legacy[d].append(seconds)
+                lease.release()
+        blobs.close()
+    base_ours = common.pct(ours[depths[0]], 50)
+    base_legacy = common.pct(legacy[depths[0]], 50)
+    rows, results = [], {}
+    for d in depths:
+        o, l_ = common.summary_ms(ours[d]), common.summary_ms(legacy[d])
+        r_ours = common.ratio(common.pct(ours[d], 50), base_ours)
+        r_legacy = common.ratio(common.pct(legacy[d], 50), base_legacy)
+        results[str(d)] = {"queue_claim": o, "legacy_list_and_lease": l_, "queue_ratio_vs_30": r_ours,
+                           "legacy_ratio_vs_30": r_legacy,
+                           "goal": common.verdict(r_ours, GOAL_RATIO) if d != depths[0] else None}
+        rows.append([d, o["p50_ms"], o["p95_ms"], r_ours, l_["p50_ms"], l_["p95_ms"], r_legacy,
+                     results[str(d)]["goal"]])
+    text = common.table(f"Claim cost vs queue depth ({claims} claims per depth, round-robin), ms",
+                        ["depth", "queue p50", "queue p95", "ratio vs 30", "list+lease p50", "list+lease p95",
+                         "ratio vs 30", f"goal <= {GOAL_RATIO}"], rows)
+    data = {"depths": depths, "claims_per_depth": claims, "results": results, "table": text, "goal_ratio": GOAL_RATIO}
+    common.save("claim_depth", data)
+    return data
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,160 @@
+"""Throughput: tasks/s with 1, 2 and 4 `echo` workers (sleep_ms 0 and 50 per batch, batch 8) and
+8 concurrent clients, each submitting and then waiting for its result (getresult?wait=), in a
+closed loop for a fixed window.
+
+Reference, same run: 1 worker at the same sleep_ms (scaling = tasks/s over that). Where it
+saturates is read from the CPU each process used in the window (from /proc): the dev host and
+Azurite are single-threaded, so either near 100 % of a core is the limit; all of them together
+near 100 % x CPUs means the machine is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+
+import requests
+
+from devstack.worker import Worker
+
+from . import common
+
+CLIENTS = 8
+BATCH = 8
+PAYLOAD = b"x" * 1024
+
+
+def client_loop(url: str, model: str, params: str, stop: threading.Event, done: list, errors: list) -> None:
+    session = requests.Session()
+    while not stop.is_set():
+        try:
+            r = session.post(f"{url}/predict", params={"model": model, "params": params}, data=PAYLOAD,
+                             headers={"Content-Type": "application/octet-stream"})
+            task_id = r.json()["task_id"]
+            while True:
+                r = session.get(f"{url}/getresult", params={"task_id": task_id, "wait": 20})
+                if r.status_code != 202:
+                    break
+            if r.status_code == 200:
+                done.append(time.perf_counter())
+            else:
+                errors.append(r.status_code)
+        except requests.RequestException as exc:
+            errors.append(type(exc).__name__)
+
+
+def start_workers(url: str, model: str, count: int, work, batch: int = BATCH) -> list[Worker]:
+    workers = []
+    try:
+        for i in range(count):
+            workers.append(Worker(url, common.WORKER_KEY,
+                                  ["--model", model, "--handler", "echo", "--batch", str(batch), "--wait", "5",
+                                   "--lease", "60", "--status-interval", "600"],
+                                  log_dir=work / f"worker-{model}-{i}").start(timeout=60))
+    except BaseException:
+        stop_workers(workers)
+        raise
+    return workers
+
+
+def stop_workers(workers: list[Worker]) -> None:
+    for worker in workers:
+        worker.stop(timeout=20)
+
+
+class Load:
+    """8 closed-loop clients against one model; counts completions and CPU per process in a window."""
+
+    def __init__(self, url: str, model: str, sleep_ms: int) -> None:
+        self.stop = threading.Event()
+        self.done: list[float] = []
+        self.errors: list = []
+        params = json.dumps({"sleep_ms": sleep_ms})
+        self.threads = [threading.Thread(target=client_loop, args=(url, model, params, self.stop, self.done, self.errors),
+                                         daemon=True) for _ in range(CLIENTS)]
+
+    def __enter__(self) -> "Load":
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(30)
+
+
+def measure(stack: common.Stack, workers: int, sleep_ms: int, window: float) -> dict:
+    model = common.model_name(f"tp{workers}w{sleep_ms}")
+    running = start_workers(stack.url, model, workers, stack.work)
+    try:
+        pids = {"dev host": stack.hosts[0].proc.pid, "azurite": stack.azurite.proc.pid}
+        with Load(stack.url, model, sleep_ms) as load:
+            time.sleep(min(2.0, window / 3))  # warm-up
+            before = {k: common.cpu_seconds(p) for k, p in pids.items()}
+            before_workers = sum(common.cpu_seconds(w.proc.pid) for w in running)
+            before_self, t0 = time.process_time(), time.perf_counter()
+            count0 = len(load.done)
+            time.sleep(window)
+            count1, t1 = len(load.done), time.perf_counter()
+            span = t1 - t0
+            cpu = {k: (common.cpu_seconds(p) - before[k]) / span * 100 for k, p in pids.items()}
+            cpu["workers"] = (sum(common.cpu_seconds(w.proc.pid) for w in running) - before_workers) / span * 100
+            cpu["clients"] = (time.process_time() - before_self) / span * 100
+            errors = list(load.errors)
+            load_avg = os.getloadavg()[0]
+        host_peak = common.rss_mib(pids["dev host"], "VmHWM")
+    finally:
+        stop_workers(running)
+    return {"workers": workers, "sleep_ms": sleep_ms, "tasks_per_s": round((count1 - count0) / span, 1),
+            "completed": count1 - count0, "seconds": round(span, 2), "errors": errors[:5],
+            "cpu_percent_of_one_core": {k: round(v) for k, v in cpu.items()}, "host_peak_rss_mib": host_peak,
+            "load_avg_1min": round(load_avg, 2)}
+
+
+def bottleneck(cpu: dict, cpus: int, load_avg: float) -> str:
+    total = sum(cpu.values())
+    if total >= 85 * cpus:
+        return f"machine CPU ({total:.0f}% of {cpus * 100}%)"
+    if load_avg >= cpus:  # runnable processes outnumber the CPUs: ours wait for cores (others' too)
+        return f"shared machine CPU (load {load_avg:.1f} on {cpus})"
+    single = {k: v for k, v in cpu.items() if k in ("dev host", "azurite")}
+    name, value = max(single.items(), key=lambda kv: kv[1])
+    if value >= 85:
+        return f"{name} (one core)"
+    return "workers' compute (sleep)" if cpu.get("workers", 0) < 50 else f"mixed ({total:.0f}% CPU)"
+
+
+def main(argv=None) -> dict:
+    common.parse_args("throughput", argv)
+    common.note_load("throughput")
+    window = common.pick(6.0, 15.0)
+    counts = (1, 2, 4)
+    rows, results = [], []
+    with common.Stack() as stack:
+        for sleep_ms in (0, 50):
+            for n in counts:
+                result = measure(stack, n, sleep_ms, window)
+                results.append(result)
+                print(f"  {n} worker(s), sleep_ms {sleep_ms}: {result['tasks_per_s']} tasks/s", flush=True)
+    cpus = os.cpu_count()
+    for result in results:
+        base = next(r for r in results if r["sleep_ms"] == result["sleep_ms"] and r["workers"] == 1)
+        result["scaling_vs_1_worker"] = common.ratio(result["tasks_per_s"], base["tasks_per_s"])
+        result["saturates"] = bottleneck(result["cpu_percent_of_one_core"], cpus, result["load_avg_1min"])
+        c = result["cpu_percent_of_one_core"]
+        rows.append([result["workers"], result["sleep_ms"], result["tasks_per_s"], result["scaling_vs_1_worker"],
+                     c["dev host"], c["azurite"], c["workers"], c["clients"], result["saturates"]])
+    text = common.table(f"Throughput, {CLIENTS} closed-loop clients, echo workers with batch {BATCH}, {window:.0f} s "
+                        f"windows; CPU in % of one core ({cpus} CPUs)",
+                        ["workers", "sleep_ms", "tasks/s", "x 1 worker", "host %", "azurite %", "workers %",
+                         "clients %", "saturates"], rows)
+    data = {"clients": CLIENTS, "batch": BATCH, "window_s": window, "results": results, "table": text}
+    common.save("throughput", data)
+    return data
+
+
+if __name__ == "__main__":
+    main()
