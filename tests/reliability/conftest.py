@@ -45,28 +45,39 @@ def disk_azurite(tmp_path):
     service.stop()
 
 
-@pytest.fixture
-def start_workers(tmp_path):
-    """start_workers(broker, model, count, *args, env=None) -> [Worker]; every one is stopped afterwards."""
-    started: list[Worker] = []
+class WorkerPool:
+    """Real `python -m mlserver` workers started against a broker; stop_all() ends each one by its PID."""
 
-    def start(broker: Broker, model: str, count: int, *args: str, env: dict | None = None) -> list[Worker]:
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.started: list[Worker] = []
+
+    def start(self, broker: Broker, model: str, count: int, *args: str, env: dict | None = None) -> list[Worker]:
         fresh = []
         for _ in range(count):
             worker = Worker(broker.url, broker.worker_key,
                             ["--model", model, "--wait", "2", "--status-interval", "1", *args],
                             env={"PYTHONPATH": str(Path(__file__).resolve().parents[2]), **(env or {})},
-                            log_dir=tmp_path / f"worker-{len(started)}")
-            started.append(worker)
+                            log_dir=self.log_dir / f"worker-{len(self.started)}")
+            self.started.append(worker)
             fresh.append(worker.start(timeout=120))
         return fresh
 
-    yield start
-    for worker in started:
-        if worker.alive():
-            worker.send(signal.SIGTERM)
-    for worker in started:
-        worker.stop(timeout=20)
+    def stop_all(self) -> None:
+        for worker in self.started:
+            if worker.alive():
+                worker.send(signal.SIGCONT)  # in case a test left it frozen
+                worker.send(signal.SIGTERM)
+        for worker in self.started:
+            worker.stop(timeout=20)
+
+
+@pytest.fixture
+def start_workers(tmp_path):
+    """start_workers(broker, model, count, *args, env=None) -> [Worker]; every one is stopped afterwards."""
+    pool = WorkerPool(tmp_path)
+    yield pool.start
+    pool.stop_all()
 
 
 def submit_many(broker: Broker, model: str, payloads: list[bytes], params: list[dict] | None = None,
