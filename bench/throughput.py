@@ -50,7 +50,7 @@ def start_workers(url: str, model: str, count: int, work, batch: int = BATCH) ->
     try:
         for i in range(count):
             workers.append(Worker(url, common.WORKER_KEY,
-                                  ["--model", model, "--handler", "echo", "--batch", str(batch), "--wait", "5",
+                                  ["--model", model, "--handler", "echo", "--batch", str(batch), "--wait", "2",
                                    "--lease", "60", "--status-interval", "600"],
                                   log_dir=work / f"worker-{model}-{i}").start(timeout=60))
     except BaseException:
@@ -130,7 +130,7 @@ def bottleneck(cpu: dict, cpus: int, load_avg: float) -> str:
 def main(argv=None) -> dict:
     common.parse_args("throughput", argv)
     common.note_load("throughput")
-    window = common.pick(6.0, 15.0)
+    window = common.pick(5.0, 15.0)
     counts = (1, 2, 4)
     rows, results = [], []
     with common.Stack() as stack:
