@@ -5,6 +5,10 @@ weights) on it and takes the broker's own timestamps: from the first claim to th
 The bare figure is the same handler's predict (preprocessing + model) on the same decoded images,
 in this process, with nothing else running, measured just before and just after each broker run. Azurite, the dev host and the worker share this
 machine's cores, as they would on a single small box. The worker's peak memory is its VmHWM.
+
+The machine may be shared, so it also reports CPU seconds per image: the bare model's against the
+worker's + the dev host's + Azurite's during the broker run. Their ratio is what the wall-clock
+ratio would be on an otherwise idle machine where the model saturates the CPU.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ from PIL import Image
 
 from devstack.worker import Worker
 
-from .common import WORKER_KEY, Stack, model_name, note_load, parse_args, pick, ratio, rss_mib, save, table
+from .common import (WORKER_KEY, Stack, cpu_seconds, model_name, note_load, parse_args, pick, ratio, rss_mib, save,
+                     table, wait_until)
 
 NAME = "worker"
 
@@ -43,21 +48,26 @@ def photos(count: int, size: tuple[int, int], seed: int = 7) -> list[bytes]:
     return out
 
 
-def bare_rate(handler, inputs: list, batch: int) -> float:
-    """Images/s of the handler's predict alone over `inputs`, in batches of `batch`, after a warm-up."""
+def bare_rate(handler, inputs: list, batch: int) -> tuple[float, float]:
+    """(images/s, CPU seconds per image) of the handler's predict alone, in batches of `batch`."""
     handler.predict(inputs[:batch])
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for i in range(0, len(inputs), batch):
         handler.predict(inputs[i:i + batch])
-    return len(inputs) / (time.perf_counter() - start)
+    return len(inputs) / (time.perf_counter() - start), (time.process_time() - cpu) / len(inputs)
 
 
 def parse_time(stamp: str) -> float:
     return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
 
-def broker_rate(url: str, payloads: list[bytes], batch: int, log_dir: Path) -> dict:
-    """Queue every payload, start a worker, and time it from its first claim to its last result."""
+def broker_rate(stack: Stack, payloads: list[bytes], batch: int) -> dict:
+    """Queue every payload, start a worker, and time it from its first claim to its last result.
+
+    Also the CPU seconds per image that the worker, the dev host and Azurite spent meanwhile: on a
+    busy machine wall-clock rates drift with other people's load, CPU per image much less.
+    """
+    url = stack.url
     session = requests.Session()
     model = model_name()
     ids = []
@@ -67,12 +77,20 @@ def broker_rate(url: str, payloads: list[bytes], batch: int, log_dir: Path) -> d
         ids.append(response.json()["task_id"])
     worker = Worker(url, WORKER_KEY, ["--model", model, "--handler", "resnet50", "--weights", "none",
                                       "--batch", str(batch), "--lease", "300", "--wait", "5",
-                                      "--status-interval", "5"], log_dir=log_dir).start(timeout=600)
+                                      "--status-interval", "1"], log_dir=stack.work / f"worker-{batch}")
+    services = [stack.hosts[0].proc.pid, stack.azurite.proc.pid]
+    before = [cpu_seconds(pid) for pid in services]
+    worker.start(timeout=600)
+    worker_before = cpu_seconds(worker.proc.pid)  # model loading is not the serving cost
     try:
-        for task_id in ids:  # one long-poll at a time: the client adds next to no load meanwhile
-            while session.get(f"{url}/getresult?task_id={task_id}&wait=60").status_code == 202:
-                pass
+        # Done when the worker's status line says so: polling the broker would load the machine.
+        finished = re.compile(r"status: done (\d+), failed (\d+)")
+        if not wait_until(lambda: any(int(d) + int(f) >= len(ids) for d, f in finished.findall(worker.log_text())),
+                          timeout=3600, interval=0.5):
+            raise SystemExit(f"the worker did not finish; its log: {worker.log_path}")
         rss = rss_mib(worker.proc.pid, "VmHWM")
+        spent = [cpu_seconds(worker.proc.pid) - worker_before]
+        spent += [cpu_seconds(pid) - was for pid, was in zip(services, before)]
     finally:
         worker.stop(timeout=60)
     documents = [session.get(f"{url}/status?task_id={task_id}").json() for task_id in ids]
@@ -82,7 +100,8 @@ def broker_rate(url: str, payloads: list[bytes], batch: int, log_dir: Path) -> d
     start = min(parse_time(d["started_at"]) for d in documents)
     end = max(parse_time(d["finished_at"]) for d in documents)
     device = re.search(r"device: (.*)", worker.log_text())
-    return {"rate": len(ids) / (end - start), "seconds": end - start, "peak_rss_mib": rss,
+    return {"rate": len(ids) / (end - start), "seconds": end - start, "peak_rss_mib": rss, "cpu": sum(spent) / len(ids),
+            "cpu_split": dict(zip(("worker", "devhost", "azurite"), (round(s / len(ids), 4) for s in spent))),
             "device": device.group(1) if device else "unknown"}
 
 
@@ -113,19 +132,25 @@ def main(argv: list[str] | None = None) -> int:
             # The bare model just before and just after, so load from elsewhere on the machine
             # weighs on both figures alike.
             before = bare_rate(handler, inputs, batch)
-            through = broker_rate(stack.url, payloads, batch, stack.work / f"worker-{batch}")
-            bare = (before + bare_rate(handler, inputs, batch)) / 2
+            through = broker_rate(stack, payloads, batch)
+            after = bare_rate(handler, inputs, batch)
+            bare, bare_cpu = (before[0] + after[0]) / 2, (before[1] + after[1]) / 2
             rows.append({"batch": batch, "bare_images_per_s": round(bare, 2),
                          "broker_images_per_s": round(through["rate"], 2),
                          "ratio": ratio(through["rate"], bare),
+                         "bare_cpu_s_per_image": round(bare_cpu, 4),
+                         "broker_cpu_s_per_image": round(through["cpu"], 4),
+                         "cpu_ratio": ratio(bare_cpu, through["cpu"]),
+                         "cpu_s_per_image_by_process": through["cpu_split"],
                          "worker_peak_rss_mib": through["peak_rss_mib"] and round(through["peak_rss_mib"]),
                          "device": through["device"]})
             print(f"  batch {batch:>2}: done", flush=True)
 
     table("ResNet50 through the broker vs the bare model (goal: ratio >= 0.85 on CPU, 0.95 on a GPU)",
-          ["batch", "bare img/s", "broker img/s", "ratio", "worker peak MiB"],
-          [[r["batch"], r["bare_images_per_s"], r["broker_images_per_s"], r["ratio"], r["worker_peak_rss_mib"]]
-           for r in rows])
+          ["batch", "bare img/s", "broker img/s", "ratio", "bare CPU s/img", "all CPU s/img", "CPU ratio",
+           "worker peak MiB"],
+          [[r["batch"], r["bare_images_per_s"], r["broker_images_per_s"], r["ratio"], r["bare_cpu_s_per_image"],
+            r["broker_cpu_s_per_image"], r["cpu_ratio"], r["worker_peak_rss_mib"]] for r in rows])
     save(NAME, {"images": len(payloads), "size": list(size), "device": handler.device(), "rows": rows})
     return 0
 
