@@ -1,0 +1,207 @@
+"""Keys beyond tests/broker/test_auth.py: every route against near-miss keys on a broker with both key kinds,
+evidence that the comparison is constant-time, and no secret in answers, logs, the demo page or the repository.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import statistics
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from broker import auth
+from devstack.services import ACCOUNT_KEY
+from tests.conftest import CLIENT_KEY, WORKER_KEY
+
+from .conftest import WorkerPool, final_results, record
+
+ROOT = Path(__file__).resolve().parents[2]
+TASK = "0" * 32
+SECOND_WORKER_KEY = "second-worker-key-abcdefghij"
+WORKER_ROUTES = [("GET", "/getnexttask?model=m&wait=0"), ("POST", "/getnexttask?model=m&wait=0"),
+                 ("POST", f"/extendlease?task_id={TASK}&lease=x&seconds=5"),
+                 ("POST", f"/puttaskresult?task_id={TASK}&lease=x"), ("GET", "/stats")]
+CLIENT_ROUTES = [("POST", "/predict?model=m"), ("GET", f"/getresult?task_id={TASK}"),
+                 ("GET", f"/status?task_id={TASK}"), ("POST", f"/cancel?task_id={TASK}")]
+
+
+def near_misses(key: str) -> list[str]:
+    """The key with one character changed at the start, middle and end; cut short; lengthened; re-cased."""
+    def change(i: int) -> str:
+        return key[:i] + ("x" if key[i] != "x" else "y") + key[i + 1:]
+    return [change(0), change(len(key) // 2), change(len(key) - 1), key[:-1], key + "x", key.upper(), f" {key}x"]
+
+
+@pytest.fixture(scope="module")
+def keyed(start_broker):
+    return start_broker({"BROKER_WORKER_KEYS": f" {WORKER_KEY} , {SECOND_WORKER_KEY} ,",
+                         "BROKER_CLIENT_KEYS": f"{CLIENT_KEY},second-client-key"})
+
+
+def call(broker, method, path, authorization=None):
+    headers = {"Authorization": authorization} if authorization is not None else {}
+    return broker.session.request(method, broker.url + path, headers=headers, data=b"abc", timeout=30)
+
+
+def test_worker_routes_on_a_broker_with_client_keys_take_only_worker_keys(keyed):
+    refused = [None, "", "Bearer", "Bearer ", f"Bearer {CLIENT_KEY}", "Bearer second-client-key", f"Basic {WORKER_KEY}",
+               f"{WORKER_KEY}", f"Bearer {WORKER_KEY},{SECOND_WORKER_KEY}", f"Bearer {WORKER_KEY} x"]
+    refused += [f"Bearer {k}" for k in near_misses(WORKER_KEY) + near_misses(SECOND_WORKER_KEY)]
+    for method, path in WORKER_ROUTES:
+        for authorization in refused:
+            response = call(keyed, method, path, authorization)
+            assert response.status_code == 401, (method, path, authorization, response.status_code)
+            assert response.json()["error"].startswith("a valid worker key is required")
+        for key in (WORKER_KEY, SECOND_WORKER_KEY):  # either configured key, any scheme case, padded
+            for authorization in (f"Bearer {key}", f"bearer {key}", f"Bearer   {key}  "):
+                assert call(keyed, method, path, authorization).status_code in (200, 204, 400), authorization
+    # A key in the query string (the Functions host's ?code=) is not a key here.
+    assert keyed.get(f"/stats?code={WORKER_KEY}").status_code == 401
+
+
+def test_client_routes_take_only_client_keys_when_configured(keyed):
+    for method, path in CLIENT_ROUTES:
+        for key in [WORKER_KEY, SECOND_WORKER_KEY, *near_misses(CLIENT_KEY), "second-client-ke"]:
+            response = call(keyed, method, path, f"Bearer {key}")
+            assert response.status_code == 401, (method, path, key)
+        # the right key gets past the check (400/404 about the request itself, never 401)
+        assert call(keyed, method, path, f"Bearer {CLIENT_KEY}").status_code in (202, 400, 404)
+
+
+def test_keys_unconfigured_close_every_worker_route(start_broker):
+    closed = start_broker({"BROKER_WORKER_KEYS": " , ,", "BROKER_CLIENT_KEYS": CLIENT_KEY})
+    for method, path in WORKER_ROUTES:
+        for authorization in (None, f"Bearer {WORKER_KEY}", f"Bearer {CLIENT_KEY}", "Bearer  "):
+            response = call(closed, method, path, authorization)
+            assert (response.status_code, response.json()) == (503, {"error": "no worker key configured"})
+
+
+# ---- constant time -----------------------------------------------------------------------------------------
+
+def timing_ratio(compare, key: str, rounds: int = 60, calls: int = 20) -> float:
+    """How much longer a guess wrong only in its last character takes than one wrong in its first (min of many)."""
+    early, late = "#" + key[1:], key[:-1] + "#"
+    best = {early: float("inf"), late: float("inf")}
+    for _ in range(rounds):
+        for guess in (early, late):  # interleaved, so load on the machine hits both alike
+            started = time.perf_counter_ns()
+            for _ in range(calls):
+                compare(guess, (key,))
+            best[guess] = min(best[guess], time.perf_counter_ns() - started)
+    return best[late] / best[early]
+
+
+def naive(given: str, keys: tuple[str, ...]) -> bool:
+    return any(given == key for key in keys)
+
+
+def test_key_comparison_takes_as_long_however_much_of_the_key_is_right():
+    key = secrets.token_urlsafe(200_000)[:256 * 1024]
+    control = timing_ratio(naive, key)
+    ratio = timing_ratio(auth.matches, key)
+    record("auth", constant_time_ratio=round(ratio, 3), naive_compare_ratio=round(control, 1))
+    # The harness can tell: a plain == is measurably faster when the first character is already wrong...
+    assert control > 3, control
+    # ...and the broker's comparison is not.
+    assert 0.8 < ratio < 1.25, ratio
+    assert auth.matches(key, ("other", key)) and not auth.matches(key[:-1] + "#", (key,))
+
+
+def test_http_timing_of_near_and_far_misses_is_reported(keyed):
+    """Over HTTP, timing is noise-bound on a shared machine: reported, not asserted."""
+    times = {"first char wrong": [], "last char wrong": []}
+    guesses = {"first char wrong": "#" + WORKER_KEY[1:], "last char wrong": WORKER_KEY[:-1] + "#"}
+    for _ in range(100):
+        for label, guess in guesses.items():
+            times[label].append(call(keyed, "GET", "/stats", f"Bearer {guess}").elapsed.total_seconds())
+    record("auth", **{f"http_median_ms_{k.replace(' ', '_')}": round(statistics.median(v) * 1000, 2)
+                      for k, v in times.items()})
+
+
+# ---- no secret anywhere ------------------------------------------------------------------------------------
+
+STORAGE_SECRET = "c2VjcmV0LXN0b3JhZ2Uta2V5LWZvci10ZXN0cw=="
+
+
+def test_no_key_or_connection_string_in_answers_logs_or_the_demo_page(keyed, start_broker, tmp_path, model):
+    answers = []
+    # Real traffic: a real worker with the worker key, clients with right and wrong keys.
+    pool = WorkerPool(tmp_path)
+    try:
+        worker = pool.start(keyed, model, 1, "--handler", "echo", "--batch", "2")[0]
+        headers = {"Authorization": f"Bearer {CLIENT_KEY}"}
+        ids = [keyed.post(f"/predict?model={model}", data=b"x", headers=headers).json()["task_id"] for _ in range(3)]
+        keyed.session.headers.update(headers)
+        try:
+            answers += [r.text for r in final_results(keyed, ids, timeout=60).values()]
+        finally:
+            del keyed.session.headers["Authorization"]
+    finally:
+        pool.stop_all()
+    for method, path in WORKER_ROUTES + CLIENT_ROUTES:
+        for authorization in (f"Bearer {WORKER_KEY}x", f"Bearer {CLIENT_KEY}x", None):
+            answers.append(call(keyed, method, path, authorization).text)
+    answers += [keyed.get("/demo").text, call(keyed, "GET", "/demo", f"Bearer {WORKER_KEY}").text]
+
+    # A misconfigured broker: a storage key that is not valid base64, settings that are not numbers.
+    bad_key = ("DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
+               f"AccountKey={STORAGE_SECRET[:-2]}!!;BlobEndpoint=http://127.0.0.1:9/devstoreaccount1;"
+               "QueueEndpoint=http://127.0.0.1:9/devstoreaccount1;")
+    broken = start_broker({"BROKER_CLIENT_KEYS": CLIENT_KEY}, connection_string=bad_key)
+    for method, path in CLIENT_ROUTES + [("GET", "/health"), ("GET", "/stats")]:
+        for authorization in (f"Bearer {CLIENT_KEY}", f"Bearer {WORKER_KEY}"):
+            answers.append(call(broken, method, path, authorization).text)
+
+    logs = keyed.host.log_text() + broken.host.log_text() + worker.log_text()
+    secrets_ = [WORKER_KEY, SECOND_WORKER_KEY, CLIENT_KEY, "second-client-key", STORAGE_SECRET[:24], "AccountKey",
+                ACCOUNT_KEY[:24]]
+    for secret in secrets_:
+        leaks = [a[:200] for a in answers if secret in a]
+        assert leaks == [], (secret, leaks[:3])
+        assert secret not in logs, (secret, logs[max(0, logs.find(secret) - 300):logs.find(secret) + 100])
+    # The worker key travels in the environment, never on the command line (visible to every local user).
+    assert all(WORKER_KEY not in arg for arg in worker.command())
+
+
+SECRET_PATTERNS = {
+    "storage account key": re.compile(r"AccountKey=([A-Za-z0-9+/]{40,}={0,2})"),
+    "SAS signature": re.compile(r"[?&;]sig=[A-Za-z0-9%+/=]{20,}"),
+    "private key": re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"),
+    "Functions key in a URL": re.compile(r"[?&]code=[A-Za-z0-9_\-]{30,}"),
+    "AWS access key": re.compile(r"AKIA[0-9A-Z]{16}"),
+    "GitHub token": re.compile(r"gh[pousr]_[A-Za-z0-9]{36}"),
+    "Slack token": re.compile(r"xox[abprs]-[A-Za-z0-9-]{10,}"),
+    "instrumentation key": re.compile(r"InstrumentationKey=[0-9a-f]{8}-(?!0000)"),
+}
+
+
+def test_the_repository_holds_no_secret():
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout.split(b"\0")
+    names = [f.decode() for f in files if f]
+    assert "local.settings.json" not in names and "local.settings.json" in (ROOT / ".gitignore").read_text()
+    found = []
+    for name in names:
+        path = ROOT / name
+        if not path.is_file() or path.stat().st_size > 2_000_000:
+            continue
+        text = path.read_text(errors="replace")
+        for label, pattern in SECRET_PATTERNS.items():
+            for match in pattern.finditer(text):
+                # Azurite's account key is public, documented and the same everywhere.
+                if label == "storage account key" and match.group(1) == ACCOUNT_KEY:
+                    continue
+                found.append(f"{name}: {label}: {match.group(0)[:40]}")
+    record("auth", repository_files_scanned=len(names))
+    assert found == []
+    assert len(names) > 50  # the scan saw the repository
+
+
+def test_the_scan_would_catch_a_planted_secret(tmp_path):
+    planted = "UseDevelopmentStorage=false;AccountKey=" + "A1b2" * 21 + "==;"
+    assert SECRET_PATTERNS["storage account key"].search(planted)
+    assert not any(p.search(f"AccountKey={ACCOUNT_KEY};") and n != "storage account key"
+                   for n, p in SECRET_PATTERNS.items())
