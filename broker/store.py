@@ -92,9 +92,18 @@ class TaskStore:
         sub = Submission.from_metadata(task_id, props.metadata)
         return Task(task_id, sub.model, sub.created, sub.digest, LeaseState.from_metadata(props.metadata))
 
+    async def _read_both(self, task_id: str, with_result: bool = False):
+        """(outbox, inbox) of a task, read side by side: the outbox as props or (props, body)."""
+        read_outbox = self._outbox_download if with_result else self._outbox_props
+        out, inbox = await asyncio.gather(read_outbox(task_id), self._inbox_props(task_id))
+        if out is None and inbox is None:
+            # The task may have finished between the two reads (the inbox blob goes only after the
+            # outbox blob is written), so look at the outbox once more before calling it unknown.
+            out = await read_outbox(task_id)
+        return out, inbox
+
     async def _get(self, task_id: str, with_result: bool = False) -> tuple[Task | None, bytes | None]:
-        read_outbox = self._outbox_download(task_id) if with_result else self._outbox_props(task_id)
-        out, inbox = await asyncio.gather(read_outbox, self._inbox_props(task_id))
+        out, inbox = await self._read_both(task_id, with_result)
         if out is not None:
             props, body = out if with_result else (out, None)
             return self._finished_task(task_id, props), body
@@ -310,7 +319,7 @@ class TaskStore:
 
     async def _held_state(self, lease: Lease):
         """The inbox props and lease state of a task this lease still holds, or the right refusal."""
-        out, inbox = await asyncio.gather(self._outbox_props(lease.task_id), self._inbox_props(lease.task_id))
+        out, inbox = await self._read_both(lease.task_id)
         if out is not None:
             outcome = Outcome.from_metadata(out.metadata)
             document = self._finished_task(lease.task_id, out)
