@@ -1,5 +1,5 @@
 """Memory: the dev host's RSS under the throughput load (4 echo workers, 8 closed-loop clients)
-sampled over a soak (10 minutes in the full run, 45 s in --quick), and a ResNet50 worker's peak
+sampled over a soak (10 minutes in the full run, 30 s in --quick), and a ResNet50 worker's peak
 RSS at batch 16 on CPU, against the bare handler (same model, same batch) in its own process.
 
 Reference, same run: the dev host's RSS when idle, just started; growth is judged on the second
@@ -106,12 +106,12 @@ def resnet_worker(images: int) -> dict:
 
 def main(argv=None) -> dict:
     def extra(parser):
-        parser.add_argument("--soak", type=float, help="soak seconds (default 45 quick, 600 full)")
+        parser.add_argument("--soak", type=float, help="soak seconds (default 30 quick, 600 full)")
         parser.add_argument("--no-resnet", action="store_true", help="skip the ResNet50 worker")
 
     args = common.parse_args("memory", argv, extra)
     common.note_load("memory")
-    soak = args.soak or common.pick(45, 600)
+    soak = args.soak or common.pick(30, 600)
     host = host_soak(soak, common.pick(3, 10))
     resnet = None if args.no_resnet else resnet_worker(common.pick(32, 64))
     flat = host["slope_mib_per_min_second_half"] <= FLAT_MIB_PER_MIN

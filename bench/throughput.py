@@ -130,7 +130,7 @@ def bottleneck(cpu: dict, cpus: int, load_avg: float) -> str:
 def main(argv=None) -> dict:
     common.parse_args("throughput", argv)
     common.note_load("throughput")
-    window = common.pick(5.0, 15.0)
+    window = common.pick(4.0, 15.0)
     counts = (1, 2, 4)
     rows, results = [], []
     with common.Stack() as stack:
