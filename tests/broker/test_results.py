@@ -92,3 +92,26 @@ def test_cancel_finished_task_is_409_with_document(broker, model, outcome):
     response = broker.post(f"/cancel?task_id={task_id}")
     assert response.status_code == 409 and response.json()["status"] == outcome
     assert response.json()["task_id"] == task_id
+
+
+def test_a_task_finishing_during_a_read_is_never_404(broker, model):
+    """Reads race the commit: the inbox blob goes right after the outbox blob is written."""
+    not_found = []
+    for _ in range(30):
+        task_id = broker.submit(model)
+        [task] = broker.claim(model)
+        stop = threading.Event()
+
+        def read():
+            while not stop.is_set():
+                if broker.session.get(f"{broker.url}/getresult?task_id={task_id}", timeout=30).status_code == 404:
+                    not_found.append(task_id)
+
+        readers = [threading.Thread(target=read) for _ in range(3)]
+        for reader in readers:
+            reader.start()
+        broker.put(task)
+        stop.set()
+        for reader in readers:
+            reader.join()
+    assert not_found == []
