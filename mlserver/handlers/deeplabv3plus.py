@@ -19,7 +19,8 @@ import numpy as np
 from PIL import Image
 
 from . import keras_runtime, voc
-from .base import BadOption, Handler, InputError, WeightsUnavailable
+from .keras_runtime import KerasHandler
+from .base import BadOption, InputError, WeightsUnavailable
 from .images import read_rgb
 
 OUTPUTS = ("mask", "overlay", "json")
@@ -35,20 +36,20 @@ class Scene:
     output: str
 
 
-class DeepLabV3Plus(Handler):
+class DeepLabV3Plus(KerasHandler):
     name = "deeplabv3plus"
     default_weights = "deeplab_v3_plus_resnet50_pascalvoc"
 
-    def load(self) -> None:
-        self._device = keras_runtime.start_tensorflow()
-        self.retryable_errors = keras_runtime.retryable_errors()
-        self.model, converter = self._build()
+    def input_shape(self) -> tuple[int, int, int]:
+        return self.side, self.side, 3
+
+    def build(self):
+        model, converter = self._model()
         self.scale, self.offset = _rescaling(converter)
         self.side = self._side(converter)
-        for size in sorted({self.batch_size, 1}):
-            self.model.predict_on_batch(np.zeros((size, self.side, self.side, 3), np.float32))
+        return model
 
-    def _build(self):
+    def _model(self):
         import keras
         import keras_hub
 
@@ -84,9 +85,6 @@ class DeepLabV3Plus(Handler):
         if not (64 <= side <= 2048 and side % 32 == 0):
             raise BadOption(f"--option input_size must be a multiple of 32 from 64 to 2048 (got {raw})")
         return side
-
-    def device(self) -> str:
-        return self._device
 
     def decode(self, payload: bytes, content_type: str, params: dict) -> Scene:
         output = params.get("output", "mask")

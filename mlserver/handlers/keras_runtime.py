@@ -8,6 +8,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
+
+from .base import Handler
+
 
 def start_tensorflow() -> str:
     """Import TensorFlow with memory growth on every GPU; returns the device the model will use."""
@@ -44,3 +48,26 @@ def local_weights(value: str) -> Path | None:
 
 def looks_like_path(value: str) -> bool:
     return os.sep in value or value.startswith(".") or value.endswith((".h5", ".keras"))
+
+
+class KerasHandler(Handler):
+    """A handler around one Keras model: TensorFlow started politely, out of memory retryable,
+    and the model traced for a full and a single-item batch before the first task arrives."""
+
+    def load(self) -> None:
+        self._device = start_tensorflow()
+        self.retryable_errors = retryable_errors()
+        self.model = self.build()
+        for size in sorted({self.batch_size, 1}):
+            self.model.predict_on_batch(np.zeros((size, *self.input_shape()), np.float32))
+
+    def build(self):
+        """The Keras model, with self.weights loaded; raise WeightsUnavailable when they cannot be had."""
+        raise NotImplementedError
+
+    def input_shape(self) -> tuple[int, int, int]:
+        """One input's (height, width, channels), for the warm-up batch."""
+        raise NotImplementedError
+
+    def device(self) -> str:
+        return self._device

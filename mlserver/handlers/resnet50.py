@@ -15,7 +15,8 @@ import numpy as np
 from PIL import Image
 
 from . import keras_runtime
-from .base import Handler, InputError, WeightsUnavailable
+from .keras_runtime import KerasHandler
+from .base import InputError, WeightsUnavailable
 from .images import read_rgb
 
 SIZE = 224
@@ -34,23 +35,21 @@ class Picture:
     top_k: int
 
 
-class ResNet50(Handler):
+class ResNet50(KerasHandler):
     name = "resnet50"
     default_weights = "imagenet"
 
-    def load(self) -> None:
-        self._device = keras_runtime.start_tensorflow()
+    def input_shape(self) -> tuple[int, int, int]:
+        return SIZE, SIZE, 3
+
+    def build(self):
         import keras
 
-        self.retryable_errors = keras_runtime.retryable_errors()
         self.labels = imagenet_labels()
         self.preprocess = keras.applications.resnet50.preprocess_input
-        self.model = self._build(keras)
-        # Trace the model now for a full and a single-item batch, so the first tasks are not slow.
-        for size in sorted({self.batch_size, 1}):
-            self.model.predict_on_batch(np.zeros((size, SIZE, SIZE, 3), np.float32))
+        return self._model(keras)
 
-    def _build(self, keras):
+    def _model(self, keras):
         weights = self.weights or "imagenet"
         if weights.lower() in ("none", "random"):
             return keras.applications.ResNet50(weights=None)
@@ -67,9 +66,6 @@ class ResNet50(Handler):
         model = keras.applications.ResNet50(weights=None)
         model.load_weights(path)
         return model
-
-    def device(self) -> str:
-        return self._device
 
     def decode(self, payload: bytes, content_type: str, params: dict) -> Picture:
         top_k = params.get("top_k", 5)

@@ -7,6 +7,9 @@ status line every second so tests can read what they did.
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -44,6 +47,17 @@ def result(broker, task_id: str, timeout: float = 120) -> requests.Response:
         if response.status_code != 202:
             return response
     raise AssertionError(f"task {task_id} did not finish within {timeout} s: {broker.status(task_id)}")
+
+
+def run_mlserver(*args: str, env: dict | None = None, timeout: float = 180) -> subprocess.CompletedProcess:
+    """`python -m mlserver ARGS` to its end (for runs that stop by themselves); `env` adds to os.environ."""
+    return subprocess.run([sys.executable, "-m", "mlserver", *args], env={**os.environ, **(env or {})},
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def mlserver_lines(done: subprocess.CompletedProcess) -> list[str]:
+    """The lines the worker itself wrote to stderr (not TensorFlow's)."""
+    return [line for line in done.stderr.splitlines() if line.startswith("mlserver:")]
 
 
 def wait_for(condition, timeout: float = 60, interval: float = 0.2, what: str = "condition"):

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import subprocess
-import sys
 import uuid
 
 import pytest
@@ -14,7 +11,7 @@ from PIL import Image
 
 from mlserver.handlers import voc
 
-from .conftest import image_bytes, result, wait_for
+from .conftest import image_bytes, mlserver_lines, result, run_mlserver, wait_for
 
 
 def submit(broker, model, payload, kind, output=None):
@@ -83,12 +80,11 @@ def test_voc_palette_is_the_standard_one():
 
 
 def test_a_preset_that_cannot_be_downloaded_exits_3_with_one_line(broker, tmp_path):
-    env = {**os.environ, "BROKER_URL": broker.url, "BROKER_WORKER_KEY": broker.worker_key,
-           "KERAS_HOME": str(tmp_path), "KAGGLEHUB_CACHE": str(tmp_path / "kagglehub")}
-    done = subprocess.run([sys.executable, "-m", "mlserver", "--model", "deeplabv3plus"],
-                          env=env, capture_output=True, text=True, timeout=180)
+    done = run_mlserver("--model", "deeplabv3plus", env={
+        "BROKER_URL": broker.url, "BROKER_WORKER_KEY": broker.worker_key, "KERAS_HOME": str(tmp_path),
+        "KAGGLEHUB_CACHE": str(tmp_path / "kagglehub")})
     assert done.returncode == 3, done.stdout + done.stderr
-    lines = [line for line in done.stderr.splitlines() if line.startswith("mlserver:")]
+    lines = mlserver_lines(done)
     assert len(lines) == 1
     assert lines[0].startswith("mlserver: weights unavailable: cannot load the keras-hub preset "
                                "deeplab_v3_plus_resnet50_pascalvoc (")

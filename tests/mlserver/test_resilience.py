@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 
-from .conftest import result, wait_for
+from .conftest import mlserver_lines, result, run_mlserver, wait_for
 
 
 def sleeping(ms: int) -> dict:
@@ -76,11 +73,10 @@ def test_broker_down_at_start_and_mid_run_the_worker_waits_and_resumes(broker, s
 
 
 def test_a_wrong_worker_key_stops_the_worker_with_one_line(broker, model):
-    env = {**os.environ, "BROKER_URL": broker.url, "BROKER_WORKER_KEY": "not-the-key"}
-    done = subprocess.run([sys.executable, "-m", "mlserver", "--model", model, "--handler", "echo"], env=env,
-                          capture_output=True, text=True, timeout=120)
+    done = run_mlserver("--model", model, "--handler", "echo",
+                        env={"BROKER_URL": broker.url, "BROKER_WORKER_KEY": "not-the-key"}, timeout=120)
     assert done.returncode == 2, done.stdout + done.stderr
-    assert done.stderr.strip().splitlines() == [
+    assert mlserver_lines(done) == [
         "mlserver: the broker refused this worker: getnexttask answered 401: "
         f"{broker.get('/getnexttask?model=x', headers={'Authorization': 'Bearer nope'}).json()['error']}"
         " (check BROKER_WORKER_KEY)"]

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import uuid
 
 import pytest
 
 from mlserver.handlers.resnet50 import imagenet_labels
 
-from .conftest import image_bytes, result, wait_for
+from .conftest import image_bytes, mlserver_lines, result, run_mlserver, wait_for
 
 LABELS = imagenet_labels()
 INPUTS = {  # name: (payload, content type)
@@ -85,11 +82,9 @@ def test_shipped_class_names_are_the_imagenet_ones():
 ])
 def test_weights_that_cannot_be_had_exit_3_with_one_line(broker, tmp_path, weights, reason):
     # An empty Keras cache: the ImageNet file must come from the network, which these machines lack.
-    env = {**os.environ, "BROKER_URL": broker.url, "BROKER_WORKER_KEY": broker.worker_key,
-           "KERAS_HOME": str(tmp_path)}
-    done = subprocess.run([sys.executable, "-m", "mlserver", "--model", "resnet50", "--weights", weights],
-                          env=env, capture_output=True, text=True, timeout=180)
+    done = run_mlserver("--model", "resnet50", "--weights", weights,
+                        env={"BROKER_URL": broker.url, "BROKER_WORKER_KEY": broker.worker_key, "KERAS_HOME": str(tmp_path)})
     assert done.returncode == 3, done.stdout + done.stderr
-    lines = [line for line in done.stderr.splitlines() if line.startswith("mlserver:")]
+    lines = mlserver_lines(done)
     assert len(lines) == 1 and lines[0].startswith(f"mlserver: weights unavailable: {reason}")
     assert lines[0].endswith("use --weights none for random weights, or --weights PATH for a local file")
