@@ -9,24 +9,27 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .base import InputError
 
-Image.MAX_IMAGE_PIXELS = 64_000_000  # refuse decompression bombs, but allow large photos
+MAX_PIXELS = 64_000_000  # a 64-megapixel photo decodes in about 200 MB; beyond that, refuse
 
 
 def read_rgb(payload: bytes, content_type: str, at_least: int | None = None) -> Image.Image:
     """The payload as an upright RGB image: any mode (L, LA, P, RGBA, CMYK, I;16 ...) is converted.
 
     With `at_least`, a JPEG may be decoded at a reduced scale (libjpeg's DCT scaling) as long as both
-    sides stay at least that long: several times faster for a photo that will be shrunk anyway.
+    sides stay at least that long: less work for a photo that will be shrunk anyway.
     """
     try:
-        with Image.open(io.BytesIO(payload)) as image:
+        with Image.open(io.BytesIO(payload)) as image:  # reads the header only
+            if image.width * image.height > MAX_PIXELS:
+                raise InputError(f"the image is too large to decode ({image.width}x{image.height} pixels; "
+                                 f"at most {MAX_PIXELS // 1_000_000} megapixels)")
             if at_least and image.format == "JPEG":
                 image.draft(image.mode, (at_least, at_least))
             image = ImageOps.exif_transpose(image)  # phones store rotation in EXIF
             return _to_rgb(image)
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as exc:
         if isinstance(exc, Image.DecompressionBombError):
-            raise InputError("the image is too large to decode (over 64 megapixels)") from None
+            raise InputError(f"the image is too large to decode (at most {MAX_PIXELS // 1_000_000} megapixels)") from None
         kind = content_type.split(";")[0].strip() or "unknown type"
         if isinstance(exc, UnidentifiedImageError):
             raise InputError(f"payload is not an image Pillow can read (got {len(payload)} bytes of {kind})") from None
