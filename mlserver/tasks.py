@@ -50,7 +50,6 @@ class Ledger:
     def __init__(self) -> None:
         self._tasks: dict[str, Task] = {}
         self._lock = threading.Lock()
-        self._empty = threading.Condition(self._lock)
 
     def add(self, tasks: list[Task]) -> None:
         with self._lock:
@@ -59,17 +58,7 @@ class Ledger:
     def remove(self, task: Task) -> None:
         with self._lock:
             self._tasks.pop(task.task_id, None)
-            if not self._tasks:
-                self._empty.notify_all()
 
     def held(self) -> list[Task]:
         with self._lock:
             return list(self._tasks.values())
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._tasks)
-
-    def wait_empty(self, timeout: float) -> bool:
-        with self._lock:
-            return self._empty.wait_for(lambda: not self._tasks, timeout)
