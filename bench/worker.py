@@ -107,7 +107,7 @@ def broker_rate(stack: Stack, payloads: list[bytes], batch: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     def options(parser) -> None:
-        parser.add_argument("--images", type=int, help="images per batch size (default 96; 32 with --quick)")
+        parser.add_argument("--images", type=int, help="images per batch size (default 160; 32 with --quick)")
         parser.add_argument("--batches", default="1,8,16", help="batch sizes, comma-separated (default 1,8,16)")
         parser.add_argument("--size", default="640x480", help="image width x height (default 640x480)")
 
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from mlserver.handlers.resnet50 import ResNet50
 
-    payloads = photos(args.images or pick(32, 96), size)
+    payloads = photos(args.images or pick(32, 160), size)
     handler = ResNet50(weights="none", batch_size=max(batches))
     handler.load()
     inputs = [handler.decode(payload, "image/jpeg", {}) for payload in payloads]
