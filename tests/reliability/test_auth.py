@@ -127,7 +127,24 @@ def test_http_timing_of_near_and_far_misses_is_reported(keyed):
 STORAGE_SECRET = "c2VjcmV0LXN0b3JhZ2Uta2V5LWZvci10ZXN0cw=="
 
 
-def test_no_key_or_connection_string_in_answers_logs_or_the_demo_page(keyed, start_broker, tmp_path, model):
+@pytest.fixture(scope="module")
+def broken(start_broker):
+    """A misconfigured broker: its storage account key is not valid base64, so no request can be signed."""
+    bad_key = ("DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
+               f"AccountKey={STORAGE_SECRET[:-2]}!!;BlobEndpoint=http://127.0.0.1:9/devstoreaccount1;"
+               "QueueEndpoint=http://127.0.0.1:9/devstoreaccount1;")
+    return start_broker({"BROKER_CLIENT_KEYS": CLIENT_KEY}, connection_string=bad_key)
+
+
+def test_a_storage_key_that_cannot_sign_is_a_503_not_a_500(broken):
+    """Like a missing storage setting (tests/broker/test_outage.py): misconfigured means 503, /health included."""
+    for method, path in [("GET", "/health"), *CLIENT_ROUTES]:
+        response = call(broken, method, path, f"Bearer {CLIENT_KEY}")
+        assert response.status_code == 503, (path, response.status_code, response.text)
+        assert "error" in response.json()
+
+
+def test_no_key_or_connection_string_in_answers_logs_or_the_demo_page(keyed, broken, tmp_path, model):
     answers = []
     # Real traffic: a real worker with the worker key, clients with right and wrong keys.
     pool = WorkerPool(tmp_path)
@@ -147,11 +164,6 @@ def test_no_key_or_connection_string_in_answers_logs_or_the_demo_page(keyed, sta
             answers.append(call(keyed, method, path, authorization).text)
     answers += [keyed.get("/demo").text, call(keyed, "GET", "/demo", f"Bearer {WORKER_KEY}").text]
 
-    # A misconfigured broker: a storage key that is not valid base64, settings that are not numbers.
-    bad_key = ("DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
-               f"AccountKey={STORAGE_SECRET[:-2]}!!;BlobEndpoint=http://127.0.0.1:9/devstoreaccount1;"
-               "QueueEndpoint=http://127.0.0.1:9/devstoreaccount1;")
-    broken = start_broker({"BROKER_CLIENT_KEYS": CLIENT_KEY}, connection_string=bad_key)
     for method, path in CLIENT_ROUTES + [("GET", "/health"), ("GET", "/stats")]:
         for authorization in (f"Bearer {CLIENT_KEY}", f"Bearer {WORKER_KEY}"):
             answers.append(call(broken, method, path, authorization).text)
