@@ -108,7 +108,9 @@ def measure(stack: common.Stack, workers: int, sleep_ms: int, window: float) -> 
         host_peak = common.rss_mib(pids["dev host"], "VmHWM")
     finally:
         stop_workers(running)
+    per_task = {k: round(v / 100 * span / max(count1 - count0, 1) * 1000, 1) for k, v in cpu.items()}
     return {"workers": workers, "sleep_ms": sleep_ms, "tasks_per_s": round((count1 - count0) / span, 1),
+            "cpu_ms_per_task": per_task,
             "completed": count1 - count0, "seconds": round(span, 2), "errors": errors[:5],
             "cpu_percent_of_one_core": {k: round(v) for k, v in cpu.items()}, "host_peak_rss_mib": host_peak,
             "load_avg_1min": round(load_avg, 2)}
@@ -146,11 +148,12 @@ def main(argv=None) -> dict:
         result["saturates"] = bottleneck(result["cpu_percent_of_one_core"], cpus, result["load_avg_1min"])
         c = result["cpu_percent_of_one_core"]
         rows.append([result["workers"], result["sleep_ms"], result["tasks_per_s"], result["scaling_vs_1_worker"],
-                     c["dev host"], c["azurite"], c["workers"], c["clients"], result["saturates"]])
+                     c["dev host"], c["azurite"], c["workers"], c["clients"], result["cpu_ms_per_task"]["dev host"],
+                     result["load_avg_1min"], result["saturates"]])
     text = common.table(f"Throughput, {CLIENTS} closed-loop clients, echo workers with batch {BATCH}, {window:.0f} s "
                         f"windows; CPU in % of one core ({cpus} CPUs)",
                         ["workers", "sleep_ms", "tasks/s", "x 1 worker", "host %", "azurite %", "workers %",
-                         "clients %", "saturates"], rows)
+                         "clients %", "host CPU ms/task", "load", "saturates"], rows)
     data = {"clients": CLIENTS, "batch": BATCH, "window_s": window, "results": results, "table": text}
     common.save("throughput", data)
     return data
