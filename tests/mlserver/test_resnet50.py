@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import uuid
 
 import pytest
@@ -58,6 +59,7 @@ def test_any_image_mode_is_classified_and_a_non_image_fails_alone_in_its_batch(b
     failed = result(broker, ids["text"])
     assert failed.status_code == 422
     assert failed.json()["error"] == "payload is not an image Pillow can read (got 20 bytes of text/plain)"
+    assert re.search(r"INFO device: (CPU|GPU:0) ", worker.log_text())  # logged at start
     # The six images ran as one batch (the status line comes within a second).
     wait_for(lambda: "batch fill 6.0/8" in worker.log_text(), timeout=10, what="the status line")
 
