@@ -19,7 +19,7 @@ environment:
                      environment only, so it never shows in the process list
 
 built-in handlers:
-  echo           returns each payload unchanged (params: sleep_ms, fail); no TensorFlow
+  echo           returns each payload unchanged (params: sleep_ms, fail, retryable); no TensorFlow
   resnet50       ImageNet classification -> JSON top-k (params: top_k); --weights imagenet|PATH|none
   deeplabv3plus  Pascal VOC segmentation -> PNG mask, overlay or JSON (params: output);
                  --weights PRESET|DIR|PATH|none; --option input_size=N (default 512)

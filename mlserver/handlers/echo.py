@@ -1,7 +1,8 @@
 """`echo`: returns each payload unchanged, for tests and benchmarks of everything but the model.
 
 params: `sleep_ms` sleeps that long per batch (simulated compute; the longest in the batch wins);
-`fail` fails that task with that message. It imports no TensorFlow, so it starts in a moment.
+`fail` fails that task with that message, as a retryable failure if `retryable` is true. It imports
+no TensorFlow, so it starts in a moment.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ class EchoInput:
     content_type: str
     sleep_ms: float
     fail: str | None
+    retryable: bool
 
 
 class Echo(Handler):
@@ -35,7 +37,10 @@ class Echo(Handler):
         fail = params.get("fail")
         if fail is not None and not (isinstance(fail, str) and fail.strip()):
             raise InputError("params.fail must be a non-empty message")
-        return EchoInput(payload, content_type, float(sleep_ms), fail)
+        retryable = params.get("retryable", False)
+        if not isinstance(retryable, bool):
+            raise InputError("params.retryable must be true or false")
+        return EchoInput(payload, content_type, float(sleep_ms), fail, retryable)
 
     def predict(self, inputs: list[EchoInput]) -> list[bytes]:
         time.sleep(max(item.sleep_ms for item in inputs) / 1000)
@@ -43,7 +48,7 @@ class Echo(Handler):
         # input breaks a real model, so the worker's one-by-one fallback is exercised too.
         for item in inputs:
             if item.fail:
-                raise TaskError(item.fail)
+                raise TaskError(item.fail, retryable=item.retryable)
         return [item.payload for item in inputs]
 
     def encode(self, output: bytes, item: EchoInput) -> tuple[bytes, str]:

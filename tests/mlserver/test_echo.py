@@ -50,3 +50,12 @@ def test_a_bad_param_fails_that_task_with_one_sentence(broker, model, start_work
     start_worker(model, "--handler", "echo", "--batch", "4")
     assert result(broker, bad).json()["error"] == "params.sleep_ms must be a number of milliseconds from 0 to 3600000"
     assert result(broker, good).content == b"y"
+
+
+def test_a_retryable_failure_is_retried_until_the_broker_gives_up(start_broker, model, start_worker):
+    strict = start_broker({"BROKER_MAX_ATTEMPTS": "2"})
+    flaky = strict.submit(model, b"x", params={"params": json.dumps({"fail": "GPU busy", "retryable": True})})
+    start_worker(model, "--handler", "echo", "--batch", "2", via=strict)
+    failed = result(strict, flaky)
+    assert failed.status_code == 422
+    assert (failed.json()["error"], failed.json()["attempts"]) == ("gave up after 2 attempts: GPU busy", 2)
