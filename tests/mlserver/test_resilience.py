@@ -82,3 +82,19 @@ def test_a_wrong_worker_key_stops_the_worker_with_one_line(broker, model):
         "mlserver: the broker refused this worker: getnexttask answered 401: "
         f"{broker.get('/getnexttask?model=x', headers={'Authorization': 'Bearer nope'}).json()['error']}"
         " (check BROKER_WORKER_KEY)"]
+
+
+def test_a_second_signal_quits_even_while_results_wait_for_a_broker_that_is_gone(broker, start_broker, model,
+                                                                                  start_worker):
+    flaky = start_broker()
+    task_id = flaky.submit(model, b"stranded", params=sleeping(3_000))
+    worker = start_worker(model, "--handler", "echo", "--batch", "1", via=flaky)
+    wait_for(lambda: broker.status(task_id)["status"] == "running", what="the worker to claim the task")
+    flaky.host.stop()
+    wait_for(lambda: f"task {task_id}: the broker" in worker.log_text(), what="the put to fail and be retried")
+    worker.send(signal.SIGTERM)
+    wait_for(lambda: "SIGTERM: stopping" in worker.log_text(), what="the first signal")
+    assert worker.alive()  # still trying to deliver the result
+    worker.send(signal.SIGTERM)
+    assert worker.proc.wait(30) == 0, worker.log_text()
+    assert "gave up on the broker while quitting" in worker.log_text()
