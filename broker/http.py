@@ -102,7 +102,7 @@ async def getnexttask(req: func.HttpRequest, settings: Settings) -> func.HttpRes
 async def extendlease(req: func.HttpRequest, settings: Settings) -> func.HttpResponse:
     """Heartbeat (seconds > 0) or give the task back to the queue (seconds = 0)."""
     task_id = validate.task_id(req)
-    lease = validate.lease(req, task_id)
+    lease = validate.lease(req, task_id, settings.lease_secret)
     seconds = validate.integer(req, "seconds", 0, 3600)
     return json_response(await get_store(settings).extend(task_id, lease, seconds))
 
@@ -112,7 +112,7 @@ async def extendlease(req: func.HttpRequest, settings: Settings) -> func.HttpRes
 async def puttaskresult(req: func.HttpRequest, settings: Settings) -> func.HttpResponse:
     """Commit a task's outcome: the result bytes, or (status=failed) an error, retryable or not."""
     task_id = validate.task_id(req)
-    lease = validate.lease(req, task_id)
+    lease = validate.lease(req, task_id, settings.lease_secret)
     outcome = req.params.get("status", "succeeded")
     body = req.get_body()
     store = get_store(settings)

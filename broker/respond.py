@@ -11,6 +11,7 @@ import json
 import logging
 
 import azure.functions as func
+from azure.core.exceptions import ClientAuthenticationError
 
 from . import auth
 from .errors import Rejected
@@ -51,6 +52,11 @@ def endpoint(methods: tuple[str, ...], role: str | None = None):
             except SettingsError as exc:
                 log.error("broker misconfigured: %s", exc)
                 return error_response(503, f"the broker is misconfigured: {exc}")
+            except ClientAuthenticationError as exc:
+                # The account key cannot sign (not base64) or storage refuses it (403): a setting to fix.
+                log.error("storage refused the broker's credentials: %s", type(exc).__name__)
+                return error_response(503, "the broker is misconfigured: storage refuses its credentials "
+                                           "(check the storage connection string)")
             except Exception as exc:  # noqa: BLE001 - the last line of defence: one sentence, never a traceback
                 if is_outage(exc):
                     log.warning("storage unavailable during %s: %s", handler.__name__, type(exc).__name__)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from .lease import secret_for
+
 AZURITE_CONNECTION = (
     "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
     "AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;"
@@ -62,6 +64,11 @@ class Settings:
     result_ttl_seconds: int
     cleanup_batch: int
     storage_timeout_seconds: int
+
+    @property
+    def lease_secret(self) -> bytes:
+        """Signs lease tokens: derived from the storage credentials every instance of the app shares."""
+        return secret_for(self.storage_connection)
 
 
 def connection_string() -> str:

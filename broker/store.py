@@ -292,7 +292,7 @@ class TaskStore:
             "params": sub.params,
             "content_type": sub.content_type,
             "payload": base64.b64encode(payload).decode(),
-            "lease": lease.encode(),
+            "lease": lease.encode(self.settings.lease_secret),
             "lease_expires_at": iso(expires),
             "attempt": attempt,
         }
@@ -366,7 +366,7 @@ class TaskStore:
             state.until = now() + seconds
             await self._write_state(lease, props, state)
             expires = updated.next_visible_on.timestamp() if updated.next_visible_on else state.until
-        return {"lease": lease.renewed(updated.pop_receipt).encode(), "lease_expires_at": iso(expires)}
+        return {"lease": lease.renewed(updated.pop_receipt).encode(self.settings.lease_secret), "lease_expires_at": iso(expires)}
 
     # ---- finishing -----------------------------------------------------------------------
 
@@ -411,7 +411,10 @@ class TaskStore:
         first, inbox = await asyncio.gather(self._write_outcome(lease.task_id, outcome, body, content_type),
                                             self._inbox_props(lease.task_id))
         if first is None:
-            if inbox is None:  # the task had expired and been cleaned away: take the write back
+            if inbox is None and now() >= lease.created + self.settings.result_ttl_seconds:
+                # Old enough to have finished, expired and been cleaned away: take the write back.
+                # (A younger task's inbox blob can only be gone because a claim saw this very write
+                # and tidied up after it, so the write stands.)
                 await self._delete_quietly(self.storage.outbox, lease.task_id)
                 raise not_found()
             await asyncio.gather(self._drop(lease.model, lease.msg, lease.receipt),

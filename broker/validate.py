@@ -9,6 +9,7 @@ import re
 
 import azure.functions as func
 
+from . import strictjson
 from .errors import Rejected
 from .lease import BadToken, Lease
 
@@ -56,7 +57,7 @@ def params(value) -> dict:
         if len(value.encode()) > MAX_PARAMS_BYTES:
             raise Rejected(400, f"params must be at most {MAX_PARAMS_BYTES} bytes of JSON")
         try:
-            value = json.loads(value)
+            value = strictjson.loads(value)
         except ValueError:
             raise Rejected(400, "params is not valid JSON") from None
     if not isinstance(value, dict):
@@ -84,12 +85,12 @@ def idempotency_key(req: func.HttpRequest) -> str | None:
     return value
 
 
-def lease(req: func.HttpRequest, task: str) -> Lease:
+def lease(req: func.HttpRequest, task: str, secret: bytes) -> Lease:
     token = req.params.get("lease", "")
     if not token:
         raise Rejected(400, "the lease token is required (?lease=TOKEN)")
     try:
-        return Lease.decode(token, task)
+        return Lease.decode(token, task, secret)
     except BadToken as exc:
         raise Rejected(400, str(exc)) from None
 
@@ -100,7 +101,7 @@ def too_large(limit: int) -> Rejected:
 
 def json_object(body: bytes, what: str) -> dict:
     try:
-        value = json.loads(body)
+        value = strictjson.loads(body)
     except (ValueError, UnicodeDecodeError):
         raise Rejected(400, f"the {what} is not valid JSON") from None
     if not isinstance(value, dict):

@@ -26,7 +26,7 @@ def test_batch_claim_is_in_submission_order_and_fields_are_complete(broker, mode
                           "attempt"}
     assert first["attempt"] == 1 and first["lease_expires_at"].endswith("Z") and first["model"] == model
     assert base64.b64decode(first["payload"]) == b"p0"
-    assert all(c.isalnum() or c in "-_" for c in first["lease"])  # URL-safe
+    assert all(c.isalnum() or c in "-_." for c in first["lease"])  # URL-safe
 
 
 def test_claim_answers_without_waiting_to_fill_the_batch(broker, model):
@@ -181,3 +181,23 @@ def test_oversize_result_is_413(start_broker, model):
     [task] = small.claim(model)
     assert small.put(task, b"x" * 101).status_code == 413
     assert small.put(task, b"x" * 100).status_code == 200
+
+
+def test_a_forged_or_altered_token_is_400(broker, model):
+    """Tokens are signed: changing any field (or inventing a claim) is refused before storage."""
+    import json
+
+    def unb64(text):
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+    task_id = broker.submit(model)
+    [task] = broker.claim(model)
+    body, mac = task["lease"].split(".")
+    fields = json.loads(unb64(body))
+    fields[5] = "yesterday"  # created
+    forged = base64.urlsafe_b64encode(json.dumps(fields).encode()).decode().rstrip("=") + "." + mac
+    for token in (forged, body, body + ".AAAA"):
+        response = broker.post(f"/puttaskresult?task_id={task_id}&lease={token}", data=b"x", headers=broker.worker)
+        assert response.status_code == 400 and response.json()["error"] == "the lease token is malformed"
+    assert broker.status(task_id)["status"] == "running"
+    assert broker.put(task).status_code == 200

@@ -107,7 +107,7 @@ def test_key_comparison_takes_as_long_however_much_of_the_key_is_right():
     # The harness can tell: a plain == is measurably faster when the first character is already wrong...
     assert control > 3, control
     # ...and the broker's comparison is not.
-    assert 0.8 < ratio < 1.25, ratio
+    assert 0.67 < ratio < 1.5, ratio  # wide enough for a loaded machine; == measures 14-19x
     assert auth.matches(key, ("other", key)) and not auth.matches(key[:-1] + "#", (key,))
 
 
