@@ -25,7 +25,7 @@ import requests
 
 from devstack.services import Azurite, DevHost
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(os.environ.get("BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
 WORKER_KEY = "bench-worker-key"
 QUICK = os.environ.get("BENCH_QUICK") == "1"  # set by `python -m bench --quick` and each module's --quick
 

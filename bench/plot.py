@@ -58,6 +58,18 @@ def summary_rows() -> list[list]:
             rows.append(["4 throughput", f"{r['workers']} worker(s), sleep_ms {r['sleep_ms']}",
                          f"{r['tasks_per_s']} tasks/s", "1 worker", r["scaling_vs_1_worker"], "report",
                          r["saturates"]])
+    if (d := load("throughput-compare")):
+        pairs = {}
+        for r in d["results"]:
+            pairs.setdefault((r["workers"], r["sleep_ms"]), {})[r["host"]] = r
+        gains = sorted(p["variant"]["tasks_per_s"] / p["broker"]["tasks_per_s"] for p in pairs.values()
+                       if "variant" in p and "broker" in p and p["broker"]["tasks_per_s"])
+        cpu = sorted(p["variant"]["cpu_ms_per_task"]["dev host"] / p["broker"]["cpu_ms_per_task"]["dev host"]
+                     for p in pairs.values() if "variant" in p and "broker" in p)
+        if gains:
+            rows.append(["4 throughput", "scratch copy P0-P3 / broker, tasks/s (median of 6 configs)",
+                         f"{len(gains)} pairs", "broker, same run", round(gains[len(gains) // 2], 3), "report",
+                         f"host CPU/task x{cpu[len(cpu) // 2]:.2f}"])
     if (d := load("worker")):
         for r in d.get("rows", []):
             rows.append(["5 worker", f"ResNet50 batch {r['batch']} through the broker / bare",

@@ -86,12 +86,13 @@ class Load:
             thread.join(30)
 
 
-def measure(stack: common.Stack, workers: int, sleep_ms: int, window: float) -> dict:
+def measure(stack: common.Stack, workers: int, sleep_ms: int, window: float, host=None) -> dict:
+    host = host or stack.hosts[0]
     model = common.model_name(f"tp{workers}w{sleep_ms}")
-    running = start_workers(stack.url, model, workers, stack.work)
+    running = start_workers(host.url, model, workers, stack.work)
     try:
-        pids = {"dev host": stack.hosts[0].proc.pid, "azurite": stack.azurite.proc.pid}
-        with Load(stack.url, model, sleep_ms) as load:
+        pids = {"dev host": host.proc.pid, "azurite": stack.azurite.proc.pid}
+        with Load(host.url, model, sleep_ms) as load:
             time.sleep(min(2.0, window / 3))  # warm-up
             before = {k: common.cpu_seconds(p) for k, p in pids.items()}
             before_workers = sum(common.cpu_seconds(w.proc.pid) for w in running)
@@ -130,32 +131,50 @@ def bottleneck(cpu: dict, cpus: int, load_avg: float) -> str:
 
 
 def main(argv=None) -> dict:
-    common.parse_args("throughput", argv)
+    def extra(parser):
+        parser.add_argument("--compare-root", metavar="DIR",
+                            help="also measure a dev host served from DIR (a scratch copy), in turns")
+
+    args = common.parse_args("throughput", argv, extra)
     common.note_load("throughput")
     window = common.pick(4.0, 15.0)
     counts = (1, 2, 4)
     rows, results = [], []
     with common.Stack() as stack:
-        for sleep_ms in (0, 50):
-            for n in counts:
-                result = measure(stack, n, sleep_ms, window)
-                results.append(result)
-                print(f"  {n} worker(s), sleep_ms {sleep_ms}: {result['tasks_per_s']} tasks/s", flush=True)
+        variant = None
+        if args.compare_root:
+            from .overhead import RootHost
+
+            variant = RootHost(args.compare_root, stack.connection_string, stack.settings,
+                               log_dir=stack.work / "variant", extra_args=["--no-timers"]).start()
+        try:
+            for sleep_ms in (0, 50):
+                for n in counts:
+                    for label, host in (("broker", None), *((("variant", variant),) if variant else ())):
+                        result = measure(stack, n, sleep_ms, window, host)
+                        result["host"] = label
+                        results.append(result)
+                        print(f"  {label}: {n} worker(s), sleep_ms {sleep_ms}: {result['tasks_per_s']} tasks/s",
+                              flush=True)
+        finally:
+            if variant:
+                variant.stop()
     cpus = os.cpu_count()
     for result in results:
-        base = next(r for r in results if r["sleep_ms"] == result["sleep_ms"] and r["workers"] == 1)
+        base = next(r for r in results if r["sleep_ms"] == result["sleep_ms"] and r["workers"] == 1
+                    and r["host"] == "broker")
         result["scaling_vs_1_worker"] = common.ratio(result["tasks_per_s"], base["tasks_per_s"])
         result["saturates"] = bottleneck(result["cpu_percent_of_one_core"], cpus, result["load_avg_1min"])
         c = result["cpu_percent_of_one_core"]
-        rows.append([result["workers"], result["sleep_ms"], result["tasks_per_s"], result["scaling_vs_1_worker"],
+        rows.append([result["host"], result["workers"], result["sleep_ms"], result["tasks_per_s"], result["scaling_vs_1_worker"],
                      c["dev host"], c["azurite"], c["workers"], c["clients"], result["cpu_ms_per_task"]["dev host"],
                      result["load_avg_1min"], result["saturates"]])
     text = common.table(f"Throughput, {CLIENTS} closed-loop clients, echo workers with batch {BATCH}, {window:.0f} s "
                         f"windows; CPU in % of one core ({cpus} CPUs)",
-                        ["workers", "sleep_ms", "tasks/s", "x 1 worker", "host %", "azurite %", "workers %",
+                        ["host", "workers", "sleep_ms", "tasks/s", "x 1 worker", "host %", "azurite %", "workers %",
                          "clients %", "host CPU ms/task", "load", "saturates"], rows)
     data = {"clients": CLIENTS, "batch": BATCH, "window_s": window, "results": results, "table": text}
-    common.save("throughput", data)
+    common.save("throughput" if not args.compare_root else "throughput-compare", data)
     return data
 
 
