@@ -13,7 +13,6 @@ import queue
 import sys
 import threading
 import time
-from pathlib import Path
 
 from . import progress
 from .client import DEFAULT_URL, BrokerClient

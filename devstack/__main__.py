@@ -14,7 +14,6 @@ import secrets
 import signal
 import sys
 import time
-from pathlib import Path
 
 from .services import ROOT, Azurite, DevHost, ServiceError
 from .worker import Worker

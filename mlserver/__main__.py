@@ -10,7 +10,6 @@ import sys
 
 MODEL_NAME = re.compile(r"[a-z0-9]+(-[a-z0-9]+)*")
 EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_WEIGHTS = 0, 1, 2, 3
-WEIGHTS_HINT = "use --weights none for random weights, or --weights PATH for a local file"
 
 EPILOG = """\
 environment:
@@ -23,6 +22,9 @@ built-in handlers:
   resnet50       ImageNet classification -> JSON top-k (params: top_k); --weights imagenet|PATH|none
   deeplabv3plus  Pascal VOC segmentation -> PNG mask, overlay or JSON (params: output);
                  --weights PRESET|DIR|PATH|none; --option input_size=N (default 512)
+  saved          any saved Keras (.keras, .h5) or TensorFlow SavedModel image model: --weights PATH;
+                 output by its shape: classification JSON (params: top_k), a mask PNG or JSON
+                 (params: output), else raw JSON; --labels, --input-size, --scale
 
 exit status: 0 stopped by a signal (work in hand finished or given back); 2 bad arguments or
 configuration (including a key or URL the broker refuses); 3 the weights cannot be had
@@ -42,7 +44,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                         help="the model name clients submit to (?model=NAME); also picks the built-in "
                              "handler of that name unless --handler is given")
     parser.add_argument("--handler", metavar="NAME|module:Class",
-                        help="echo, resnet50, deeplabv3plus, or your own Handler subclass as module:Class "
+                        help="echo, resnet50, deeplabv3plus, saved, or your own Handler subclass as module:Class "
                              "(default: the --model name)")
     parser.add_argument("--weights", metavar="W",
                         help="the handler's weights: a name (resnet50: imagenet; deeplabv3plus: a keras-hub "
@@ -58,6 +60,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                              "long for a poll in flight (default 10)")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                         help="a handler option, repeatable (deeplabv3plus: input_size=N)")
+    parser.add_argument("--labels", metavar="FILE",
+                        help="saved: class names, one per line (default: the index as text)")
+    parser.add_argument("--input-size", metavar="WxH",
+                        help="saved: the image size the model takes, where its input shape leaves it open")
+    parser.add_argument("--scale", choices=("unit", "symmetric", "imagenet", "none"),
+                        help="saved: pixel scaling - unit 0..1 (default), symmetric -1..1, imagenet "
+                             "(Keras caffe-style), none 0..255")
     parser.add_argument("--status-interval", type=float, default=30, metavar="S",
                         help="seconds between status lines: done, failed, img/s, batch fill, queue wait "
                              "(default 30)")
@@ -101,7 +110,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cls = handler_class(spec)
         options = dict(option.split("=", 1) for option in args.option)
+        for name in ("labels", "input_size", "scale"):  # the saved handler's flags, as options
+            if getattr(args, name) is not None:
+                options[name] = getattr(args, name)
         handler = cls(weights=args.weights, options=options, batch_size=args.batch)
+        handler.served_as = args.model
         log.info("loading handler %s (weights: %s)", spec, handler.weights or "none needed")
         handler.load()
     except HandlerNotFound as exc:
@@ -109,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     except BadOption as exc:
         return _fail(EXIT_CONFIG, f"{exc}")
     except WeightsUnavailable as exc:
-        return _fail(EXIT_WEIGHTS, f"weights unavailable: {exc}; {WEIGHTS_HINT}")
+        return _fail(EXIT_WEIGHTS, f"weights unavailable: {exc}; {handler.weights_hint}")
     log.info("device: %s", handler.device())
 
     client = BrokerClient(args.broker_url, key, pool_size=args.upload_threads + 2)

@@ -10,6 +10,7 @@ BUILT_IN = {
     "echo": "mlserver.handlers.echo:Echo",
     "resnet50": "mlserver.handlers.resnet50:ResNet50",
     "deeplabv3plus": "mlserver.handlers.deeplabv3plus:DeepLabV3Plus",
+    "saved": "mlserver.handlers.saved:SavedModel",
 }
 
 

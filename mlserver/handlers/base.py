@@ -42,6 +42,10 @@ class Handler:
 
     #: `--weights` when the flag is not given.
     default_weights: str | None = None
+    #: What to do when load() raises WeightsUnavailable (printed after the reason).
+    weights_hint = "use --weights none for random weights, or --weights PATH for a local file"
+    #: The model name clients submit to (--model), for outputs that name the model.
+    served_as: str | None = None
     #: Exceptions that mean "try this task again later" (the broker requeues it while attempts remain).
     retryable_errors: tuple[type[BaseException], ...] = (MemoryError,)
 

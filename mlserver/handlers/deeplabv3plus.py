@@ -11,7 +11,6 @@ the input blended with the class colours) or `json` ({"width", "height", "classe
 
 from __future__ import annotations
 
-import io
 import json
 from dataclasses import dataclass
 
@@ -22,10 +21,10 @@ from . import keras_runtime, voc
 from .keras_runtime import KerasHandler
 from .base import BadOption, InputError, WeightsUnavailable
 from .images import read_rgb
+from .masks import mask_summary, palette_mask, png
 
 OUTPUTS = ("mask", "overlay", "json")
 OVERLAY_ALPHA = 0.5
-PALETTE = voc.palette()
 
 
 @dataclass
@@ -103,10 +102,9 @@ class DeepLabV3Plus(KerasHandler):
         return [found[: item.fitted[1], : item.fitted[0]] for found, item in zip(classes, inputs)]
 
     def encode(self, output: np.ndarray, item: Scene) -> tuple[bytes, str]:
-        mask = Image.fromarray(output, "P").resize(item.image.size, Image.Resampling.NEAREST)
-        mask.putpalette(PALETTE)
+        mask = palette_mask(output, item.image.size)
         if item.output == "json":
-            return json.dumps(mask_summary(mask)).encode(), "application/json"
+            return json.dumps(mask_summary(mask, voc.LABELS.__getitem__)).encode(), "application/json"
         if item.output == "overlay":
             blended = Image.blend(item.image, mask.convert("RGB"), OVERLAY_ALPHA)
             # Background (class 0) keeps the input's own pixels rather than being darkened.
@@ -132,20 +130,3 @@ def _rescaling(converter) -> tuple[np.ndarray | float, np.ndarray | float]:
     offset = getattr(converter, "offset", None)
     scale = 1 / 255 if scale is None else np.asarray(scale, np.float32)
     return scale, 0.0 if offset is None else np.asarray(offset, np.float32)
-
-
-def mask_summary(mask: Image.Image) -> dict:
-    """The `json` output: the image's size and the VOC classes present, largest first."""
-    counts = np.bincount(np.asarray(mask).ravel(), minlength=len(voc.LABELS))
-    total = mask.width * mask.height
-    present = sorted((i for i in range(len(voc.LABELS)) if counts[i]), key=lambda i: -counts[i])
-    return {"width": mask.width, "height": mask.height,
-            "classes": [{"index": i, "label": voc.LABELS[i], "pixel_fraction": round(counts[i] / total, 6)}
-                        for i in present]}
-
-
-def png(image: Image.Image) -> bytes:
-    """PNG bytes, without `optimize` (it would cost more CPU than it saves bytes here)."""
-    buffer = io.BytesIO()
-    image.save(buffer, "PNG", optimize=False)
-    return buffer.getvalue()
