@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any, Callable
 
 from .backoff import Backoff
@@ -26,6 +26,8 @@ class Uploads:
         self.client, self.handler, self.ledger, self.stats = client, handler, ledger, stats
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="upload")
         self.halt = threading.Event()  # set when the worker must quit without finishing
+        self._pending: set[Future] = set()
+        self._pending_lock = threading.Lock()
 
     def succeed(self, task: Task, output: Any) -> None:
         self._submit(self._encode_and_put, task, output)
@@ -39,9 +41,23 @@ class Uploads:
 
     def _submit(self, job: Callable, task: Task, *args) -> None:
         try:
-            self.pool.submit(self._guarded, job, task, *args)
+            future = self.pool.submit(self._guarded, job, task, *args)
         except RuntimeError:  # closed: the worker is quitting without waiting; the lease will run out
             log.warning("task %s is left to its lease running out", task.task_id)
+            return
+        with self._pending_lock:
+            self._pending.add(future)
+        future.add_done_callback(self._settled)
+
+    def _settled(self, future: Future) -> None:
+        with self._pending_lock:
+            self._pending.discard(future)
+
+    def drain(self) -> None:
+        """Wait until everything handed over so far has been put back (or given up on)."""
+        with self._pending_lock:
+            pending = set(self._pending)
+        wait(pending)
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)

@@ -75,6 +75,20 @@ class Worker:
             return
         now = time.monotonic()
         self.stats.batch(len(live), [now - task.claimed_at for task in live])
+        fresh = [task for task in live if task.attempt <= 1]
+        retried = [task for task in live if task.attempt > 1]
+        # A task back from a lost lease may be what killed the last worker that held it (a poison
+        # input). Run one such task at a time, alone, once every other outcome is put back and the
+        # other retried tasks are given back (keeping their attempt number): if it kills this
+        # process too, nothing else is lost with it, and innocent batch-mates never run out of attempts.
+        self.fetcher.give_back(retried[1:])
+        if fresh:
+            self._run_together(fresh)
+        if retried:
+            self.uploads.drain()
+            self._run_one(retried[0])
+
+    def _run_together(self, live: list[Task]) -> None:
         try:
             outputs = self._predict(live)
         except Exception as exc:  # noqa: BLE001 - a model error for the batch: find the input that causes it
