@@ -43,7 +43,7 @@ class Proc:
     def __init__(self, command: list[str], log_path, env: dict | None = None) -> None:
         self.log = open(log_path, "ab")
         self.proc = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     env=env, cwd=common.RESULTS.parent.parent, start_new_session=True)
+                                     env=env, cwd=common.ROOT, start_new_session=True)
 
     def stop(self) -> None:
         if self.proc.poll() is None:

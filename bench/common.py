@@ -25,7 +25,8 @@ import requests
 
 from devstack.services import Azurite, DevHost
 
-RESULTS = Path(os.environ.get("BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
+ROOT = Path(__file__).resolve().parent.parent  # the repository
+RESULTS = Path(os.environ.get("BENCH_RESULTS") or ROOT / "bench" / "results")
 WORKER_KEY = "bench-worker-key"
 QUICK = os.environ.get("BENCH_QUICK") == "1"  # set by `python -m bench --quick` and each module's --quick
 

@@ -97,7 +97,7 @@ def resnet_worker(images: int) -> dict:
         finally:
             worker.stop(timeout=60)
     bare = subprocess.run([sys.executable, "-c", BARE_SCRIPT], capture_output=True, text=True, timeout=900,
-                          cwd=common.RESULTS.parent.parent, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+                          cwd=common.ROOT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     bare_peak = int(bare.stdout.strip().splitlines()[-1]) / 1024 if bare.returncode == 0 else None
     return {"images": images, "batch": 16, "peak_rss_mib": round(peak, 1),
             "bare_handler_peak_rss_mib": bare_peak and round(bare_peak, 1),

@@ -232,7 +232,8 @@ def profile(stack: common.Stack, cycles: int, root: str | None, tag: str) -> dic
     common.RESULTS.mkdir(exist_ok=True)
     text_profile = common.RESULTS / f"overhead-profile-{tag}.txt"
     text_profile.write_text(out.with_suffix(".txt").read_text())
-    result["text_profile"] = str(text_profile.relative_to(common.RESULTS.parent.parent))
+    inside = text_profile.is_relative_to(common.ROOT)
+    result["text_profile"] = str(text_profile.relative_to(common.ROOT) if inside else text_profile)
     return result
 
 
