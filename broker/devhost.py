@@ -27,7 +27,7 @@ from pathlib import Path
 import azure.functions as func
 import uvicorn
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -99,7 +99,11 @@ def build(app: func.FunctionApp) -> tuple[Starlette, list]:
         methods, user_function = entry
         if request.method not in methods:
             return JSONResponse({"error": "method not allowed"}, status_code=405)
-        body = await request.body()
+        try:
+            body = await request.body()
+        except ClientDisconnect:  # the caller went away mid-body (e.g. a killed worker): nobody to answer
+            log.info("client disconnected before its request body arrived: %s %s", request.method, request.url.path)
+            return Response(status_code=499)
         try:
             response = await user_function(to_request(request, body))
         except Exception:  # noqa: BLE001 - the host answers 500, as the Functions host would

@@ -1,6 +1,9 @@
 """The dev host: settings precedence, timer schedules, and long-polls that do not block others."""
 
 import json
+import socket
+import time
+import urllib.parse
 import threading
 
 from broker.devhost import load_local_settings, schedule_seconds
@@ -52,3 +55,20 @@ def test_content_types(broker):
     assert health.headers["Content-Type"] == "application/json; charset=utf-8"
     page = broker.get("/demo")
     assert page.status_code == 200 and page.headers["Content-Type"].startswith("text/html")
+
+
+def test_a_client_gone_mid_body_is_no_error(broker, model):
+    """A worker killed while posting its result leaves a half-sent body: the host shrugs, no traceback."""
+    url = urllib.parse.urlsplit(broker.url)
+    before = len(broker.host.log_text())
+    with socket.create_connection((url.hostname, url.port), timeout=10) as sock:
+        sock.sendall(f"POST /api/predict?model={model} HTTP/1.1\r\nHost: x\r\n"
+                     "Content-Type: application/octet-stream\r\nContent-Length: 100000\r\n\r\n".encode()
+                     + b"x" * 1000)
+    deadline = time.monotonic() + 10
+    while "client disconnected" not in broker.host.log_text()[before:] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    log = broker.host.log_text()[before:]
+    assert "client disconnected before its request body arrived: POST /api/predict" in log
+    assert "Traceback" not in log and "Exception in ASGI application" not in log, log
+    assert broker.get("/health").status_code == 200
