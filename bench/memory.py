@@ -8,7 +8,6 @@ half of the soak (after warm-up), as MiB per minute by least squares and as end 
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys

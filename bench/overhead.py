@@ -247,7 +247,6 @@ def print_profile(result: dict, tag: str) -> str:
     for route, r in result["routes"].items():
         print(f"  {route:>13}: {r['sequence']}")
     prof = result["profile"]
-    total = sum(prof["by_library"].values()) or 1
     busy = sum(v for k, v in prof["by_library"].items() if not k.startswith("idle")) or 1
     print(f"\nsampled dev host time by library ({prof['duration']:.1f} s wall, share of the busy part):")
     for name, seconds in list(prof["by_library"].items())[:14]:

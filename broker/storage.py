@@ -34,7 +34,10 @@ class Storage:
     def __init__(self, connection: str, timeout: int) -> None:
         # The SDK logs every storage request at INFO; the Functions host would ship each one.
         logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(logging.WARNING)
-        options = dict(connection_timeout=3, read_timeout=timeout)
+        # use_env_settings=False: otherwise aiohttp looks up ~/.netrc and the proxy variables in
+        # two worker threads on every request (a third of the host's CPU per storage call). A
+        # deployment that must reach storage through a proxy is not supported (docs/API.md).
+        options = dict(connection_timeout=3, read_timeout=timeout, use_env_settings=False)
         self.blobs = BlobServiceClient.from_connection_string(
             connection, retry_policy=BlobRetry(backoff=0.3, retry_total=2, random_jitter_range=0.2), **options)
         self.queues = QueueServiceClient.from_connection_string(

@@ -92,24 +92,28 @@ class TaskStore:
         sub = Submission.from_metadata(task_id, props.metadata)
         return Task(task_id, sub.model, sub.created, sub.digest, LeaseState.from_metadata(props.metadata))
 
-    async def _read_both(self, task_id: str, with_result: bool = False):
-        """(outbox, inbox) of a task, read side by side: the outbox as props or (props, body)."""
-        read_outbox = self._outbox_download if with_result else self._outbox_props
-        out, inbox = await asyncio.gather(read_outbox(task_id), self._inbox_props(task_id))
+    async def _read_both(self, task_id: str):
+        """(outbox props, inbox props) of a task, read side by side."""
+        out, inbox = await asyncio.gather(self._outbox_props(task_id), self._inbox_props(task_id))
         if out is None and inbox is None:
             # The task may have finished between the two reads (the inbox blob goes only after the
             # outbox blob is written), so look at the outbox once more before calling it unknown.
-            out = await read_outbox(task_id)
+            out = await self._outbox_props(task_id)
         return out, inbox
 
     async def _get(self, task_id: str, with_result: bool = False) -> tuple[Task | None, bytes | None]:
-        out, inbox = await self._read_both(task_id, with_result)
-        if out is not None:
-            props, body = out if with_result else (out, None)
-            return self._finished_task(task_id, props), body
-        if inbox is None:
-            return None, None
-        return self._open_task(task_id, inbox), None
+        # The outbox first: a finished task (what callers mostly ask about) costs one read.
+        read_outbox = self._outbox_download if with_result else self._outbox_props
+        out = await read_outbox(task_id)
+        if out is None:
+            inbox = await self._inbox_props(task_id)
+            if inbox is not None:
+                return self._open_task(task_id, inbox), None
+            out = await read_outbox(task_id)  # it may have finished between the two reads
+            if out is None:
+                return None, None
+        props, body = out if with_result else (out, None)
+        return self._finished_task(task_id, props), body
 
     async def status(self, task_id: str) -> dict:
         task, _ = await self._get(task_id)
@@ -256,7 +260,12 @@ class TaskStore:
             await self._drop(model, message.id, message.pop_receipt)
             return None
         blob = self.storage.inbox.get_blob_client(task_id)
-        inbox, out = await asyncio.gather(self._download(blob), self._outbox_props(task_id))
+        # On a first delivery an outcome exists only if a cancel or a finish is half-way (outbox
+        # written, inbox blob not yet deleted); the If-Match state write below and the first-wins
+        # outbox keep that rare case harmless (the put gets 409/410), so skip the outbox read.
+        first_delivery = (message.dequeue_count or 0) <= 1
+        inbox, out = await asyncio.gather(self._download(blob),
+                                          _nothing() if first_delivery else self._outbox_props(task_id))
         if out is not None or inbox is None:  # finished (maybe healed now), cancelled or expired
             await asyncio.gather(self._drop(model, message.id, message.pop_receipt),
                                  self._delete_inbox(task_id) if inbox is not None else _nothing())
@@ -408,17 +417,16 @@ class TaskStore:
 
     async def _finish(self, lease: Lease, outcome: Outcome, body: bytes, content_type: str) -> dict:
         await self.storage.ensure_containers()
-        first, inbox = await asyncio.gather(self._write_outcome(lease.task_id, outcome, body, content_type),
-                                            self._inbox_props(lease.task_id))
+        first = await self._write_outcome(lease.task_id, outcome, body, content_type)
         if first is None:
-            if inbox is None and now() >= lease.created + self.settings.result_ttl_seconds:
+            _, had_inbox = await asyncio.gather(self._drop(lease.model, lease.msg, lease.receipt),
+                                                self._delete_inbox(lease.task_id))
+            if not had_inbox and now() >= lease.created + self.settings.result_ttl_seconds:
                 # Old enough to have finished, expired and been cleaned away: take the write back.
                 # (A younger task's inbox blob can only be gone because a claim saw this very write
                 # and tidied up after it, so the write stands.)
                 await self._delete_quietly(self.storage.outbox, lease.task_id)
                 raise not_found()
-            await asyncio.gather(self._drop(lease.model, lease.msg, lease.receipt),
-                                 self._delete_inbox(lease.task_id))
             self.wakeups.notify("task:" + lease.task_id)
             return {"task_id": lease.task_id, "status": outcome.status}
         await self._drop(lease.model, lease.msg, lease.receipt)
@@ -458,16 +466,18 @@ class TaskStore:
                 raise
             # The receipt is stale: another claim holds the message and will clean it up.
 
-    async def _delete_inbox(self, task_id: str) -> None:
-        await self._delete_quietly(self.storage.inbox, task_id)
+    async def _delete_inbox(self, task_id: str) -> bool:
+        return await self._delete_quietly(self.storage.inbox, task_id)
 
     @staticmethod
-    async def _delete_quietly(container, name: str, etag: str | None = None) -> None:
+    async def _delete_quietly(container, name: str, etag: str | None = None) -> bool:
+        """Delete a blob if it is there (and unchanged, given an etag); True if this call deleted it."""
         kwargs = dict(etag=etag, match_condition=MatchConditions.IfNotModified) if etag else {}
         try:
             await container.get_blob_client(name).delete_blob(**kwargs)
+            return True
         except (ResourceNotFoundError, ResourceModifiedError):
-            pass
+            return False
 
     async def stats(self) -> dict:
         names = [q.name async for q in self.storage.queues.list_queues(name_starts_with=QUEUE_PREFIX)]

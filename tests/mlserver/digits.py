@@ -1,4 +1,4 @@
-"""A custom handler, exactly as docs/worker.md shows it: a digit classifier saved as a .keras file.
+"""A custom handler, exactly as the README's "Your own model" shows it: a digit classifier saved as a .keras file.
 
 Run it with: python -m mlserver --model digits --handler digits:Digits --weights digits.keras
 """

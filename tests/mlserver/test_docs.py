@@ -12,11 +12,10 @@ NOTEBOOK = ROOT / "mlserver" / "colab_worker.ipynb"
 
 
 def worker_docs() -> str:
-    """The "Run a worker" text, from README.md once merged there, else from docs/worker.md."""
-    readme = ROOT / "README.md"
-    if readme.exists() and "## Run a worker" in readme.read_text():
-        return readme.read_text()
-    return (ROOT / "docs" / "worker.md").read_text()
+    """The README, whose "Run a worker" section documents the worker."""
+    text = (ROOT / "README.md").read_text()
+    assert "## Run a worker" in text
+    return text
 
 
 def python_blocks(text: str) -> list[str]:
