@@ -62,7 +62,7 @@ def host_soak(seconds: float, interval: float) -> dict:
                     azurite.append(common.rss_mib(stack.azurite.proc.pid))
                     time.sleep(interval)
                 samples.append((time.monotonic() - t0, common.rss_mib(pid)))
-                done = len(load.done)
+                done, errors = len(load.done), list(load.errors)
             peak = common.rss_mib(pid, "VmHWM")
         finally:
             stop_workers(workers)
@@ -71,7 +71,8 @@ def host_soak(seconds: float, interval: float) -> dict:
     return {"idle_rss_mib": round(idle, 1), "peak_rss_mib": round(peak, 1), "end_rss_mib": round(end, 1),
             "peak_over_idle": common.ratio(peak, idle), "end_over_middle": common.ratio(end, middle),
             "slope_mib_per_min_second_half": round(slope_per_min(half), 3), "soak_s": round(seconds),
-            "tasks_done": done, "azurite_rss_mib_end": round(azurite[-1], 1) if azurite else None,
+            "tasks_done": done, "client_errors": {str(e): errors.count(e) for e in set(errors)},
+            "azurite_rss_mib_end": round(azurite[-1], 1) if azurite else None,
             "samples": [(round(t, 1), round(v, 1)) for t, v in samples]}
 
 

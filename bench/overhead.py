@@ -264,6 +264,7 @@ def main(argv=None) -> dict:
         parser.add_argument("--cycles", type=int, help="timed cycles (default 40 quick, 150 full)")
         parser.add_argument("--no-profile", action="store_true", help="skip the instrumented run")
         parser.add_argument("--compare-root", metavar="DIR", help="also time a dev host served from DIR")
+        parser.add_argument("--compare-label", default="scratch copy", help="what DIR holds, for the tables")
 
     args = common.parse_args("overhead", argv, extra)
     common.note_load("overhead")
@@ -354,7 +355,11 @@ def main(argv=None) -> dict:
                 result = profile(stack, common.pick(40, 100), root, tag)
                 data["profile"][tag] = result
                 data["profile"][tag]["table"] = print_profile(result, tag)
-    common.save("overhead" if not args.compare_root else "overhead-compare", data)
+    if args.compare_root:
+        data["variant_label"] = args.compare_label
+    common.save("overhead", data)  # the broker's own figures stand alone too
+    if args.compare_root:
+        common.save("overhead-compare", data)
     return data
 
 

@@ -54,7 +54,7 @@ def summary_rows() -> list[list]:
                          f"{base['legacy_list_and_lease']['p50_ms']:.1f} ms", r["legacy_ratio_vs_30"], "", ""])
     for name, label in (("overhead", "broker"), ("overhead-compare", "variant")):
         if (d := load(name)) and label in d:
-            what = "broker" if label == "broker" else "scratch copy with P0-P3"
+            what = "broker" if label == "broker" else d.get("variant_label", "scratch copy")
             rows.append(["3 overhead", f"HTTP cycle / 8 bare SDK ops, SDK tuned ({what})",
                          f"{d[label]['cycle_p50_ms']:.1f} ms", f"{d['bare_p50_ms']:.1f} ms", d[label]["ratio"],
                          "<=1.5 (stretch 1.2)", d[label]["goal"]])
@@ -64,7 +64,7 @@ def summary_rows() -> list[list]:
                              f"{d[label]['cycle_p50_ms']:.1f} ms", f"{d['bare_default_sdk_p50_ms']:.1f} ms", r,
                              "<=1.5 (stretch 1.2)", common.verdict(r, 1.5) + (" (stretch too)" if r <= 1.2 else "")])
     if (d := load("throughput")):
-        for r in d["results"]:
+        for r in [r for r in d["results"] if r.get("host", "broker") == "broker"]:
             rows.append(["4 throughput", f"{r['workers']} worker(s), sleep_ms {r['sleep_ms']}",
                          f"{r['tasks_per_s']} tasks/s", "1 worker", r["scaling_vs_1_worker"], "report",
                          r["saturates"]])
@@ -72,13 +72,14 @@ def summary_rows() -> list[list]:
         pairs = {}
         for r in d["results"]:
             pairs.setdefault((r["workers"], r["sleep_ms"]), {})[r["host"]] = r
-        gains = sorted(p["variant"]["tasks_per_s"] / p["broker"]["tasks_per_s"] for p in pairs.values()
-                       if "variant" in p and "broker" in p and p["broker"]["tasks_per_s"])
-        cpu = sorted(p["variant"]["cpu_ms_per_task"]["dev host"] / p["broker"]["cpu_ms_per_task"]["dev host"]
+        gains = sorted(p["broker"]["tasks_per_s"] / p["variant"]["tasks_per_s"] for p in pairs.values()
+                       if "variant" in p and "broker" in p and p["variant"]["tasks_per_s"])
+        cpu = sorted(p["broker"]["cpu_ms_per_task"]["dev host"] / p["variant"]["cpu_ms_per_task"]["dev host"]
                      for p in pairs.values() if "variant" in p and "broker" in p)
         if gains:
-            rows.append(["4 throughput", "scratch copy P0-P3 / broker, tasks/s (median of 6 configs)",
-                         f"{len(gains)} pairs", "broker, same run", round(gains[len(gains) // 2], 3), "report",
+            label = d.get("variant_label", "scratch copy")
+            rows.append(["4 throughput", f"broker / {label}, tasks/s (median of {len(gains)} configs)",
+                         f"{len(gains)} pairs", f"{label}, same run", round(gains[len(gains) // 2], 3), "report",
                          f"host CPU/task x{cpu[len(cpu) // 2]:.2f}"])
     if (d := load("worker")):
         for r in d.get("rows", []):
@@ -165,13 +166,13 @@ def plot(path: Path = PNG) -> Path | None:
     ax = axes[3]
     if (d := load("throughput")):
         for sleep in sorted({r["sleep_ms"] for r in d["results"]}):
-            rs = [r for r in d["results"] if r["sleep_ms"] == sleep]
+            rs = [r for r in d["results"] if r["sleep_ms"] == sleep and r.get("host", "broker") == "broker"]
             ax.plot([r["workers"] for r in rs], [r["tasks_per_s"] for r in rs], "o-", label=f"sleep_ms {sleep}")
         if (c := load("throughput-compare")):
             for sleep in sorted({r["sleep_ms"] for r in c["results"]}):
                 rs = [r for r in c["results"] if r["sleep_ms"] == sleep and r.get("host") == "variant"]
                 ax.plot([r["workers"] for r in rs], [r["tasks_per_s"] for r in rs], "x:",
-                        label=f"P0-P3 copy, sleep_ms {sleep} (other run)")
+                        label=f"{c.get('variant_label', 'scratch copy')}, sleep_ms {sleep} (same run)")
         ax.set_ylim(bottom=0)
         ax.set_xlabel("echo workers")
         ax.set_xticks([1, 2, 4])

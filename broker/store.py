@@ -55,6 +55,7 @@ class TaskStore:
         self.storage = storage
         self.settings = settings
         self.wakeups = Wakeups()
+        self._looked_at: dict[str, float] = {}  # model -> when a long-poll here last began a receive
 
     # ---- reading -------------------------------------------------------------------------
 
@@ -217,19 +218,37 @@ class TaskStore:
     async def claim(self, model: str, max_tasks: int, wait: float, lease_seconds: int) -> list[dict]:
         deadline = time.monotonic() + wait
         delay = POLL_FIRST
+        woken, waited = True, 0.0  # the first look always goes to storage
         while True:
             ticket = self.wakeups.ticket("model:" + model)
-            messages = await self._receive(model, max_tasks, lease_seconds)
+            if woken or not self._looked_within(model, waited):
+                messages = await self._look(model, max_tasks, lease_seconds)
+            else:
+                messages = []  # another long-poll here looked while this one slept: no need to ask again
             if messages:
                 tasks = await self._take_all(model, messages, lease_seconds)
                 if tasks or time.monotonic() >= deadline:
                     return tasks
+                woken = True
                 continue  # every message was stale; there may be live ones behind them
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return []
-            woken = await self.wakeups.wait(ticket, min(delay, remaining))
+            waited = min(delay, remaining)
+            woken = await self.wakeups.wait(ticket, waited)
             delay = POLL_FIRST if woken else min(delay * 2, POLL_CAP)
+
+    async def _look(self, model: str, max_tasks: int, lease_seconds: int) -> list[QueueMessage]:
+        """Receive, noting when: long-polls on one model in this instance share one storage poll per
+        backoff interval (a look in flight counts) instead of each polling on its own."""
+        self._looked_at[model] = time.monotonic()
+        messages = await self._receive(model, max_tasks, lease_seconds)
+        if len(messages) >= max_tasks:
+            self.wakeups.notify("model:" + model)  # there may be more: the other long-polls look now
+        return messages
+
+    def _looked_within(self, model: str, seconds: float) -> bool:
+        return time.monotonic() - self._looked_at.get(model, float("-inf")) < seconds
 
     async def _receive(self, model: str, count: int, lease_seconds: int) -> list[QueueMessage]:
         pages = self.storage.queue(model).receive_messages(

@@ -42,6 +42,25 @@ def test_long_poll_is_woken_by_a_submit(broker, model):
         assert [t["task_id"] for t in waiting.result(30)] == [task_id]
 
 
+def test_idle_long_polls_on_one_model_share_their_storage_polls(broker, start_broker, azurite, model):
+    """Eight workers waiting on one empty queue cost about one storage receive per backoff step, not
+    eight; a task that arrives through another instance (no in-process wake-up) is still found."""
+    other = start_broker()  # a second instance on the same storage account
+
+    def receives() -> int:
+        return azurite.log_text().count(f"/tasks-{model}/messages?numofmessages")
+
+    with ThreadPoolExecutor(8) as pool:
+        waits = [pool.submit(broker.claim, model, 1, 5) for _ in range(8)]
+        time.sleep(3)
+        polled = receives()
+        task_id = other.submit(model)
+        claimed = [t["task_id"] for w in waits for t in w.result(30)]
+    assert claimed == [task_id]
+    # Each long-poll alone looks about 30 times in 3 s (backoff 20 ms doubling to 100 ms): 240 in all.
+    assert 8 <= polled <= 8 + 30 + 12, polled
+
+
 def test_concurrent_claimers_get_disjoint_tasks(broker, model):
     ids = {broker.submit(model, str(i).encode()) for i in range(40)}
     with ThreadPoolExecutor(8) as pool:
