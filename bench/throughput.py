@@ -131,7 +131,7 @@ def measure(stack: common.Stack, workers: int, sleep_ms: int, window: float, hos
             "load_avg_1min": round(load_avg, 2)}
 
 
-def bottleneck(cpu: dict, cpus: int, load_avg: float) -> str:
+def bottleneck(cpu: dict, cpus: int, load_avg: float, sleep_ms: int) -> str:
     total = sum(cpu.values())
     if total >= 85 * cpus:
         return f"machine CPU ({total:.0f}% of {cpus * 100}%)"
@@ -141,7 +141,10 @@ def bottleneck(cpu: dict, cpus: int, load_avg: float) -> str:
     name, value = max(single.items(), key=lambda kv: kv[1])
     if value >= 85:
         return f"{name} (one core)"
-    return "workers' compute (sleep)" if cpu.get("workers", 0) < 50 else f"mixed ({total:.0f}% CPU)"
+    if cpu.get("workers", 0) >= 50:
+        return f"mixed ({total:.0f}% CPU)"
+    # Nothing saturated: the closed-loop clients wait on the workers' sleep or on the round trips.
+    return "workers' compute (sleep)" if sleep_ms else "round-trip latency (no process saturated)"
 
 
 def main(argv=None) -> dict:
@@ -180,7 +183,8 @@ def main(argv=None) -> dict:
         base = next(r for r in results if r["sleep_ms"] == result["sleep_ms"] and r["workers"] == 1
                     and r["host"] == "broker")
         result["scaling_vs_1_worker"] = common.ratio(result["tasks_per_s"], base["tasks_per_s"])
-        result["saturates"] = bottleneck(result["cpu_percent_of_one_core"], cpus, result["load_avg_1min"])
+        result["saturates"] = bottleneck(result["cpu_percent_of_one_core"], cpus, result["load_avg_1min"],
+                                         result["sleep_ms"])
         c = result["cpu_percent_of_one_core"]
         rows.append([result["host"], result["workers"], result["sleep_ms"], result["tasks_per_s"], result["scaling_vs_1_worker"],
                      c["dev host"], c["azurite"], c["workers"], c["clients"], result["cpu_ms_per_task"]["dev host"],
