@@ -6,7 +6,7 @@ import json
 import os
 import re
 
-from .conftest import result
+from .conftest import result, wait_for
 
 
 def test_many_tasks_come_back_unchanged_in_batches(broker, model, start_worker):
@@ -24,6 +24,8 @@ def test_many_tasks_come_back_unchanged_in_batches(broker, model, start_worker):
         assert response.headers["Content-Type"] == kind
         assert broker.status(task_id)["attempts"] == 1
     # All 40 were queued before the worker started, so it must have claimed them in full batches.
+    # (The work may be over before the first status line: wait for it.)
+    wait_for(lambda: "batch fill" in worker.log_text(), timeout=10, what="a status line")
     fills = [float(f) for f in re.findall(r"batch fill ([\d.]+)/8", worker.log_text())]
     assert max(fills) > 1, worker.log_text()
 
