@@ -106,6 +106,10 @@ def build(app: func.FunctionApp) -> tuple[Starlette, list]:
             return Response(status_code=499)
         try:
             response = await user_function(to_request(request, body))
+        except asyncio.CancelledError:  # the host is stopping and stopped waiting for this request
+            log.info("cut short by shutdown: %s %s", request.method, request.url.path)
+            return JSONResponse({"error": "the host is shutting down; retry shortly"}, status_code=503,
+                                headers={"Retry-After": "2"})
         except Exception:  # noqa: BLE001 - the host answers 500, as the Functions host would
             log.exception("function raised")
             return JSONResponse({"error": "the function raised an exception"}, status_code=500)
@@ -140,6 +144,16 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+class Server(uvicorn.Server):
+    async def shutdown(self, sockets=None) -> None:
+        await super().shutdown(sockets)
+        # uvicorn cancels the requests that outlive the grace period (long-polls) but does not wait
+        # for them: let them finish cancelling (one log line each) before the process exits.
+        pending = [task for task in self.server_state.tasks if not task.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=1)
+
+
 async def serve(args: argparse.Namespace) -> None:
     app = importlib.import_module(args.app).app
     server_app, timers = build(app)
@@ -147,7 +161,7 @@ async def serve(args: argparse.Namespace) -> None:
     host, port = sock.getsockname()[:2]
     config = uvicorn.Config(server_app, http="httptools", log_level="warning", access_log=args.access_log, loop="asyncio",
                             timeout_graceful_shutdown=2, timeout_keep_alive=30)
-    server = uvicorn.Server(config)
+    server = Server(config)
     print(f"broker dev host listening on http://{host}:{port}/{ROUTE_PREFIX}", flush=True)
     timer_task = asyncio.create_task(run_timers(timers)) if timers and not args.no_timers else None
     try:
