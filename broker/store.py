@@ -126,14 +126,14 @@ class TaskStore:
         deadline = time.monotonic() + wait
         delay = POLL_FIRST
         while True:
-            ticket = self.wakeups.ticket("task:" + task_id)
-            task, body = await self._get(task_id, with_result=True)
-            if task is None:
-                raise not_found()
-            remaining = deadline - time.monotonic()
-            if task.finished or remaining <= 0:
-                return task, body
-            woken = await self.wakeups.wait(ticket, min(delay, remaining))
+            with self.wakeups.watch("task:" + task_id) as ticket:
+                task, body = await self._get(task_id, with_result=True)
+                if task is None:
+                    raise not_found()
+                remaining = deadline - time.monotonic()
+                if task.finished or remaining <= 0:
+                    return task, body
+                woken = await self.wakeups.wait(ticket, min(delay, remaining))
             delay = POLL_FIRST if woken else min(delay * 2, RESULT_POLL_CAP)
 
     # ---- submitting ----------------------------------------------------------------------
@@ -160,12 +160,13 @@ class TaskStore:
         except ResourceExistsError:
             return False
 
-    async def _enqueue_new(self, sub: Submission) -> None:
+    async def _enqueue_new(self, sub: Submission, take_back: bool = True) -> None:
         try:
             await self._enqueue(sub.model, sub.task_id)
         except BaseException:
-            # Nobody will ever be told this task id: take the payload back so nothing dangles.
-            await self._delete_inbox(sub.task_id)
+            if take_back:
+                # Nobody will ever be told this task id: take the payload back so nothing dangles.
+                await self._delete_inbox(sub.task_id)
             raise
 
     async def _enqueue(self, model: str, task_id: str) -> None:
@@ -189,7 +190,9 @@ class TaskStore:
                 return self._same_submission(finished, sub), False
             await self._delete_quietly(self.storage.outbox, sub.task_id, etag=out.etag)  # expired leftover
         if created:
-            await self._enqueue_new(sub)
+            # No take-back: a concurrent submit with this key may already have answered 202 for
+            # this blob, and a retry with the key enqueues it again (it is never claimed yet).
+            await self._enqueue_new(sub, take_back=False)
             return Task(sub.task_id, sub.model, sub.created).document(), True
         props = await self._inbox_props(sub.task_id)
         if props is None:  # it finished between our two reads: read it again as a finished task
@@ -220,22 +223,22 @@ class TaskStore:
         delay = POLL_FIRST
         woken, waited = True, 0.0  # the first look always goes to storage
         while True:
-            ticket = self.wakeups.ticket("model:" + model)
-            if woken or not self._looked_within(model, waited):
-                messages = await self._look(model, max_tasks, lease_seconds)
-            else:
-                messages = []  # another long-poll here looked while this one slept: no need to ask again
-            if messages:
-                tasks = await self._take_all(model, messages, lease_seconds)
-                if tasks or time.monotonic() >= deadline:
-                    return tasks
-                woken = True
-                continue  # every message was stale; there may be live ones behind them
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return []
-            waited = min(delay, remaining)
-            woken = await self.wakeups.wait(ticket, waited)
+            with self.wakeups.watch("model:" + model) as ticket:
+                if woken or not self._looked_within(model, waited):
+                    messages = await self._look(model, max_tasks, lease_seconds)
+                else:
+                    messages = []  # another long-poll here looked while this one slept: no need to ask again
+                if messages:
+                    tasks = await self._take_all(model, messages, lease_seconds)
+                    if tasks or time.monotonic() >= deadline:
+                        return tasks
+                    woken = True
+                    continue  # every message was stale; there may be live ones behind them
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return []
+                waited = min(delay, remaining)
+                woken = await self.wakeups.wait(ticket, waited)
             delay = POLL_FIRST if woken else min(delay * 2, POLL_CAP)
 
     async def _look(self, model: str, max_tasks: int, lease_seconds: int) -> list[QueueMessage]:
@@ -279,9 +282,10 @@ class TaskStore:
             await self._drop(model, message.id, message.pop_receipt)
             return None
         blob = self.storage.inbox.get_blob_client(task_id)
-        # On a first delivery an outcome exists only if a cancel or a finish is half-way (outbox
-        # written, inbox blob not yet deleted); the If-Match state write below and the first-wins
-        # outbox keep that rare case harmless (the put gets 409/410), so skip the outbox read.
+        # On a first delivery an outcome exists only if a cancel or a finish did not get to delete
+        # the inbox blob (a cancelled task's only message, or a spare message of an idempotent
+        # resubmit); the first-wins outbox keeps that rare case harmless (its worker's heartbeat
+        # and put get 409/410, and the put tidies up), so skip the outbox read.
         first_delivery = (message.dequeue_count or 0) <= 1
         inbox, out = await asyncio.gather(self._download(blob),
                                           _nothing() if first_delivery else self._outbox_props(task_id))
@@ -436,19 +440,18 @@ class TaskStore:
 
     async def _finish(self, lease: Lease, outcome: Outcome, body: bytes, content_type: str) -> dict:
         await self.storage.ensure_containers()
+        if now() >= lease.created + self.settings.result_ttl_seconds and await self._inbox_props(lease.task_id) is None:
+            # Old enough to have finished, expired and been cleaned away: nothing to put a result to.
+            # (Asked before writing: after the write, a claim healing this very write also deletes
+            # the inbox blob, so its absence then would prove nothing. Young tasks skip the read.)
+            raise not_found()
         first = await self._write_outcome(lease.task_id, outcome, body, content_type)
+        # Finished either way: drop the message and the payload (a repeated put heals a put that
+        # wrote its outcome and then could not tidy up).
+        await asyncio.gather(self._drop(lease.model, lease.msg, lease.receipt), self._delete_inbox(lease.task_id))
         if first is None:
-            _, had_inbox = await asyncio.gather(self._drop(lease.model, lease.msg, lease.receipt),
-                                                self._delete_inbox(lease.task_id))
-            if not had_inbox and now() >= lease.created + self.settings.result_ttl_seconds:
-                # Old enough to have finished, expired and been cleaned away: take the write back.
-                # (A younger task's inbox blob can only be gone because a claim saw this very write
-                # and tidied up after it, so the write stands.)
-                await self._delete_quietly(self.storage.outbox, lease.task_id)
-                raise not_found()
             self.wakeups.notify("task:" + lease.task_id)
             return {"task_id": lease.task_id, "status": outcome.status}
-        await self._drop(lease.model, lease.msg, lease.receipt)
         if first.committed_by == outcome.committed_by:  # the same put, repeated
             return {"task_id": lease.task_id, "status": first.status}
         task, _ = await self._get(lease.task_id)
@@ -485,18 +488,17 @@ class TaskStore:
                 raise
             # The receipt is stale: another claim holds the message and will clean it up.
 
-    async def _delete_inbox(self, task_id: str) -> bool:
-        return await self._delete_quietly(self.storage.inbox, task_id)
+    async def _delete_inbox(self, task_id: str) -> None:
+        await self._delete_quietly(self.storage.inbox, task_id)
 
     @staticmethod
-    async def _delete_quietly(container, name: str, etag: str | None = None) -> bool:
-        """Delete a blob if it is there (and unchanged, given an etag); True if this call deleted it."""
+    async def _delete_quietly(container, name: str, etag: str | None = None) -> None:
+        """Delete a blob if it is there (and unchanged, given an etag)."""
         kwargs = dict(etag=etag, match_condition=MatchConditions.IfNotModified) if etag else {}
         try:
             await container.get_blob_client(name).delete_blob(**kwargs)
-            return True
         except (ResourceNotFoundError, ResourceModifiedError):
-            return False
+            pass
 
     async def stats(self) -> dict:
         names = [q.name async for q in self.storage.queues.list_queues(name_starts_with=QUEUE_PREFIX)]

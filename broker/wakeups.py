@@ -2,29 +2,44 @@
 result wakes the `getresult?wait=` calls waiting on its task.
 
 Other instances of the app are not reached this way; waiters poll storage as well, so a wake-up
-only ever makes an answer come sooner.
+only ever makes an answer come sooner. An entry lives only while somebody watches its key, so
+keys nobody waits on (every task id ever asked about) do not pile up.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from typing import Iterator
 
 
 class Wakeups:
     def __init__(self) -> None:
-        self._events: dict[str, asyncio.Event] = {}
+        self._events: dict[str, tuple[asyncio.Event, list[int]]] = {}  # key -> (event, [watchers])
 
-    def ticket(self, key: str) -> asyncio.Event:
-        """Take before checking storage: a notify that lands after this wakes the wait at once."""
-        event = self._events.get(key)
-        if event is None:
-            event = self._events[key] = asyncio.Event()
-        return event
+    @contextlib.contextmanager
+    def watch(self, key: str) -> Iterator[asyncio.Event]:
+        """Enter before checking storage: a notify that lands after this wakes the wait at once."""
+        entry = self._events.get(key)
+        if entry is None:
+            entry = self._events[key] = (asyncio.Event(), [0])
+        event, watchers = entry
+        watchers[0] += 1
+        try:
+            yield event
+        finally:
+            watchers[0] -= 1
+            if watchers[0] == 0 and self._events.get(key) is entry:
+                del self._events[key]
 
     def notify(self, key: str) -> None:
-        event = self._events.pop(key, None)
-        if event is not None:
-            event.set()
+        entry = self._events.pop(key, None)
+        if entry is not None:
+            entry[0].set()
+
+    def __len__(self) -> int:
+        """Keys being watched now."""
+        return len(self._events)
 
     @staticmethod
     async def wait(ticket: asyncio.Event, timeout: float) -> bool:

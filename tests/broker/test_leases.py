@@ -171,11 +171,11 @@ def test_crash_between_commit_and_cleanup_is_healed_by_the_next_claim(broker, az
     assert broker.put(task).status_code == 409
 
 
-def test_a_cancel_that_died_half_way_costs_one_wasted_run_at_most(broker, azurite, model):
+def test_a_cancel_that_died_half_way_costs_a_wasted_run_never_the_outcome(broker, azurite, model):
     """A cancel wrote the outbox blob and died before deleting the inbox blob, before any claim.
 
     A first delivery does not read the outbox (one storage call less per claim), so the task may be
-    handed out once; its worker is told 410 and the cancellation stands.
+    handed out; its worker is told 410, the cancellation stands, and the put tidies up.
     """
     task_id = broker.submit(model)
     blobs = BlobServiceClient.from_connection_string(azurite.connection_string)
@@ -190,6 +190,21 @@ def test_a_cancel_that_died_half_way_costs_one_wasted_run_at_most(broker, azurit
     assert response.status_code == 410 and response.json()["status"] == "cancelled"
     assert broker.status(task_id)["status"] == "cancelled"
     assert broker.claim(model, wait=1) == []
+
+
+def test_a_repeated_put_tidies_up_what_the_first_one_left(broker, azurite, model):
+    """A put wrote its result but could not delete the payload (a storage hiccup): the worker's retry
+    of the same put answers as the first did and deletes it."""
+    task_id = broker.submit(model, b"payload")
+    [task] = broker.claim(model)
+    assert broker.put(task, b"done").status_code == 200
+    blobs = BlobServiceClient.from_connection_string(azurite.connection_string)
+    leftover = blobs.get_blob_client("inbox", task_id)
+    leftover.upload_blob(b"payload")  # as if the first put's delete had failed
+    repeated = broker.put(task, b"done")
+    assert repeated.status_code == 200 and repeated.json()["status"] == "succeeded"
+    assert leftover.exists() is False
+    assert broker.get(f"/getresult?task_id={task_id}").content == b"done"
 
 
 def test_bad_tokens_are_400(broker, model):

@@ -1,0 +1,44 @@
+"""The task store in process, on the real Azurite: what it keeps in memory between requests.
+
+Every getresult and getnexttask watches a wake-up key while it runs; a key must not outlive its
+watchers, or an instance answering for many task ids (open client routes, tasks finished on
+other instances) would grow without bound.
+"""
+
+import asyncio
+
+import pytest
+
+from broker import settings as broker_settings
+from broker.errors import Rejected
+from broker.storage import Storage
+from broker.store import TaskStore
+
+
+def test_reading_and_polling_leave_no_wakeup_behind(azurite, monkeypatch, model):
+    monkeypatch.setenv("BROKER_STORAGE_CONNECTION", azurite.connection_string)
+
+    async def scenario() -> list[int]:
+        store = TaskStore(Storage(azurite.connection_string, 20), broker_settings.load())
+        try:
+            document, _ = await store.submit(model, b"x", "text/plain", {})
+            watched = []
+            for i in range(50):
+                with pytest.raises(Rejected) as refusal:
+                    await store.result(f"{i:032x}", wait=0)
+                assert refusal.value.status == 404
+            watched.append(len(store.wakeups))
+            waiting = asyncio.ensure_future(store.result(document["task_id"], wait=5))
+            await asyncio.sleep(0.3)
+            watched.append(len(store.wakeups))  # one waiter, one key, while it waits
+            waiting.cancel()
+            await asyncio.gather(waiting, return_exceptions=True)
+            assert await store.claim(model + "-none", 1, 0.3, 60) == []
+            [task] = await store.claim(model, 1, 0, 60)
+            assert task["task_id"] == document["task_id"]
+            watched.append(len(store.wakeups))
+            return watched
+        finally:
+            await store.storage.close()
+
+    assert asyncio.run(scenario()) == [0, 1, 0]
