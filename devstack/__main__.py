@@ -2,8 +2,9 @@
 
 Azurite (data kept in .azurite/), the broker dev host on :7071 and one worker. MODEL picks the
 worker's model (resnet50 by default; deeplabv3plus, echo), WEIGHTS its weights (the handler's
-default, e.g. imagenet; `none` for random weights; or a local path). A worker key is generated
-for the session unless BROKER_WORKER_KEYS is set (environment or local.settings.json).
+default, e.g. imagenet; `none` for random weights; or a local path), PORT the dev host's port.
+DATA_DIR moves .azurite/ and the logs in .devstack/ elsewhere (default: the project). A worker key
+is generated for the session unless BROKER_WORKER_KEYS is set (environment or local.settings.json).
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ import secrets
 import signal
 import sys
 import time
+from pathlib import Path
 
 from .services import ROOT, Azurite, DevHost, ServiceError
 from .worker import Worker
 
-STATE = ROOT / ".devstack"
+DATA = Path(os.environ.get("DATA_DIR") or ROOT)
+STATE = DATA / ".devstack"
 EXIT_WEIGHTS = 3
 
 
@@ -37,10 +40,10 @@ def local_setting(name: str) -> str:
 
 def start_azurite() -> Azurite:
     try:
-        return Azurite(location=ROOT / ".azurite", blob_port=10000, queue_port=10001, log_dir=STATE).start()
+        return Azurite(location=DATA / ".azurite", blob_port=10000, queue_port=10001, log_dir=STATE).start()
     except ServiceError:
         say("ports 10000/10001 are taken (another Azurite?); starting Azurite on free ports instead")
-        return Azurite(location=ROOT / ".azurite", log_dir=STATE).start()
+        return Azurite(location=DATA / ".azurite", log_dir=STATE).start()
 
 
 class Relay:
@@ -65,7 +68,7 @@ def main() -> int:
     model = os.environ.get("MODEL", "resnet50").strip() or "resnet50"
     weights = os.environ.get("WEIGHTS", "").strip()
     port = int(os.environ.get("PORT", "7071"))
-    STATE.mkdir(exist_ok=True)
+    STATE.mkdir(parents=True, exist_ok=True)
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
 
