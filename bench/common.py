@@ -192,6 +192,22 @@ def wait_until(predicate, timeout: float, interval: float = 0.05) -> bool:
     return predicate()
 
 
+def add_compare_args(parser, what: str) -> None:
+    """--compare-root/--compare-label: also measure a dev host served from another checkout."""
+    parser.add_argument("--compare-root", metavar="DIR", help=f"also {what} a dev host served from DIR, in turns")
+    parser.add_argument("--compare-label", default="scratch copy", help="what DIR holds, for the tables")
+
+
+def save_compared(name: str, data: dict, args) -> None:
+    """Save <name>.json (the broker's own figures stand alone too) and, with --compare-root,
+    <name>-compare.json labelled with what the other checkout holds."""
+    if args.compare_root:
+        data["variant_label"] = args.compare_label
+    save(name, data)
+    if args.compare_root:
+        save(f"{name}-compare", data)
+
+
 def parse_args(name: str, argv, extra=None):
     import argparse
 

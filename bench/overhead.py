@@ -263,8 +263,7 @@ def main(argv=None) -> dict:
     def extra(parser):
         parser.add_argument("--cycles", type=int, help="timed cycles (default 40 quick, 150 full)")
         parser.add_argument("--no-profile", action="store_true", help="skip the instrumented run")
-        parser.add_argument("--compare-root", metavar="DIR", help="also time a dev host served from DIR")
-        parser.add_argument("--compare-label", default="scratch copy", help="what DIR holds, for the tables")
+        common.add_compare_args(parser, "time")
 
     args = common.parse_args("overhead", argv, extra)
     common.note_load("overhead")
@@ -355,11 +354,7 @@ def main(argv=None) -> dict:
                 result = profile(stack, common.pick(40, 100), root, tag)
                 data["profile"][tag] = result
                 data["profile"][tag]["table"] = print_profile(result, tag)
-    if args.compare_root:
-        data["variant_label"] = args.compare_label
-    common.save("overhead", data)  # the broker's own figures stand alone too
-    if args.compare_root:
-        common.save("overhead-compare", data)
+    common.save_compared("overhead", data, args)
     return data
 
 

@@ -22,6 +22,11 @@ def load(name: str) -> dict | None:
         return None
 
 
+def own_results(throughput: dict) -> list[dict]:
+    """The throughput results of this checkout's broker (a compare run holds the other host's too)."""
+    return [r for r in throughput["results"] if r.get("host", "broker") == "broker"]
+
+
 def summary_rows() -> list[list]:
     """[benchmark, figure, value, reference, ratio, goal, verdict] for every result on disk."""
     rows = []
@@ -64,7 +69,7 @@ def summary_rows() -> list[list]:
                              f"{d[label]['cycle_p50_ms']:.1f} ms", f"{d['bare_default_sdk_p50_ms']:.1f} ms", r,
                              "<=1.5 (stretch 1.2)", common.verdict(r, 1.5) + (" (stretch too)" if r <= 1.2 else "")])
     if (d := load("throughput")):
-        for r in [r for r in d["results"] if r.get("host", "broker") == "broker"]:
+        for r in own_results(d):
             rows.append(["4 throughput", f"{r['workers']} worker(s), sleep_ms {r['sleep_ms']}",
                          f"{r['tasks_per_s']} tasks/s", "1 worker", r["scaling_vs_1_worker"], "report",
                          r["saturates"]])
@@ -177,7 +182,7 @@ def plot(path: Path = PNG) -> Path | None:
     ax = axes[3]
     if (d := load("throughput")):
         for sleep in sorted({r["sleep_ms"] for r in d["results"]}):
-            rs = [r for r in d["results"] if r["sleep_ms"] == sleep and r.get("host", "broker") == "broker"]
+            rs = [r for r in own_results(d) if r["sleep_ms"] == sleep]
             ax.plot([r["workers"] for r in rs], [r["tasks_per_s"] for r in rs], "o-", label=f"sleep_ms {sleep}")
         if (c := load("throughput-compare")):
             for sleep in sorted({r["sleep_ms"] for r in c["results"]}):

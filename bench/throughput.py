@@ -149,9 +149,7 @@ def bottleneck(cpu: dict, cpus: int, load_avg: float, sleep_ms: int) -> str:
 
 def main(argv=None) -> dict:
     def extra(parser):
-        parser.add_argument("--compare-root", metavar="DIR",
-                            help="also measure a dev host served from DIR (a scratch copy), in turns")
-        parser.add_argument("--compare-label", default="scratch copy", help="what DIR holds, for the tables")
+        common.add_compare_args(parser, "measure")
 
     args = common.parse_args("throughput", argv, extra)
     common.note_load("throughput")
@@ -194,11 +192,7 @@ def main(argv=None) -> dict:
                         ["host", "workers", "sleep_ms", "tasks/s", "x 1 worker", "host %", "azurite %", "workers %",
                          "clients %", "host CPU ms/task", "load", "saturates"], rows)
     data = {"clients": CLIENTS, "batch": BATCH, "window_s": window, "results": results, "table": text}
-    if args.compare_root:
-        data["variant_label"] = args.compare_label
-    common.save("throughput", data)  # the broker's own figures stand alone too
-    if args.compare_root:
-        common.save("throughput-compare", data)
+    common.save_compared("throughput", data, args)
     return data
 
 
