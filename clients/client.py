@@ -29,7 +29,7 @@ class BrokerClient:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.headers = {"Authorization": f"Bearer {key}"} if key else {}
-        self.http = transport.session(retries, backoff)
+        self.http = transport.session(self.base_url, retries, backoff)
 
     @classmethod
     def from_env(cls, **kwargs) -> "BrokerClient":

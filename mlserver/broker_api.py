@@ -45,6 +45,20 @@ class LeaseLost(Refused):
     """409: another attempt holds or finished the task."""
 
 
+def pinned_session(url: str) -> requests.Session:
+    """A session with the environment's proxy and CA settings for `url` read once, not per request.
+
+    With `trust_env` requests would also look for ~/.netrc on every request, and a matching entry
+    (a `default` one matches every host) would replace the worker key with its own credentials.
+    """
+    session = requests.Session()
+    settings = session.merge_environment_settings(url, {}, None, None, None)
+    session.trust_env = False
+    session.proxies.update(settings["proxies"])
+    session.verify = settings["verify"]
+    return session
+
+
 def _retry() -> Retry:
     return Retry(total=4, connect=4, read=0, status=4, other=0, allowed_methods=None,
                  status_forcelist=(429, 502, 503, 504), backoff_factor=0.3, backoff_jitter=0.3, backoff_max=5,
@@ -56,7 +70,7 @@ class BrokerClient:
 
     def __init__(self, url: str, key: str | None, pool_size: int = 8) -> None:
         self.url = url.rstrip("/")
-        self.session = requests.Session()
+        self.session = pinned_session(self.url)
         adapter = HTTPAdapter(max_retries=_retry(), pool_connections=1, pool_maxsize=pool_size)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)

@@ -153,6 +153,17 @@ def test_client_key_required_when_configured(keyed_broker, model):
         assert keyed.status(task_id)["status"] == "queued"
 
 
+def test_a_netrc_entry_does_not_replace_the_key(monkeypatch, keyed_broker, model, tmp_path):
+    # requests, left to itself, puts a matching ~/.netrc entry's credentials in place of our
+    # Authorization header; a `default` entry matches every host.
+    netrc = tmp_path / "netrc"
+    netrc.write_text("default login someone password elsewhere\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    with BrokerClient(keyed_broker.url, key=CLIENT_KEY) as keyed:
+        assert keyed.status(keyed.submit(b"x", model))["status"] == "queued"
+
+
 def test_unknown_task_is_a_404_with_the_servers_sentence(client):
     with pytest.raises(BrokerHTTPError) as caught:
         client.status(uuid.uuid4().hex)

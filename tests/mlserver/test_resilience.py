@@ -84,6 +84,16 @@ def test_a_wrong_worker_key_stops_the_worker_with_one_line(broker, model):
         " (check BROKER_WORKER_KEY)"]
 
 
+def test_a_netrc_entry_does_not_replace_the_worker_key(broker, model, start_worker, tmp_path):
+    # requests, left to itself, sends a matching ~/.netrc entry's credentials instead of the key
+    # (a `default` entry matches every host): the worker would stop at its first claim with a 401.
+    netrc = tmp_path / "netrc"
+    netrc.write_text("default login someone password elsewhere\n")
+    netrc.chmod(0o600)
+    start_worker(model, "--handler", "echo", env={"NETRC": str(netrc)})
+    assert result(broker, broker.submit(model, b"hello")).content == b"hello"
+
+
 def test_a_second_signal_quits_even_while_results_wait_for_a_broker_that_is_gone(broker, start_broker, model,
                                                                                   start_worker):
     flaky = start_broker()
