@@ -15,7 +15,7 @@ import azure.functions as func
 
 from . import auth, validate
 from .errors import Rejected
-from .respond import ALL_METHODS, endpoint, error_response, json_response
+from .respond import ALL_METHODS, endpoint, error_response, json_response, tasks_response
 from .settings import Settings
 from .store import get_store
 
@@ -94,7 +94,7 @@ async def getnexttask(req: func.HttpRequest, settings: Settings) -> func.HttpRes
     tasks = await get_store(settings).claim(model, max_tasks, wait, lease)
     if not tasks:
         return func.HttpResponse(status_code=204)
-    return json_response({"tasks": tasks})
+    return tasks_response(tasks)
 
 
 @_route("extendlease")

@@ -14,7 +14,6 @@ Semantics (docs/API.md, DESIGN.md):
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import json
 import time
@@ -323,7 +322,7 @@ class TaskStore:
             "model": model,
             "params": sub.params,
             "content_type": sub.content_type,
-            "payload": base64.b64encode(payload).decode(),
+            "payload": payload,  # raw bytes: the route encodes it (respond.tasks_response)
             "lease": lease.encode(self.settings.lease_secret),
             "lease_expires_at": iso(expires),
             "attempt": attempt,
