@@ -16,6 +16,7 @@ from .backoff import Backoff
 from .broker_api import BrokerClient, Refused, Unavailable
 from .handlers.base import Handler, failure_message
 from .tasks import Ledger, Task
+from .threadnames import name_os_thread
 from .uploads import Uploads
 
 log = logging.getLogger("mlserver.fetch")
@@ -42,6 +43,7 @@ class Fetcher(threading.Thread):
         self.fatal: Exception | None = None  # why the worker must stop: a refusal, or a bug
 
     def run(self) -> None:
+        name_os_thread()
         try:
             self._run()
         except Exception as exc:  # noqa: BLE001 - a bug here must stop the worker, not leave it idle forever

@@ -9,6 +9,7 @@ import time
 from .broker_api import BrokerClient, Cancelled, LeaseLost, Refused, Unavailable
 from .stats import Stats
 from .tasks import Ledger, Task
+from .threadnames import name_os_thread
 
 log = logging.getLogger("mlserver.heartbeat")
 RETRY_SOON = 1.0  # after a failed renewal; half a lease is left, so a few tries fit
@@ -22,6 +23,7 @@ class Heartbeat(threading.Thread):
         self.halt = threading.Event()
 
     def run(self) -> None:
+        name_os_thread()
         while not self.halt.wait(self.tick):
             now = time.monotonic()
             for task in self.ledger.held():

@@ -7,6 +7,8 @@ import threading
 import time
 from collections import Counter
 
+from .threadnames import name_os_thread
+
 log = logging.getLogger("mlserver.status")
 
 
@@ -62,5 +64,6 @@ class StatusLine(threading.Thread):
         self.halt = threading.Event()
 
     def run(self) -> None:
+        name_os_thread()
         while not self.halt.wait(self.interval):
             log.info(self.stats.line())

@@ -17,6 +17,7 @@ from .broker_api import BrokerClient, Cancelled, Refused, Unavailable
 from .handlers.base import Handler, failure_message
 from .stats import Stats
 from .tasks import Ledger, Task
+from .threadnames import name_os_thread
 
 log = logging.getLogger("mlserver.uploads")
 
@@ -24,7 +25,8 @@ log = logging.getLogger("mlserver.uploads")
 class Uploads:
     def __init__(self, client: BrokerClient, handler: Handler, ledger: Ledger, stats: Stats, threads: int = 4) -> None:
         self.client, self.handler, self.ledger, self.stats = client, handler, ledger, stats
-        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="upload")
+        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="upload",
+                                       initializer=name_os_thread)
         self.halt = threading.Event()  # set when the worker must quit without finishing
         self._pending: set[Future] = set()
         self._pending_lock = threading.Lock()

@@ -5,6 +5,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
+from pathlib import Path
+
+import pytest
 
 from .conftest import result, wait_for
 
@@ -61,3 +65,11 @@ def test_a_retryable_failure_is_retried_until_the_broker_gives_up(start_broker, 
     failed = result(strict, flaky)
     assert failed.status_code == 422
     assert (failed.json()["error"], failed.json()["attempts"]) == ("gave up after 2 attempts: GPU busy", 2)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="OS thread names are read from /proc")
+def test_the_worker_threads_carry_their_names_at_the_os_level(broker, model, start_worker):
+    worker = start_worker(model, "--handler", "echo")
+    assert result(broker, broker.submit(model, b"named")).content == b"named"  # an upload thread has run
+    names = {(task / "comm").read_text().strip() for task in Path(f"/proc/{worker.proc.pid}/task").iterdir()}
+    assert {"mls:fetch", "mls:heartbeat", "mls:status", "mls:upload_0"} <= names, names
