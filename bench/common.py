@@ -115,8 +115,10 @@ def note_load(name: str) -> None:
 class Stack:
     """Azurite on free ports and one or more dev hosts on it; stops exactly what it started."""
 
-    def __init__(self, hosts: int = 1, settings: dict | None = None, work: Path | None = None) -> None:
+    def __init__(self, hosts: int = 1, settings: dict | None = None, work: Path | None = None,
+                 azurite_node_args: list[str] | None = None) -> None:
         self.work = work or Path(tempfile.mkdtemp(prefix="bench-"))
+        self.azurite_node_args = azurite_node_args
         self.settings = {"BROKER_WORKER_KEYS": WORKER_KEY, **(settings or {})}
         self.count = hosts
         self.azurite: Azurite | None = None
@@ -124,7 +126,7 @@ class Stack:
 
     def __enter__(self) -> "Stack":
         try:
-            self.azurite = Azurite(log_dir=self.work / "azurite").start()
+            self.azurite = Azurite(log_dir=self.work / "azurite", node_args=self.azurite_node_args).start()
             for i in range(self.count):
                 self.hosts.append(DevHost(self.azurite.connection_string, self.settings,
                                           log_dir=self.work / f"devhost-{i}", extra_args=["--no-timers"]).start())
@@ -174,13 +176,32 @@ def rss_mib(pid: int, field: str = "VmRSS") -> float | None:
     return int(match.group(1)) / 1024 if match else None
 
 
+def _stat_cpu(stat: Path) -> float | None:
+    """User + system CPU seconds from a /proc stat file; None when it is gone."""
+    try:
+        fields = stat.read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of a process so far (from /proc, no psutil needed)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return _stat_cpu(Path(f"/proc/{pid}/stat")) or 0.0
+
+
+def thread_cpu_seconds(pid: int) -> dict[str, float]:
+    """CPU seconds so far of each thread of a process, summed by thread name (/proc/PID/task/*/comm)."""
+    totals: dict[str, float] = {}
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            name = (task / "comm").read_text().strip()
+        except OSError:
+            continue
+        spent = _stat_cpu(task / "stat")
+        if spent is not None:  # else the thread ended meanwhile
+            totals[name] = totals.get(name, 0.0) + spent
+    return totals
 
 
 def wait_until(predicate, timeout: float, interval: float = 0.05) -> bool:

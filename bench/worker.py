@@ -17,8 +17,10 @@ import io
 import os
 import re
 import sys
+import tempfile
 import time
 from datetime import datetime
+from pathlib import Path
 
 import numpy as np
 import requests
@@ -26,8 +28,9 @@ from PIL import Image
 
 from devstack.worker import Worker
 
+from . import azurite_profile
 from .common import (WORKER_KEY, Stack, cpu_seconds, model_name, note_load, parse_args, pick, ratio, rss_mib, save,
-                     table, wait_until)
+                     table, thread_cpu_seconds, wait_until)
 
 NAME = "worker"
 
@@ -46,6 +49,26 @@ def photos(count: int, size: tuple[int, int], seed: int = 7) -> list[bytes]:
         Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8)).save(buffer, "JPEG", quality=90)
         out.append(buffer.getvalue())
     return out
+
+
+def decode_cost(handler, payloads: list[bytes]) -> tuple[float, float]:
+    """(wall, CPU) seconds per image of the handler's decode (JPEG to pixels), which the worker does
+    on its fetch thread and the bare figure leaves out."""
+    start, cpu = time.perf_counter(), time.process_time()
+    for payload in payloads:
+        handler.decode(payload, "image/jpeg", {})
+    return (time.perf_counter() - start) / len(payloads), (time.process_time() - cpu) / len(payloads)
+
+
+def worker_threads(before: dict[str, float], after: dict[str, float], images: int) -> dict[str, float]:
+    """The worker's CPU seconds per image by thread: the model (the main thread and TensorFlow's), the
+    fetch thread (claims, base64, decoding), the upload threads (encoding, puts) and the rest."""
+    groups: dict[str, float] = {"model": 0.0, "fetch": 0.0, "uploads": 0.0, "other": 0.0}
+    for name, seconds in after.items():
+        group = ("fetch" if name == "mls:fetch" else "uploads" if name.startswith("mls:upload")
+                 else "other" if name.startswith("mls:") else "model")
+        groups[group] += seconds - before.get(name, 0.0)
+    return {group: round(seconds / images, 4) for group, seconds in groups.items()}
 
 
 def bare_rate(handler, inputs: list, batch: int) -> tuple[float, float]:
@@ -82,13 +105,17 @@ def broker_rate(stack: Stack, payloads: list[bytes], batch: int) -> dict:
     before = [cpu_seconds(pid) for pid in services]
     worker.start(timeout=600)
     worker_before = cpu_seconds(worker.proc.pid)  # model loading is not the serving cost
+    threads_before = thread_cpu_seconds(worker.proc.pid)
+    window_start = time.monotonic()
     try:
         # Done when the worker's status line says so: polling the broker would load the machine.
         finished = re.compile(r"status: done (\d+), failed (\d+)")
         if not wait_until(lambda: any(int(d) + int(f) >= len(ids) for d, f in finished.findall(worker.log_text())),
                           timeout=3600, interval=0.5):
             raise SystemExit(f"the worker did not finish; its log: {worker.log_path}")
+        window = (window_start, time.monotonic())
         rss = rss_mib(worker.proc.pid, "VmHWM")
+        threads = worker_threads(threads_before, thread_cpu_seconds(worker.proc.pid), len(ids))
         spent = [cpu_seconds(worker.proc.pid) - worker_before]
         spent += [cpu_seconds(pid) - was for pid, was in zip(services, before)]
     finally:
@@ -102,6 +129,7 @@ def broker_rate(stack: Stack, payloads: list[bytes], batch: int) -> dict:
     device = re.search(r"device: (.*)", worker.log_text())
     return {"rate": len(ids) / (end - start), "seconds": end - start, "peak_rss_mib": rss, "cpu": sum(spent) / len(ids),
             "cpu_split": dict(zip(("worker", "devhost", "azurite"), (round(s / len(ids), 4) for s in spent))),
+            "worker_threads": threads, "window": window,
             "device": device.group(1) if device else "unknown"}
 
 
@@ -117,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument("--images", type=int, help="images per batch size (default 160; 32 with --quick)")
         parser.add_argument("--batches", default="1,8,16", help="batch sizes, comma-separated (default 1,8,16)")
         parser.add_argument("--size", default="640x480", help="image width x height (default 640x480)")
+        parser.add_argument("--profile-azurite", action="store_true",
+                            help="also profile Azurite (node --cpu-prof) while the workers run")
 
     args = parse_args(NAME, argv, options)
     batches = [int(b) for b in args.batches.split(",")]
@@ -130,11 +160,13 @@ def main(argv: list[str] | None = None) -> int:
     handler = ResNet50(weights="none", batch_size=max(batches))
     handler.load()
     inputs = [handler.decode(payload, "image/jpeg", {}) for payload in payloads]
+    decode_wall, decode_cpu = decode_cost(handler, payloads)
     print(f"{len(payloads)} JPEGs of {size[0]}x{size[1]}, ResNet50 with random weights, device {handler.device()}",
           flush=True)
 
-    rows = []
-    with Stack() as stack:
+    rows, windows = [], []
+    profile_dir = Path(tempfile.mkdtemp(prefix="azurite-profile-")) if args.profile_azurite else None
+    with Stack(azurite_node_args=["--cpu-prof", "--cpu-prof-dir", str(profile_dir)] if profile_dir else None) as stack:
         for batch in batches:
             # The bare model just before and just after, so load from elsewhere on the machine
             # weighs on both figures alike.
@@ -142,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
             through = broker_rate(stack, payloads, batch)
             after = bare_rate(handler, inputs, batch)
             bare, bare_cpu = (before[0] + after[0]) / 2, (before[1] + after[1]) / 2
+            windows.append(through["window"])
             rows.append({"batch": batch, "bare_images_per_s": round(bare, 2),
                          "broker_images_per_s": round(through["rate"], 2),
                          "ratio": ratio(through["rate"], bare),
@@ -149,6 +182,11 @@ def main(argv: list[str] | None = None) -> int:
                          "broker_cpu_s_per_image": round(through["cpu"], 4),
                          "cpu_ratio": ratio(bare_cpu, through["cpu"]),
                          "cpu_s_per_image_by_process": through["cpu_split"],
+                         "worker_cpu_s_per_image_by_thread": through["worker_threads"],
+                         # The bare reference with the handler's JPEG decoding added: what the
+                         # model costs on these bytes when it is called without the broker.
+                         "ratio_with_decode": ratio(through["rate"], 1 / (1 / bare + decode_wall)),
+                         "cpu_ratio_with_decode": ratio(bare_cpu + decode_cpu, through["cpu"]),
                          **cpu_shares(bare_cpu, through["cpu_split"]),
                          "worker_peak_rss_mib": through["peak_rss_mib"] and round(through["peak_rss_mib"]),
                          "device": through["device"]})
@@ -160,7 +198,23 @@ def main(argv: list[str] | None = None) -> int:
           [[r["batch"], r["bare_images_per_s"], r["broker_images_per_s"], r["ratio"], r["bare_cpu_s_per_image"],
             r["broker_cpu_s_per_image"], r["cpu_ratio"], r["cpu_ratio_without_azurite"], r["cpu_ratio_worker_alone"],
             r["worker_peak_rss_mib"]] for r in rows])
-    save(NAME, {"images": len(payloads), "size": list(size), "device": handler.device(), "rows": rows})
+    ms = lambda seconds: round(seconds * 1000, 1)  # noqa: E731
+    table("CPU milliseconds per image: the bare model, and each process (and worker thread) through the broker",
+          ["batch", "bare model", "decode", "worker: model", "fetch", "uploads", "other", "dev host", "Azurite"],
+          [[r["batch"], ms(r["bare_cpu_s_per_image"]), ms(decode_cpu),
+            *(ms(r["worker_cpu_s_per_image_by_thread"][g]) for g in ("model", "fetch", "uploads", "other")),
+            ms(r["cpu_s_per_image_by_process"]["devhost"]), ms(r["cpu_s_per_image_by_process"]["azurite"])]
+           for r in rows])
+    result = {"images": len(payloads), "size": list(size), "device": handler.device(),
+              "decode_s_per_image": {"wall": round(decode_wall, 4), "cpu": round(decode_cpu, 4)}, "rows": rows}
+    if profile_dir:
+        found = azurite_profile.newest(profile_dir)
+        result["azurite_profile"] = azurite_profile.summary(found, windows=windows) if found else None
+        if found:
+            table("Azurite's CPU while the workers ran, by where its own code spends it (node --cpu-prof)",
+                  ["share", "seconds", "area"],
+                  [[f"{row['share'] * 100:.1f} %", row["seconds"], row["area"]] for row in result["azurite_profile"]])
+    save(NAME, result)
     return 0
 
 

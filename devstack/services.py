@@ -97,16 +97,17 @@ class Azurite(Service):
     ready = re.compile(r"Azurite (Blob|Queue) service is successfully listening at http://[\d.]+:(\d+)")
 
     def __init__(self, location: str | Path | None = None, blob_port: int = 0, queue_port: int = 0,
-                 log_dir: str | Path | None = None) -> None:
+                 log_dir: str | Path | None = None, node_args: list[str] | None = None) -> None:
         super().__init__(log_dir)
         self.location = Path(location) if location else None
         self.blob_port, self.queue_port = blob_port, queue_port
+        self.node_args = list(node_args or [])  # e.g. --cpu-prof, for a benchmark
 
     def command(self) -> list[str]:
         if not AZURITE_JS.exists():
             raise ServiceError(f"Azurite is not installed ({AZURITE_JS} is missing): run `npm ci` first")
         storage = ["--location", str(self.location)] if self.location else ["--inMemoryPersistence"]
-        return ["node", str(AZURITE_JS), "--skipApiVersionCheck", "--disableTelemetry", "--loose",
+        return ["node", *self.node_args, str(AZURITE_JS), "--skipApiVersionCheck", "--disableTelemetry", "--loose",
                 "--blobHost", "127.0.0.1", "--blobPort", str(self.blob_port),
                 "--queueHost", "127.0.0.1", "--queuePort", str(self.queue_port),
                 "--tableHost", "127.0.0.1", "--tablePort", "0", *storage]
