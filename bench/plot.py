@@ -94,6 +94,11 @@ def summary_rows() -> list[list]:
                          f"{r['broker_images_per_s']} img/s", f"{r['bare_images_per_s']} img/s", r["ratio"], ">=0.85",
                          common.verdict(r["ratio"], 0.85, higher_is_better=True)])
         for r in d.get("rows", []):
+            if r.get("steady_ratio"):
+                rows.append(["5 worker", f"batch {r['batch']}, steady state (pipeline fill and drain left out)",
+                             f"{r['steady_images_per_s']} img/s", f"{r['bare_images_per_s']} img/s", r["steady_ratio"],
+                             "report", ""])
+        for r in d.get("rows", []):
             if "cpu_s_per_image_by_process" in r:
                 shares = cpu_shares(r["bare_cpu_s_per_image"], r["cpu_s_per_image_by_process"])
                 rows.append(["5 worker", f"batch {r['batch']}, CPU per image: bare / (worker + dev host), "
@@ -198,7 +203,11 @@ def plot(path: Path = PNG) -> Path | None:
     ax = axes[4]
     if (d := load("worker")) and d.get("rows"):
         rows = d["rows"]
-        ax.bar([str(r["batch"]) for r in rows], [r["ratio"] for r in rows])
+        spots = list(range(len(rows)))
+        ax.bar([x - 0.2 for x in spots], [r["ratio"] for r in rows], width=0.4, label="img/s ratio")
+        ax.bar([x + 0.2 for x in spots], [r.get("cpu_ratio_without_azurite") or 0 for r in rows], width=0.4,
+               color="C1", label="CPU ratio, Azurite left out")
+        ax.set_xticks(spots, [str(r["batch"]) for r in rows])
         ax.axhline(0.85, color="red", ls="--", lw=1, label="goal 0.85")
         ax.set_xlabel("batch")
         ax.legend(fontsize=8)
