@@ -152,6 +152,7 @@ class Stack:
 
 def worker_session() -> requests.Session:
     session = requests.Session()
+    session.trust_env = False  # a ~/.netrc entry would replace the key below
     session.headers["Authorization"] = f"Bearer {WORKER_KEY}"
     return session
 
@@ -195,7 +196,7 @@ def thread_cpu_seconds(pid: int) -> dict[str, float]:
     totals: dict[str, float] = {}
     for task in Path(f"/proc/{pid}/task").glob("*"):
         try:
-            name = (task / "comm").read_text().strip()
+            name = (task / "comm").read_text(errors="replace").strip()
         except OSError:
             continue
         spent = _stat_cpu(task / "stat")

@@ -131,7 +131,8 @@ def broker_rate(stack: Stack, payloads: list[bytes], batch: int) -> dict:
     # that time leave out filling the pipeline (the first claim and decode) and draining it (the
     # last batch and its puts). Every batch is full here (the queue holds them all from the start).
     claimed = sorted(parse_time(d["started_at"]) for d in documents)
-    steady = (len(claimed) - 2 * batch) / (claimed[-batch] - claimed[batch]) if len(claimed) >= 4 * batch else None
+    full = len(claimed) % batch == 0 and len(claimed) >= 4 * batch
+    steady = (len(claimed) - 2 * batch) / (claimed[-batch] - claimed[batch]) if full else None
     device = re.search(r"device: (.*)", worker.log_text())
     return {"rate": len(ids) / (end - start), "steady_rate": steady, "seconds": end - start, "peak_rss_mib": rss, "cpu": sum(spent) / len(ids),
             "cpu_split": dict(zip(("worker", "devhost", "azurite"), (round(s / len(ids), 4) for s in spent))),
@@ -219,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     if profile_dir:
         found = azurite_profile.newest(profile_dir)
         result["azurite_profile"] = azurite_profile.summary(found, windows=windows) if found else None
+        if not found:
+            print(f"no Azurite profile in {profile_dir}: node writes it only when Azurite exits cleanly", flush=True)
         if found:
             table("Azurite's CPU while the workers ran, by where its own code spends it (node --cpu-prof)",
                   ["share", "seconds", "area"],

@@ -218,6 +218,8 @@ class TaskStore:
     # ---- claiming ------------------------------------------------------------------------
 
     async def claim(self, model: str, max_tasks: int, wait: float, lease_seconds: int) -> list[dict]:
+        """Up to max_tasks claimed tasks, long-polling up to `wait` seconds for the first. Each task's
+        `payload` is raw bytes, for respond.tasks_response to put in the body as base64."""
         deadline = time.monotonic() + wait
         delay = POLL_FIRST
         woken, waited = True, 0.0  # the first look always goes to storage

@@ -43,8 +43,8 @@ class Fetcher(threading.Thread):
         self.fatal: Exception | None = None  # why the worker must stop: a refusal, or a bug
 
     def run(self) -> None:
-        name_os_thread()
         try:
+            name_os_thread()
             self._run()
         except Exception as exc:  # noqa: BLE001 - a bug here must stop the worker, not leave it idle forever
             log.exception("the fetch thread failed")

@@ -4,7 +4,6 @@ so `top -H`, `ps -L` and /proc show where a worker's CPU goes. Linux only; elsew
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import sys
 import threading
 
@@ -12,12 +11,28 @@ PR_SET_NAME = 15
 PREFIX = "mls:"
 
 
-def name_os_thread() -> None:
+def _find_prctl():
     if not sys.platform.startswith("linux"):
+        return None
+    for library in (None, "libc.so.6"):  # the process's own symbols first (glibc or musl), then glibc by name
+        try:
+            prctl = ctypes.CDLL(library, use_errno=True).prctl
+        except (OSError, AttributeError):
+            continue
+        prctl.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+        return prctl
+    return None
+
+
+_PRCTL = _find_prctl()
+
+
+def name_os_thread() -> None:
+    """Never raises: it runs first thing in every worker thread, and names are only a convenience."""
+    if _PRCTL is None:
         return
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        name = (PREFIX + threading.current_thread().name).encode()[:15]  # the kernel keeps 15 bytes
-        libc.prctl(PR_SET_NAME, ctypes.c_char_p(name), 0, 0, 0)
-    except (OSError, AttributeError):  # no libc to be found: the names are a convenience
+        name = (PREFIX + threading.current_thread().name)[:15].encode("ascii", "replace")  # the kernel keeps 15 bytes
+        _PRCTL(PR_SET_NAME, name, 0, 0, 0)
+    except Exception:  # noqa: BLE001 - see the docstring
         pass

@@ -6,6 +6,7 @@ each other's tasks even though they share Azurite and the main broker.
 
 from __future__ import annotations
 
+import os
 import uuid
 from dataclasses import dataclass, field
 
@@ -13,6 +14,10 @@ import pytest
 import requests
 
 from devstack.services import Azurite, DevHost
+
+# The tests' own HTTP calls send the keys they set, never a developer's ~/.netrc entry (requests
+# would put a matching one in place of the Authorization header).
+os.environ["NETRC"] = os.devnull
 
 WORKER_KEY = "test-worker-key-0123456789"
 CLIENT_KEY = "test-client-key-0123456789"
