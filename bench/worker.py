@@ -28,7 +28,7 @@ from PIL import Image
 
 from devstack.worker import Worker
 
-from . import azurite_profile
+from . import azurite_profile, host_profile
 from .common import (WORKER_KEY, Stack, cpu_seconds, model_name, note_load, parse_args, pick, ratio, rss_mib, save,
                      table, thread_cpu_seconds, wait_until)
 
@@ -84,7 +84,7 @@ def parse_time(stamp: str) -> float:
     return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
 
-def broker_rate(stack: Stack, payloads: list[bytes], batch: int) -> dict:
+def broker_rate(stack: Stack, payloads: list[bytes], batch: int, host_samples: Path | None = None) -> dict:
     """Queue every payload, start a worker, and time it from its first claim to its last result.
 
     Also the CPU seconds per image that the worker, the dev host and Azurite spent meanwhile: on a
@@ -110,6 +110,7 @@ def broker_rate(stack: Stack, payloads: list[bytes], batch: int) -> dict:
     threads_before = {name: seconds for name, seconds in thread_cpu_seconds(worker.proc.pid).items()
                       if not name.startswith("mls:")}
     window_start = time.monotonic()
+    sampler = host_profile.start(stack.hosts[0].proc.pid, host_samples) if host_samples else None
     try:
         # Done when the worker's status line says so: polling the broker would load the machine.
         finished = re.compile(r"status: done (\d+), failed (\d+)")
@@ -122,6 +123,7 @@ def broker_rate(stack: Stack, payloads: list[bytes], batch: int) -> dict:
         spent = [sum(threads.values()) * len(ids)]
         spent += [cpu_seconds(pid) - was for pid, was in zip(services, before)]
     finally:
+        host_profile.stop(sampler)
         worker.stop(timeout=60)
     documents = [session.get(f"{url}/status?task_id={task_id}").json() for task_id in ids]
     failed = [d for d in documents if d["status"] != "succeeded"]
@@ -157,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument("--size", default="640x480", help="image width x height (default 640x480)")
         parser.add_argument("--profile-azurite", action="store_true",
                             help="also profile Azurite (node --cpu-prof) while the workers run")
+        parser.add_argument("--profile-host", action="store_true",
+                            help="also sample the dev host with py-spy (--gil) while the workers run")
 
     args = parse_args(NAME, argv, options)
     batches = [int(b) for b in args.batches.split(",")]
@@ -181,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
             # The bare model just before and just after, so load from elsewhere on the machine
             # weighs on both figures alike.
             before = bare_rate(handler, inputs, batch)
-            through = broker_rate(stack, payloads, batch)
+            through = broker_rate(stack, payloads, batch,
+                                  stack.work / f"host-samples-{batch}.txt" if args.profile_host else None)
             after = bare_rate(handler, inputs, batch)
             bare, bare_cpu = (before[0] + after[0]) / 2, (before[1] + after[1]) / 2
             windows.append(through["window"])
@@ -220,6 +225,12 @@ def main(argv: list[str] | None = None) -> int:
            for r in rows])
     result = {"images": len(payloads), "size": list(size), "device": handler.device(),
               "decode_s_per_image": {"wall": round(decode_wall, 4), "cpu": round(decode_cpu, 4)}, "rows": rows}
+    if args.profile_host:
+        result["host_profile"] = host_profile.summary([stack.work / f"host-samples-{b}.txt" for b in batches])
+        if not result["host_profile"]:
+            print("no dev host samples: py-spy needs leave to attach (root, or kernel.yama.ptrace_scope=0)", flush=True)
+        table("The dev host's CPU while the workers ran, by area (py-spy samples of the GIL holder)",
+              ["share", "area"], [[f"{row['share'] * 100:.1f} %", row["area"]] for row in result["host_profile"]])
     if profile_dir:
         found = azurite_profile.newest(profile_dir)
         result["azurite_profile"] = azurite_profile.summary(found, windows=windows) if found else None
