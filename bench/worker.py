@@ -51,13 +51,12 @@ def photos(count: int, size: tuple[int, int], seed: int = 7) -> list[bytes]:
     return out
 
 
-def decode_cost(handler, payloads: list[bytes]) -> tuple[float, float]:
-    """(wall, CPU) seconds per image of the handler's decode (JPEG to pixels), which the worker does
-    on its fetch thread and the bare figure leaves out."""
+def decode_all(handler, payloads: list[bytes]) -> tuple[list, float, float]:
+    """The decoded inputs, and the (wall, CPU) seconds per image of the handler's decode (JPEG to
+    pixels), which the worker does on its fetch thread and the bare figure leaves out."""
     start, cpu = time.perf_counter(), time.process_time()
-    for payload in payloads:
-        handler.decode(payload, "image/jpeg", {})
-    return (time.perf_counter() - start) / len(payloads), (time.process_time() - cpu) / len(payloads)
+    inputs = [handler.decode(payload, "image/jpeg", {}) for payload in payloads]
+    return inputs, (time.perf_counter() - start) / len(payloads), (time.process_time() - cpu) / len(payloads)
 
 
 def worker_threads(before: dict[str, float], after: dict[str, float], images: int) -> dict[str, float]:
@@ -173,8 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     payloads = photos(args.images or pick(32, 160), size)
     handler = ResNet50(weights="none", batch_size=max(batches))
     handler.load()
-    inputs = [handler.decode(payload, "image/jpeg", {}) for payload in payloads]
-    decode_wall, decode_cpu = decode_cost(handler, payloads)
+    inputs, decode_wall, decode_cpu = decode_all(handler, payloads)
     print(f"{len(payloads)} JPEGs of {size[0]}x{size[1]}, ResNet50 with random weights, device {handler.device()}",
           flush=True)
 
@@ -236,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         result["azurite_profile"] = azurite_profile.summary(found, windows=windows) if found else None
         if not found:
             print(f"no Azurite profile in {profile_dir}: node writes it only when Azurite exits cleanly", flush=True)
-        if found:
+        else:
             table("Azurite's CPU while the workers ran, by where its own code spends it (node --cpu-prof)",
                   ["share", "seconds", "area"],
                   [[f"{row['share'] * 100:.1f} %", row["seconds"], row["area"]] for row in result["azurite_profile"]])
