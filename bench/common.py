@@ -12,6 +12,7 @@ import json
 import os
 import platform
 import re
+import secrets
 import socket
 import statistics
 import sys
@@ -119,7 +120,9 @@ class Stack:
                  azurite_node_args: list[str] | None = None) -> None:
         self.work = work or Path(tempfile.mkdtemp(prefix="bench-"))
         self.azurite_node_args = azurite_node_args
-        self.settings = {"BROKER_WORKER_KEYS": WORKER_KEY, **(settings or {})}
+        # One lease secret for all hosts: they are instances of one app.
+        self.settings = {"BROKER_WORKER_KEYS": WORKER_KEY, "BROKER_LEASE_SECRET": secrets.token_urlsafe(32),
+                         **(settings or {})}
         self.count = hosts
         self.azurite: Azurite | None = None
         self.hosts: list[DevHost] = []

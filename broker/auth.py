@@ -20,7 +20,11 @@ CLIENT = "client"
 
 
 def bearer(req: func.HttpRequest) -> str:
-    scheme, _, token = req.headers.get("authorization", "").partition(" ")
+    return _bearer(req.headers.get("authorization", ""))
+
+
+def _bearer(header: str) -> str:
+    scheme, _, token = header.partition(" ")
     return token.strip() if scheme.lower() == "bearer" else ""
 
 
@@ -36,15 +40,21 @@ def matches(given: str, keys: tuple[str, ...]) -> bool:
     return found and bool(given)
 
 
-def check(req: func.HttpRequest, settings: Settings, role: str) -> None:
+def check(req: func.HttpRequest, settings: Settings, role: str | None) -> None:
+    check_headers(req.headers, settings, role)
+
+
+def check_headers(headers, settings: Settings, role: str | None) -> None:
+    """The key check on a request's headers (any mapping with case-insensitive `get`, or lowercase keys)."""
+    given = _bearer(headers.get("authorization", ""))
     if role == WORKER:
         if not settings.worker_keys:
             raise Rejected(503, "no worker key configured")
-        if not matches(bearer(req), settings.worker_keys):
+        if not matches(given, settings.worker_keys):
             raise Rejected(401, "a valid worker key is required (Authorization: Bearer <key>)",
                            headers={"WWW-Authenticate": "Bearer"})
     elif role == CLIENT and settings.client_keys:
-        if not matches(bearer(req), settings.client_keys):
+        if not matches(given, settings.client_keys):
             raise Rejected(401, "a valid client key is required (Authorization: Bearer <key>)",
                            headers={"WWW-Authenticate": "Bearer"})
 

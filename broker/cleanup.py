@@ -1,7 +1,8 @@
-"""The timer function that deletes results past BROKER_RESULT_TTL_SECONDS and their leftovers.
+"""The timer function: deletes results past BROKER_RESULT_TTL_SECONDS and their leftovers, and
+expires tasks nobody started within BROKER_QUEUED_TTL_SECONDS (deleting their payloads).
 
-Each run deletes at most BROKER_CLEANUP_BATCH tasks; what it does not reach (or an interrupted
-run leaves) the next run takes up, since it starts from what is still in the outbox.
+Each run handles at most BROKER_CLEANUP_BATCH tasks of each kind; what it does not reach (or an
+interrupted run leaves) the next run takes up, since it starts from what is still in storage.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ SCHEDULE = "0 */5 * * * *"  # every five minutes (NCRONTAB, with seconds)
 
 @bp.timer_trigger(arg_name="timer", schedule=SCHEDULE, run_on_startup=False, use_monitor=True)
 async def cleanup(timer: func.TimerRequest) -> None:
-    deleted = await get_store(load()).cleanup()
-    if deleted:
-        log.info("cleanup deleted %d expired tasks", deleted)
+    store = get_store(load())
+    deleted = await store.cleanup()
+    expired = await store.sweep()
+    if deleted or expired:
+        log.info("cleanup deleted %d results past their TTL and expired %d tasks nobody started", deleted, expired)

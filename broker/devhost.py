@@ -8,6 +8,12 @@ long-poll waits without blocking other requests. Timer functions run on their sc
 
 Settings come from the environment and from local.settings.json (`Values`) when present; the
 environment wins, and an empty value counts as unset.
+
+What a client can make it hold is bounded, as a front end in Azure would bound it: a request's
+method and key are checked before its body is read (the function's `gate`, respond.Gate), the
+body is capped as it streams (the route's own limit, else Azure's 100 MB) and must arrive within
+--body-timeout, the request line and headers within --header-timeout and --max-header-bytes, and
+at most --max-connections connections are open. Every answer the host gives itself is JSON.
 """
 
 from __future__ import annotations
@@ -24,16 +30,132 @@ import socket
 import sys
 from pathlib import Path
 
+from dataclasses import dataclass
+
 import azure.functions as func
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 log = logging.getLogger("broker.devhost")
 ROUTE_PREFIX = "api"
 DEFAULT_TIMER_SECONDS = 300
+AZURE_MAX_REQUEST_BYTES = 100 * 1024 * 1024  # what the Functions front end accepts at all
+NOSNIFF = {"X-Content-Type-Options": "nosniff"}
+
+
+@dataclass(frozen=True)
+class Limits:
+    header_timeout: float = 10.0  # from a request's first byte to the end of its headers (or a new connection's first byte)
+    body_timeout: float = 120.0  # from the end of the headers to the end of the body
+    max_header_bytes: int = 32 * 1024
+    max_connections: int = 512
+
+
+def error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers={**NOSNIFF, **(headers or {})})
+
+
+def _raw_error(status: int, reason: str, message: str, extra: bytes = b"") -> bytes:
+    """A complete JSON error response for the protocol layer, which answers before any app code runs."""
+    body = json.dumps({"error": message}).encode()
+    return (f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json; charset=utf-8\r\n"
+            f"content-length: {len(body)}\r\nx-content-type-options: nosniff\r\nconnection: close\r\n").encode() \
+        + extra + b"\r\n" + body
+
+
+class GuardedProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with the limits it lacks: a deadline and a size cap for the request
+    line and headers, a cap on open connections, and JSON for the errors it answers itself."""
+
+    limits = Limits()
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self._head_bytes, self._head_exact, self._in_head = 0, 0, True
+        self._head_timer = None
+        if len(self.connections) > self.limits.max_connections:
+            log.warning("refused a connection: %d are open (--max-connections)", len(self.connections) - 1)
+            self._refuse(503, "Service Unavailable", "the dev host has too many open connections; retry shortly",
+                         b"retry-after: 1\r\n")
+            return
+        self._arm_head_timer()
+
+    def connection_lost(self, exc) -> None:
+        self._cancel_head_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._in_head:
+            self._head_bytes += len(data)
+        super().data_received(data)
+        if self._in_head and self._head_bytes > self.limits.max_header_bytes:  # headers still coming, and too many
+            self._head_too_large()
+
+    def on_url(self, url: bytes) -> None:
+        super().on_url(url)
+        self._count_head(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        super().on_header(name, value)
+        self._count_head(len(name) + len(value) + 4)
+
+    def _count_head(self, size: int) -> None:
+        """The exact count, for headers that arrive whole in one read with a body behind them."""
+        self._head_exact += size
+        if self._head_exact > self.limits.max_header_bytes:
+            self._head_too_large()
+            raise OverflowError("headers too large")  # stops the parser; answered already
+
+    def _head_too_large(self) -> None:
+        self._refuse(431, "Request Header Fields Too Large",
+                     f"the request line and headers are larger than {self.limits.max_header_bytes} bytes")
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._head_exact = 0
+        if not self._in_head:  # a keep-alive connection's next request: its headers start now
+            self._in_head, self._head_bytes = True, 0
+            self._arm_head_timer()
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._cancel_head_timer()
+        super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._in_head, self._head_bytes = True, 0  # until the next request begins, the keep-alive timer rules
+
+    def send_400_response(self, msg: str) -> None:
+        self._refuse(400, "Bad Request", "the request is not valid HTTP")  # after a 431, a no-op
+
+    def _refuse(self, status: int, reason: str, message: str, extra: bytes = b"") -> None:
+        self._cancel_head_timer()
+        if not self.transport.is_closing():
+            self.transport.write(_raw_error(status, reason, message, extra))
+            self.transport.close()
+
+    def _arm_head_timer(self) -> None:
+        self._cancel_head_timer()
+        self._head_timer = self.loop.call_later(self.limits.header_timeout, self._head_too_slow)
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_too_slow(self) -> None:
+        self._head_timer = None
+        if not self.transport.is_closing():
+            self.transport.close()  # nothing to answer: a client this slow is not reading either
+
+
+def guarded(limits: Limits) -> type:
+    return type("GuardedProtocol", (GuardedProtocol,), {"limits": limits})
 
 
 def load_local_settings(path: Path) -> list[str]:
@@ -78,7 +200,40 @@ def to_response(response: func.HttpResponse, method: str) -> Response:
     return Response(content=body, status_code=response.status_code, headers=headers)
 
 
-def build(app: func.FunctionApp) -> tuple[Starlette, list]:
+class BodyRefused(Exception):
+    def __init__(self, response: Response) -> None:
+        self.response = response
+
+
+async def read_body(request: Request, limit: int, timeout: float) -> bytes:
+    """The request body, read as it streams: refused (413) past `limit` bytes, (408) past `timeout` s."""
+    declared = request.headers.get("content-length", "")
+    too_large = error(413, f"the request body is larger than the limit of {limit} bytes", {"Connection": "close"})
+    if declared.isdigit() and int(declared) > limit:
+        raise BodyRefused(too_large)
+    chunks, size = [], 0
+
+    async def stream() -> None:
+        nonlocal size
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise BodyRefused(too_large)
+            chunks.append(chunk)
+
+    try:
+        await asyncio.wait_for(stream(), timeout)
+    except asyncio.TimeoutError:
+        raise BodyRefused(error(408, f"the request body did not arrive within {timeout:g} seconds",
+                                {"Connection": "close"})) from None
+    return b"".join(chunks)
+
+
+def _has_body(request: Request) -> bool:
+    return request.headers.get("content-length", "0") not in ("", "0") or "transfer-encoding" in request.headers
+
+
+def build(app: func.FunctionApp, limits: Limits = Limits()) -> tuple[Starlette, list]:
     """A Starlette app serving every HTTP function of `app`, and the (name, period, function) timers."""
     routes: dict[str, tuple[set[str], object]] = {}
     timers = []
@@ -95,12 +250,21 @@ def build(app: func.FunctionApp) -> tuple[Starlette, list]:
     async def dispatch(request: Request) -> Response:
         entry = routes.get(request.path_params["path"].strip("/").lower())
         if entry is None:
-            return JSONResponse({"error": "no function is served at this path"}, status_code=404)
+            return error(404, "no function is served at this path")
         methods, user_function = entry
         if request.method not in methods:
-            return JSONResponse({"error": "method not allowed"}, status_code=405)
+            return error(405, "method not allowed")
+        gate = getattr(user_function, "gate", None)
+        refused = gate.check(request.method, request.headers) if gate else None
+        if refused is not None:  # answered before the body is read; the connection closes if one is coming
+            response = to_response(refused, request.method)
+            if _has_body(request):
+                response.headers["Connection"] = "close"
+            return response
         try:
-            body = await request.body()
+            body = await read_body(request, gate.body_limit() if gate else AZURE_MAX_REQUEST_BYTES, limits.body_timeout)
+        except BodyRefused as refusal:
+            return refusal.response
         except ClientDisconnect:  # the caller went away mid-body (e.g. a killed worker): nobody to answer
             log.info("client disconnected before its request body arrived: %s %s", request.method, request.url.path)
             return Response(status_code=499)
@@ -108,15 +272,18 @@ def build(app: func.FunctionApp) -> tuple[Starlette, list]:
             response = await user_function(to_request(request, body))
         except asyncio.CancelledError:  # the host is stopping and stopped waiting for this request
             log.info("cut short by shutdown: %s %s", request.method, request.url.path)
-            return JSONResponse({"error": "the host is shutting down; retry shortly"}, status_code=503,
-                                headers={"Retry-After": "2"})
+            return error(503, "the host is shutting down; retry shortly", {"Retry-After": "2"})
         except Exception:  # noqa: BLE001 - the host answers 500, as the Functions host would
             log.exception("function raised")
-            return JSONResponse({"error": "the function raised an exception"}, status_code=500)
+            return error(500, "the function raised an exception")
         return to_response(response, request.method)
 
+    async def elsewhere(request: Request) -> Response:
+        return error(404, f"nothing is served here; the functions are under /{ROUTE_PREFIX}/")
+
     every_method = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]
-    server = Starlette(routes=[Route(f"/{ROUTE_PREFIX}/{{path:path}}", dispatch, methods=every_method)])
+    server = Starlette(routes=[Route(f"/{ROUTE_PREFIX}/{{path:path}}", dispatch, methods=every_method),
+                               Route("/{path:path}", elsewhere, methods=every_method)])
     return server, timers
 
 
@@ -156,11 +323,12 @@ class Server(uvicorn.Server):
 
 async def serve(args: argparse.Namespace) -> None:
     app = importlib.import_module(args.app).app
-    server_app, timers = build(app)
+    limits = Limits(args.header_timeout, args.body_timeout, args.max_header_bytes, args.max_connections)
+    server_app, timers = build(app, limits)
     sock = bind(args.host, args.port)
     host, port = sock.getsockname()[:2]
-    config = uvicorn.Config(server_app, http="httptools", log_level="warning", access_log=args.access_log, loop="asyncio",
-                            timeout_graceful_shutdown=2, timeout_keep_alive=30)
+    config = uvicorn.Config(server_app, http=guarded(limits), log_level="warning", access_log=args.access_log,
+                            loop="asyncio", timeout_graceful_shutdown=2, timeout_keep_alive=30)
     server = Server(config)
     print(f"broker dev host listening on http://{host}:{port}/{ROUTE_PREFIX}", flush=True)
     timer_task = asyncio.create_task(run_timers(timers)) if timers and not args.no_timers else None
@@ -182,6 +350,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="local settings file whose Values fill unset variables (default local.settings.json)")
     parser.add_argument("--no-timers", action="store_true", help="do not run timer functions")
     parser.add_argument("--access-log", action="store_true", help="log every request")
+    defaults = Limits()
+    parser.add_argument("--header-timeout", type=float, default=defaults.header_timeout,
+                        help="seconds a request line and headers may take (default %(default)s)")
+    parser.add_argument("--body-timeout", type=float, default=defaults.body_timeout,
+                        help="seconds a request body may take (default %(default)s)")
+    parser.add_argument("--max-header-bytes", type=int, default=defaults.max_header_bytes,
+                        help="bytes a request line and headers may take (default %(default)s)")
+    parser.add_argument("--max-connections", type=int, default=defaults.max_connections,
+                        help="open connections at most; more are answered 503 (default %(default)s)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("azure").setLevel(logging.WARNING)

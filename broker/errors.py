@@ -1,22 +1,63 @@
-"""The one error type that crosses from validation and the task store to the wire."""
+"""The errors that cross from validation and the task store to the wire.
+
+The store raises domain errors (a task not found, a lease lost, a task already finished...), each
+one sentence, with the task's status document when the answer carries it; respond.py maps them to
+status codes in one table. Validation and key checks, which are about the request itself, raise
+`Rejected` with the status they mean.
+"""
 
 from __future__ import annotations
 
 
-class Rejected(Exception):
-    """A request the broker answers with an error status and one clear sentence.
+class BrokerError(Exception):
+    """A request the broker refuses; `message` is one sentence, `document` the task's status document
+    when the answer carries it, `headers` any the answer needs (Retry-After, WWW-Authenticate)."""
 
-    `document` is the task's status document when the answer carries it (409, 410, 422).
-    """
-
-    def __init__(self, status: int, message: str, document: dict | None = None,
-                 headers: dict | None = None) -> None:
+    def __init__(self, message: str, document: dict | None = None, headers: dict | None = None) -> None:
         super().__init__(message)
-        self.status = status
         self.message = message
         self.document = document
         self.headers = headers or {}
 
 
-def not_found() -> Rejected:
-    return Rejected(404, "no task with that id exists (it may have expired)")
+class TaskNotFound(BrokerError):
+    def __init__(self) -> None:
+        super().__init__("no task with that id exists (it may have expired)")
+
+
+class LeaseLost(BrokerError):
+    def __init__(self) -> None:
+        super().__init__("the lease is lost: it ran out and the task was claimed again, it was given back, "
+                         "or the task finished")
+
+
+class TaskFinished(BrokerError):
+    """The task already has an outcome, and not the one this request would give it."""
+
+
+class TaskCancelled(BrokerError):
+    pass
+
+
+class TaskExpired(BrokerError):
+    pass
+
+
+class IdempotencyConflict(BrokerError):
+    pass
+
+
+class TaskChanging(BrokerError):
+    """The task changed between two reads; the same request a moment later will do."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"Retry-After": "1"})
+
+
+class Rejected(BrokerError):
+    """A refusal about the request itself (its form, size or key), with the status it means."""
+
+    def __init__(self, status: int, message: str, document: dict | None = None,
+                 headers: dict | None = None) -> None:
+        super().__init__(message, document, headers)
+        self.status = status

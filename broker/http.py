@@ -23,6 +23,20 @@ bp = func.Blueprint()
 
 DEMO_PAGE = Path(__file__).resolve().parent.parent / "clients" / "web" / "index.html"
 RETRY = {"Retry-After": "1"}
+# Result types a browser may show in place; any other is served as a download. Results never run
+# as active content on the broker's origin, whatever type a worker gave them.
+INLINE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp", "application/json", "text/plain")
+RESULT_HEADERS = {"Content-Security-Policy": "sandbox; default-src 'none'"}
+ENDED = {"failed": 422, "cancelled": 410, "expired": 410}
+
+
+def _submit_limit(settings: Settings) -> int:
+    """A predict body: the payload, in base64 inside the JSON form at most, plus room for the rest."""
+    return settings.max_payload_bytes * 4 // 3 + 64 * 1024
+
+
+def _result_limit(settings: Settings) -> int:
+    return settings.max_payload_bytes
 
 
 def _route(name: str):
@@ -35,10 +49,10 @@ def _links(req: func.HttpRequest, task_id: str) -> dict:
 
 
 @_route("predict")
-@endpoint(("POST",), auth.CLIENT)
+@endpoint(("POST",), auth.CLIENT, body_limit=_submit_limit)
 async def predict(req: func.HttpRequest, settings: Settings) -> func.HttpResponse:
     """Submit a job: raw bytes, or the JSON wrapper with a base64 payload."""
-    model, payload, content_type, params = validate.submission(req, settings.max_payload_bytes)
+    model, payload, content_type, params = validate.submission(req, settings.max_payload_bytes, settings.models)
     key = validate.idempotency_key(req)
     document, _ = await get_store(settings).submit(model, payload, content_type, params, key,
                                                    auth.client_scope(req, settings))
@@ -63,12 +77,17 @@ async def getresult(req: func.HttpRequest, settings: Settings) -> func.HttpRespo
         if form == "json":
             return json_response({"task_id": task_id, "status": status, "content_type": kind,
                                   "result": base64.b64encode(body or b"").decode()})
-        return func.HttpResponse(body or b"", status_code=200, headers={"Content-Type": kind}, mimetype=kind)
-    if status == "failed":
-        return json_response(document, 422)
-    if status == "cancelled":
-        return json_response(document, 410)
+        return func.HttpResponse(body or b"", status_code=200, headers=_result_headers(task_id, kind), mimetype=kind)
+    if status in ENDED:
+        return json_response(document, ENDED[status])
     return json_response(document, 202, RETRY)
+
+
+def _result_headers(task_id: str, kind: str) -> dict:
+    headers = {"Content-Type": kind, **RESULT_HEADERS}
+    if kind.split(";")[0].strip().lower() not in INLINE_TYPES:
+        headers["Content-Disposition"] = f'attachment; filename="{task_id}"'
+    return headers
 
 
 @_route("status")
@@ -87,10 +106,11 @@ async def cancel(req: func.HttpRequest, settings: Settings) -> func.HttpResponse
 @endpoint(("GET", "POST"), auth.WORKER)
 async def getnexttask(req: func.HttpRequest, settings: Settings) -> func.HttpResponse:
     """Claim up to max_tasks tasks, long-polling up to wait seconds for the first."""
-    model = validate.model(req.params.get("model"))
+    model = validate.model(req.params.get("model"), settings.models)
     max_tasks = validate.integer(req, "max_tasks", 1, 32, default=1)
     wait = validate.integer(req, "wait", 0, 60, default=20)
     lease = validate.integer(req, "lease", 5, 3600, default=60)
+    settings.check_lease_secret()  # before claiming anything it could not sign a token for
     tasks = await get_store(settings).claim(model, max_tasks, wait, lease)
     if not tasks:
         return func.HttpResponse(status_code=204)
@@ -102,17 +122,17 @@ async def getnexttask(req: func.HttpRequest, settings: Settings) -> func.HttpRes
 async def extendlease(req: func.HttpRequest, settings: Settings) -> func.HttpResponse:
     """Heartbeat (seconds > 0) or give the task back to the queue (seconds = 0)."""
     task_id = validate.task_id(req)
-    lease = validate.lease(req, task_id, settings.lease_secret)
+    lease = validate.lease(req, task_id, settings.lease_secrets)
     seconds = validate.integer(req, "seconds", 0, 3600)
     return json_response(await get_store(settings).extend(task_id, lease, seconds))
 
 
 @_route("puttaskresult")
-@endpoint(("POST",), auth.WORKER)
+@endpoint(("POST",), auth.WORKER, body_limit=_result_limit)
 async def puttaskresult(req: func.HttpRequest, settings: Settings) -> func.HttpResponse:
     """Commit a task's outcome: the result bytes, or (status=failed) an error, retryable or not."""
     task_id = validate.task_id(req)
-    lease = validate.lease(req, task_id, settings.lease_secret)
+    lease = validate.lease(req, task_id, settings.lease_secrets)
     outcome = req.params.get("status", "succeeded")
     body = req.get_body()
     store = get_store(settings)
@@ -142,7 +162,8 @@ async def health(req: func.HttpRequest, settings: Settings) -> func.HttpResponse
 @_route("stats")
 @endpoint(("GET",), auth.WORKER)
 async def stats(req: func.HttpRequest, settings: Settings) -> func.HttpResponse:
-    return json_response(await get_store(settings).stats())
+    model = req.params.get("model")
+    return json_response(await get_store(settings).stats(validate.model(model, settings.models) if model else None))
 
 
 @_route("demo")

@@ -1,9 +1,15 @@
 """Lease tokens: the opaque, URL-safe handle a worker holds on a claimed task.
 
 A token carries what the broker needs to act on the claim without another read: the queue
-message (id and pop receipt) to update or delete, and the facts about the task that go into its
-outcome. It is signed (HMAC-SHA256 with a secret derived from the storage connection string, which
-every instance of the app shares), so a worker cannot forge a claim or the facts it carries.
+message (id and pop receipt) to update or delete, which claim of the task it is (`claim`, counted
+per task), and the facts about the task that go into its outcome. It is signed with HMAC-SHA256
+under the app setting BROKER_LEASE_SECRET, which every instance of the app shares; several
+comma-separated values may be set while rotating it (the first signs, every one verifies), so a
+worker can neither forge a claim nor alter the facts it carries.
+
+A signed token is not yet a live one: the task's lease state (records.LeaseState) says which
+claim and which pop receipt are current, and the store refuses every other token before it
+writes anything.
 """
 
 from __future__ import annotations
@@ -25,10 +31,6 @@ class BadToken(ValueError):
     """The token is not one this broker issued for that task."""
 
 
-def secret_for(connection_string: str) -> bytes:
-    return hashlib.sha256(b"broker lease token\0" + connection_string.encode()).digest()
-
-
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).decode().rstrip("=")
 
@@ -37,8 +39,21 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+def _mac(secret: bytes, body: bytes) -> bytes:
+    return hmac.new(secret, b"lease\0" + body, hashlib.sha256).digest()[:MAC_BYTES]
+
+
 def _timestamp(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and 0 < value < 1e11
+
+
+def _count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value < 1_000_000
+
+
+def receipt_hash(receipt: str) -> str:
+    """What the lease state keeps of a pop receipt: enough to tell the current token from older ones."""
+    return hashlib.sha256(receipt.encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -47,29 +62,32 @@ class Lease:
     model: str
     msg: str
     receipt: str
+    claim: int  # the task's claim this lease belongs to: 1 for its first delivery, then 2, 3, ...
     attempt: int
     created: float
     started: float
     digest: str | None = None
 
-    def encode(self, secret: bytes) -> str:
-        body = json.dumps([self.task_id, self.model, self.msg, self.receipt, self.attempt,
+    def encode(self, secrets: tuple[bytes, ...]) -> str:
+        body = json.dumps([self.task_id, self.model, self.msg, self.receipt, self.claim, self.attempt,
                            self.created, self.started, self.digest], separators=(",", ":")).encode()
-        return f"{_b64(body)}.{_b64(hmac.new(secret, body, hashlib.sha256).digest()[:MAC_BYTES])}"
+        return f"{_b64(body)}.{_b64(_mac(secrets[0], body))}"
 
     def renewed(self, receipt: str) -> "Lease":
         return replace(self, receipt=receipt)
 
-    def fingerprint(self) -> str:
-        """Identifies this claim's commit, so a repeated put with the same token is recognised."""
-        return hashlib.sha256(f"{self.msg}:{self.receipt}".encode()).hexdigest()[:24]
+    def commit_id(self, status: str, content_type: str, body: bytes) -> str:
+        """Identifies one put of this claim: a repeated put (the same outcome, type and bytes) matches
+        the commit it repeats; any other put does not."""
+        digest = hashlib.sha256(body).hexdigest()
+        return hashlib.sha256(f"{self.task_id}:{self.claim}:{status}:{content_type}:{digest}".encode()).hexdigest()[:24]
 
     @classmethod
-    def decode(cls, token: str, task_id: str, secret: bytes) -> "Lease":
+    def decode(cls, token: str, task_id: str, secrets: tuple[bytes, ...]) -> "Lease":
         try:
             body_text, _, mac_text = token.partition(".")
             body, mac = _unb64(body_text), _unb64(mac_text)
-            signed = hmac.compare_digest(mac, hmac.new(secret, body, hashlib.sha256).digest()[:MAC_BYTES])
+            signed = any(hmac.compare_digest(mac, _mac(secret, body)) for secret in secrets)
             lease = cls(*strictjson.loads(body)) if signed else None
         except (binascii.Error, ValueError, TypeError, UnicodeDecodeError):
             lease = None
@@ -81,6 +99,6 @@ class Lease:
 
     def _well_formed(self) -> bool:
         return (all(isinstance(v, str) for v in (self.task_id, self.model, self.msg, self.receipt))
-                and isinstance(self.attempt, int) and not isinstance(self.attempt, bool)
+                and _count(self.claim) and _count(self.attempt)
                 and _timestamp(self.created) and _timestamp(self.started)
                 and (self.digest is None or isinstance(self.digest, str)))

@@ -1,24 +1,32 @@
-"""What the broker keeps about a task, and how it is written into blob metadata.
+"""What the broker keeps about a task, and how it is written into blob metadata and queue messages.
 
 A task lives in two blobs named by its id:
-- the inbox blob holds the payload; its metadata holds the submission (`task`) and, once the task
-  has been claimed, the lease state (`state`);
+- the inbox blob holds the payload; its metadata holds the submission (`task`), for idempotent
+  submits whether its queue message was sent (`queued`), and, once the task has been claimed, the
+  lease state (`state`);
 - the outbox blob, written once when the task ends, holds the result (or the error as JSON);
   its metadata holds the outcome (`outcome`). Its existence is the one "finished" marker.
 
 Metadata values must be ASCII header values, so each record is compact JSON with non-ASCII
-escaped.
+escaped. Azure allows 8 KB of metadata per blob in all, and a header field read back may be at
+most 8 KiB, so every record is bounded in stored bytes, not characters: params at most 4096
+(validate.py), an error at most MAX_ERROR_BYTES, the rest a few hundred. The inbox blob's
+metadata stays under METADATA_BUDGET whatever a request holds (tests/broker/test_bounds.py).
+
+A queue message names its task and the size of its payload, so a claim can stay within its byte
+budget before it downloads anything.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 
-TERMINAL = ("succeeded", "failed", "cancelled")
-MAX_ERROR_CHARS = 1000
+TERMINAL = ("succeeded", "failed", "cancelled", "expired")
+MAX_ERROR_BYTES = 1024  # an error as stored: a JSON string with non-ASCII escaped, quotes included
+METADATA_BUDGET = 7 * 1024
 
 
 def iso(ts: float | None) -> str | None:
@@ -31,13 +39,40 @@ def now() -> float:
     return time.time()
 
 
+def stored_size(value) -> int:
+    """Bytes `value` takes as a metadata record: compact JSON, non-ASCII escaped."""
+    return len(_dump(value))
+
+
 def clip_error(message: str) -> str:
-    message = " ".join(str(message).split()) or "no reason given"
-    return message if len(message) <= MAX_ERROR_CHARS else message[: MAX_ERROR_CHARS - 1] + "…"
+    """One line of at most MAX_ERROR_BYTES as stored (an emoji costs 12 bytes there, an ASCII letter one)."""
+    message = " ".join(str(message)[: MAX_ERROR_BYTES * 2].split()) or "no reason given"
+    if stored_size(message) <= MAX_ERROR_BYTES:
+        return message
+    budget = MAX_ERROR_BYTES - stored_size("…")  # the quotes are counted once, in the ellipsis' size
+    used, end = 0, 0
+    for end, char in enumerate(message):
+        used += stored_size(char) - 2
+        if used > budget:
+            break
+    return message[:end] + "…"
 
 
-def _dump(obj: dict) -> str:
+def expiry_error(ttl: int, started: bool) -> str:
+    if started:
+        return (f"its last attempt ended and it was not started again within {ttl} seconds of its submission "
+                "(BROKER_QUEUED_TTL_SECONDS)")
+    return f"not started within {ttl} seconds of its submission (BROKER_QUEUED_TTL_SECONDS)"
+
+
+def _dump(obj) -> str:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=True)
+
+
+def _known(cls, raw: dict) -> dict:
+    """The fields of `cls` in a stored record; a field an older version did not write takes its default."""
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in raw.items() if k in names}
 
 
 @dataclass(frozen=True)
@@ -49,31 +84,72 @@ class Submission:
     content_type: str
     params: dict
     created: float
-    digest: str | None = None  # payload hash, kept only for idempotent submits
+    digest: str | None = None  # hash of model, content type, params and payload; idempotent submits only
+    size: int = 0  # payload bytes
 
     def metadata(self) -> dict:
         return {"task": _dump({"model": self.model, "ct": self.content_type, "params": self.params,
-                               "created": self.created, "digest": self.digest})}
+                               "created": self.created, "digest": self.digest, "size": self.size})}
 
     @classmethod
     def from_metadata(cls, task_id: str, metadata: dict) -> "Submission":
         raw = json.loads(metadata["task"])
-        return cls(task_id, raw["model"], raw["ct"], raw["params"], raw["created"], raw.get("digest"))
+        return cls(task_id, raw["model"], raw["ct"], raw["params"], raw["created"], raw.get("digest"),
+                   raw.get("size", 0))
+
+    def expires(self, ttl: int) -> float:
+        """When this task, if nobody is running it, ends `expired`."""
+        return self.created + ttl
+
+
+@dataclass(frozen=True)
+class Enqueued:
+    """Idempotent submits only: whether the task's one queue message was sent.
+
+    `msg` is its id once sent; until then `pending` says since when a submit has been sending it,
+    so a retry with the key can tell a submit that died before sending from one still at it."""
+
+    msg: str | None = None
+    pending: float | None = None
+
+    def metadata(self) -> dict:
+        return {"queued": _dump(asdict(self))}
+
+    @classmethod
+    def from_metadata(cls, metadata: dict) -> "Enqueued | None":
+        raw = metadata.get("queued")
+        return cls(**_known(cls, json.loads(raw))) if raw else None
 
 
 @dataclass
 class LeaseState:
-    """Who holds the task now (queue message id) and until when; kept beside the submission."""
+    """Which claim holds the task now, through which token, until when; kept beside the submission.
+
+    Only the current claim (`claim`, counted per task) with its current pop receipt (`receipt`, a
+    hash) may change it; the store checks both before it writes anything, and writes with If-Match
+    on the blob's etag. `attempt` only ever goes up: a claim after a lease ran out or a retryable
+    failure is the next attempt, a claim after a give-back keeps the number (up to
+    max_attempts give-backs; later ones count)."""
 
     msg: str
     until: float | None  # None: given back or failed retryably, waiting in the queue again
     started: float
     attempt: int
-    givebacks: int = 0  # claims handed back with seconds=0: they do not count as attempts
+    givebacks: int = 0  # claims handed back with seconds=0
     error: str | None = None  # why the last attempt ended, for the "gave up" message
+    claim: int = 0
+    receipt: str = ""
+    freed: str | None = None  # how the last claim ended early: "back" (given back) or "retry"
 
     def holds(self, at: float) -> bool:
         return self.until is not None and self.until > at
+
+    def next_attempt(self, max_attempts: int) -> tuple[int, int, str | None]:
+        """(attempt, give-backs, error) of the claim that follows this one."""
+        if self.freed == "back" and self.givebacks <= max_attempts:
+            return self.attempt, self.givebacks, self.error
+        error = self.error if self.freed else "the worker's lease ran out before it put a result"
+        return self.attempt + 1, self.givebacks, error
 
     def dump(self) -> str:
         return _dump(asdict(self))
@@ -81,7 +157,7 @@ class LeaseState:
     @classmethod
     def from_metadata(cls, metadata: dict) -> "LeaseState | None":
         raw = metadata.get("state")
-        return cls(**json.loads(raw)) if raw else None
+        return cls(**_known(cls, json.loads(raw))) if raw else None
 
 
 @dataclass(frozen=True)
@@ -96,19 +172,52 @@ class Outcome:
     attempts: int = 0
     error: str | None = None
     digest: str | None = None
-    committed_by: str | None = None  # hash of the lease token that committed it
+    committed_by: str | None = None  # Lease.commit_id of the put that committed it
 
     def metadata(self) -> dict:
         return {"outcome": _dump(asdict(self))}
 
     @classmethod
     def from_metadata(cls, metadata: dict) -> "Outcome":
-        return cls(**json.loads(metadata["outcome"]))
+        return cls(**_known(cls, json.loads(metadata["outcome"])))
+
+
+@dataclass(frozen=True)
+class TaskMessage:
+    """The content of a task's queue message."""
+
+    task_id: str
+    size: int = 0  # payload bytes; 0 when not known (a message of an older version)
+
+    def dump(self) -> str:
+        return _dump({"id": self.task_id, "size": self.size})
+
+    @classmethod
+    def parse(cls, content) -> "TaskMessage | None":
+        if not isinstance(content, str):
+            return None
+        if len(content) == 32:  # an older version's message: the task id alone
+            return cls(content) if _is_task_id(content) else None
+        try:
+            raw = json.loads(content)
+            task_id, size = raw["id"], raw.get("size", 0)
+        except (ValueError, TypeError, KeyError):
+            return None
+        if not (isinstance(task_id, str) and _is_task_id(task_id) and isinstance(size, int) and size >= 0):
+            return None
+        return cls(task_id, size)
+
+
+def _is_task_id(text: str) -> bool:
+    return len(text) == 32 and all(c in "0123456789abcdef" for c in text)
 
 
 @dataclass(frozen=True)
 class Task:
-    """A task as read back from storage: its submission, lease state and outcome (if any)."""
+    """A task as read back from storage: its submission, lease state and outcome (if any).
+
+    Its status is derived: the outcome's, else running while a lease holds, else expired from
+    `expires` on (a queued task nobody started in time), else queued."""
 
     task_id: str
     model: str
@@ -117,29 +226,40 @@ class Task:
     state: LeaseState | None = None
     outcome: Outcome | None = None
     result_content_type: str | None = None
+    expires: float | None = None
+    expiry_error: str | None = field(default=None, compare=False)
 
     def status(self, at: float) -> str:
         if self.outcome:
             return self.outcome.status
-        return "running" if self.state and self.state.holds(at) else "queued"
+        if self.state and self.state.holds(at):
+            return "running"
+        if self.expires is not None and at >= self.expires:
+            return "expired"
+        return "queued"
 
     @property
     def finished(self) -> bool:
         return self.outcome is not None
 
+    def ended(self, at: float) -> bool:
+        """Finished, or expired without its outcome written yet."""
+        return self.status(at) in TERMINAL
+
     def document(self, at: float | None = None) -> dict:
         at = now() if at is None else at
         out, state = self.outcome, self.state
+        status = self.status(at)
         if out:
             started, attempts, finished, error = out.started, out.attempts, out.finished, out.error
         else:
             started = state.started if state and state.holds(at) else None
             attempts = state.attempt if state else 0
-            finished, error = None, None
+            finished, error = (self.expires, self.expiry_error) if status == "expired" else (None, None)
         return {
             "task_id": self.task_id,
             "model": self.model,
-            "status": self.status(at),
+            "status": status,
             "created_at": iso(self.created),
             "started_at": iso(started),
             "finished_at": iso(finished),

@@ -1,8 +1,12 @@
 """Building responses, and the wrapper every HTTP function goes through.
 
 The wrapper loads the settings, answers 405 for methods the route does not list, checks the key,
-and turns every failure into one JSON sentence: `Rejected` as it says, storage outages as 503,
-anything else as a logged 500. Nothing raised ever reaches the host as a traceback.
+and turns every failure into one JSON sentence: the store's domain errors by the STATUS table,
+`Rejected` as it says, storage outages as 503, anything else as a logged 500. Nothing raised ever
+reaches the host as a traceback. Every answer says `X-Content-Type-Options: nosniff`.
+
+The checks that need no body (method, key) are also offered to a host before it reads the body
+(`run.gate`, see `Gate`): the dev host uses it to refuse a request without buffering what it sends.
 """
 
 from __future__ import annotations
@@ -15,17 +19,35 @@ import azure.functions as func
 from azure.core.exceptions import ClientAuthenticationError
 
 from . import auth
-from .errors import Rejected
+from .errors import (BrokerError, IdempotencyConflict, LeaseLost, Rejected, TaskCancelled, TaskChanging, TaskExpired,
+                     TaskFinished, TaskNotFound)
 from .settings import Settings, SettingsError, load
 from .storage import is_outage
 
 log = logging.getLogger("broker")
 
 ALL_METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]
+NOSNIFF = {"X-Content-Type-Options": "nosniff"}
+
+# The one place a domain error becomes a status code.
+STATUS: dict[type, int] = {
+    TaskNotFound: 404,
+    LeaseLost: 409,
+    TaskFinished: 409,
+    IdempotencyConflict: 409,
+    TaskCancelled: 410,
+    TaskExpired: 410,
+    TaskChanging: 503,
+}
+WITH_DOCUMENT = (409, 410, 422)  # answers that are the task's status document, when there is one
+
+
+def status_of(exc: BrokerError) -> int:
+    return exc.status if isinstance(exc, Rejected) else STATUS[type(exc)]
 
 
 def json_response(body: dict, status: int = 200, headers: dict | None = None) -> func.HttpResponse:
-    return func.HttpResponse(json.dumps(body), status_code=status, headers=headers,
+    return func.HttpResponse(json.dumps(body), status_code=status, headers={**NOSNIFF, **(headers or {})},
                              mimetype="application/json", charset="utf-8")
 
 
@@ -38,30 +60,68 @@ def tasks_response(tasks: list[dict]) -> func.HttpResponse:
         head = json.dumps({key: value for key, value in task.items() if key != "payload"}).encode()
         pieces += [b", " if i else b"", head[:-1], b', "payload": "', base64.b64encode(task["payload"]), b'"}']
     pieces.append(b"]}")
-    return func.HttpResponse(b"".join(pieces), mimetype="application/json", charset="utf-8")
+    return func.HttpResponse(b"".join(pieces), mimetype="application/json", charset="utf-8", headers=dict(NOSNIFF))
 
 
 def error_response(status: int, message: str, headers: dict | None = None) -> func.HttpResponse:
     return json_response({"error": message}, status, headers)
 
 
-def endpoint(methods: tuple[str, ...], role: str | None = None):
-    """Wrap `async def f(req, settings)` into the `async def f(req)` the Functions host calls."""
+def wrong_method(methods: tuple[str, ...]) -> func.HttpResponse:
+    return error_response(405, f"this route accepts {' and '.join(methods)} only", {"Allow": ", ".join(methods)})
+
+
+def refusal(exc: BrokerError) -> func.HttpResponse:
+    status = status_of(exc)
+    if exc.document is not None and status in WITH_DOCUMENT:
+        return json_response({**exc.document, "error": exc.document.get("error") or exc.message}, status, exc.headers)
+    return error_response(status, exc.message, exc.headers)
+
+
+class Gate:
+    """What a route checks before its body matters: the method and the key. A host that can answer
+    before reading the body calls `check` with the request line and headers, and reads at most
+    `body_limit()` bytes; the wrapped function checks the same again on the full request."""
+
+    def __init__(self, methods: tuple[str, ...], role: str | None, body_limit) -> None:
+        self.methods, self.role, self._body_limit = methods, role, body_limit
+
+    def check(self, method: str, headers: dict) -> func.HttpResponse | None:
+        if method.upper() not in self.methods:
+            return wrong_method(self.methods)
+        try:
+            settings = load()
+            auth.check_headers(headers, settings, self.role)
+        except BrokerError as exc:
+            return refusal(exc)
+        except SettingsError:
+            return None  # the function itself answers that, with the log line
+        return None
+
+    def body_limit(self) -> int:
+        try:
+            return self._body_limit(load())
+        except SettingsError:
+            return 0
+
+
+def endpoint(methods: tuple[str, ...], role: str | None = None, body_limit=lambda settings: 64 * 1024):
+    """Wrap `async def f(req, settings)` into the `async def f(req)` the Functions host calls.
+
+    `body_limit(settings)` is the most a request body to this route may be, for hosts that stream it."""
 
     def wrap(handler):
         async def run(req: func.HttpRequest) -> func.HttpResponse:
             if req.method.upper() not in methods:
-                return error_response(405, f"this route accepts {' and '.join(methods)} only",
-                                      {"Allow": ", ".join(methods)})
+                return wrong_method(methods)
             try:
                 settings: Settings = load()
                 auth.check(req, settings, role)
-                return await handler(req, settings)
-            except Rejected as exc:
-                if exc.document is not None and exc.status in (409, 410, 422):
-                    return json_response({**exc.document, "error": exc.document.get("error") or exc.message},
-                                         exc.status, exc.headers)
-                return error_response(exc.status, exc.message, exc.headers)
+                response = await handler(req, settings)
+                response.headers.update(NOSNIFF)
+                return response
+            except BrokerError as exc:
+                return refusal(exc)
             except SettingsError as exc:
                 log.error("broker misconfigured: %s", exc)
                 return error_response(503, f"the broker is misconfigured: {exc}")
@@ -82,6 +142,7 @@ def endpoint(methods: tuple[str, ...], role: str | None = None):
         run.__name__ = handler.__name__
         run.__qualname__ = handler.__qualname__
         run.__doc__ = handler.__doc__
+        run.gate = Gate(methods, role, body_limit)
         return run
 
     return wrap

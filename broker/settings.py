@@ -7,9 +7,11 @@ and it keeps a module import free of side effects. An empty value counts as unse
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 
-from .lease import secret_for
+MODEL_NAME = re.compile(r"[a-z0-9]+(-[a-z0-9]+)*")  # it becomes part of a storage queue name
+MAX_MODEL_CHARS = 40
 
 AZURITE_CONNECTION = (
     "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
@@ -27,7 +29,12 @@ DEFAULTS = {
     "BROKER_RESULT_TTL_SECONDS": "86400",
     "BROKER_CLEANUP_BATCH": "1000",
     "BROKER_STORAGE_TIMEOUT_SECONDS": "20",
+    "BROKER_LEASE_SECRET": "",
+    "BROKER_QUEUED_TTL_SECONDS": "86400",
+    "BROKER_MODELS": "",
+    "BROKER_MAX_CLAIM_BYTES": str(32 * 1024 * 1024),
 }
+MIN_SECRET_CHARS = 32
 
 
 class SettingsError(ValueError):
@@ -64,11 +71,26 @@ class Settings:
     result_ttl_seconds: int
     cleanup_batch: int
     storage_timeout_seconds: int
+    queued_ttl_seconds: int = 86400
+    models: tuple[str, ...] = ()  # the model names served; empty: any
+    max_claim_bytes: int = 32 * 1024 * 1024
+    secrets: tuple[str, ...] = ()  # BROKER_LEASE_SECRET, checked when first used
 
     @property
-    def lease_secret(self) -> bytes:
-        """Signs lease tokens: derived from the storage credentials every instance of the app shares."""
-        return secret_for(self.storage_connection)
+    def lease_secrets(self) -> tuple[bytes, ...]:
+        """The secrets that sign lease tokens and key idempotent task ids: the first signs, any verifies.
+
+        Checked when needed rather than at load, so a broker without one still takes plain submits
+        and answers reads (a worker route answers 503 saying what to set)."""
+        if not self.secrets:
+            raise SettingsError("set BROKER_LEASE_SECRET to a long random value (the same on every instance)")
+        if any(len(secret) < MIN_SECRET_CHARS for secret in self.secrets):
+            raise SettingsError(f"every BROKER_LEASE_SECRET value must be at least {MIN_SECRET_CHARS} characters")
+        return tuple(secret.encode() for secret in self.secrets)
+
+    def check_lease_secret(self) -> None:
+        """Raise the SettingsError that says what to set, if BROKER_LEASE_SECRET is unusable."""
+        self.lease_secrets
 
 
 def connection_string() -> str:
@@ -91,4 +113,16 @@ def load() -> Settings:
         result_ttl_seconds=_int("BROKER_RESULT_TTL_SECONDS", 1, 365 * 86400),
         cleanup_batch=_int("BROKER_CLEANUP_BATCH", 1, 100_000),
         storage_timeout_seconds=_int("BROKER_STORAGE_TIMEOUT_SECONDS", 1, 600),
+        queued_ttl_seconds=_int("BROKER_QUEUED_TTL_SECONDS", 1, 365 * 86400),
+        models=_models(),
+        max_claim_bytes=_int("BROKER_MAX_CLAIM_BYTES", 1, 1024 * 1024 * 1024),
+        secrets=_keys("BROKER_LEASE_SECRET"),
     )
+
+
+def _models() -> tuple[str, ...]:
+    names = _keys("BROKER_MODELS")
+    for name in names:
+        if len(name) > MAX_MODEL_CHARS or not MODEL_NAME.fullmatch(name):
+            raise SettingsError(f"setting BROKER_MODELS holds {name[:50]!r}, which is not a model name")
+    return names

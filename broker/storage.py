@@ -1,17 +1,33 @@
-"""The storage clients: one blob and one queue service client per event loop, reused.
+"""The one module that talks to the storage SDK: blob containers and task queues, as small records.
 
-Retries are short and few on purpose: a request to the broker must answer (503 if need be)
-rather than hang while storage is away, and the caller retries.
+The store (store.py) reads as state transitions over these calls; every "is it there", "write it
+unless it changed" and "delete it if it is still there" idiom is spelled once, here:
+- `Container.head/read` answer None for a blob that is not there;
+- `Container.create` answers None when the blob exists (If-None-Match: *), `set_metadata` when it
+  changed or went (If-Match on its etag);
+- `Queues.update` raises `MessageGone` (deleted, or expired at its time-to-live) or `ReceiptStale`
+  (another receive or update replaced that pop receipt), so callers can tell the two apart.
+Everything else (a timeout, a 5xx) propagates, and the HTTP edge answers it 503.
+
+One blob and one queue service client per event loop, reused. Retries are short and few on
+purpose: a request to the broker must answer (503 if need be) rather than hang while storage is
+away, and the caller retries.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 
-from azure.core.exceptions import HttpResponseError, ResourceExistsError, ServiceRequestError, ServiceResponseError
+import aiohttp
+from azure.core import MatchConditions
+from azure.core.exceptions import (HttpResponseError, ResourceExistsError, ResourceModifiedError,
+                                   ResourceNotFoundError, ServiceRequestError, ServiceResponseError)
+from azure.storage.blob import ContentSettings
 from azure.storage.blob.aio import BlobServiceClient, ContainerClient
 from azure.storage.blob.aio import LinearRetry as BlobRetry
+from azure.storage.queue import QueueMessage
 from azure.storage.queue._shared.policies_async import LinearRetry as QueueRetry
 from azure.storage.queue.aio import QueueClient, QueueServiceClient
 
@@ -20,14 +36,206 @@ OUTBOX = "outbox"
 QUEUE_PREFIX = "tasks-"
 
 
-class StorageUnavailable(Exception):
-    """Storage did not answer, or answered with a server error."""
+def unparseable(exc: BaseException) -> bool:
+    """Storage answered, but with a response the HTTP client refuses to parse (a header field over
+    8 KiB: a blob whose metadata no version of the broker writes). Asking again will not help."""
+    return isinstance(exc, ServiceResponseError) and isinstance(exc.inner_exception, aiohttp.ClientResponseError)
 
 
 def is_outage(exc: BaseException) -> bool:
+    """Storage did not answer, or answered with a server error."""
+    if unparseable(exc):
+        return False
     if isinstance(exc, (ServiceRequestError, ServiceResponseError, asyncio.TimeoutError, ConnectionError)):
         return True
     return isinstance(exc, HttpResponseError) and (exc.status_code or 0) >= 500
+
+
+class MessageGone(Exception):
+    """The queue message does not exist: deleted, or past its time-to-live."""
+
+
+class ReceiptStale(Exception):
+    """The pop receipt is not the message's current one: a later receive or update replaced it."""
+
+
+@dataclass(frozen=True)
+class Blob:
+    name: str
+    metadata: dict
+    etag: str
+    content_type: str | None
+    created: float
+    size: int = 0
+    body: bytes | None = None
+
+
+@dataclass(frozen=True)
+class Message:
+    id: str
+    receipt: str
+    content: object = None
+    dequeue_count: int = 0
+    visible_at: float | None = None  # when it becomes visible again (the lease's end), storage's clock
+
+
+def _blob(properties, body: bytes | None = None) -> Blob:
+    settings = properties.content_settings
+    created = properties.creation_time or properties.last_modified
+    return Blob(properties.name, dict(properties.metadata or {}), properties.etag,
+                settings.content_type if settings else None, created.timestamp() if created else 0.0,
+                properties.size or 0, body)
+
+
+def _message(message: QueueMessage) -> Message:
+    visible = message.next_visible_on
+    return Message(message.id, message.pop_receipt, message.content, message.dequeue_count or 0,
+                   visible.timestamp() if visible else None)
+
+
+class Container:
+    """One blob container, its blobs named by task id."""
+
+    def __init__(self, client: ContainerClient) -> None:
+        self.client = client
+
+    async def head(self, name: str) -> Blob | None:
+        try:
+            return _blob(await self.client.get_blob_client(name).get_blob_properties())
+        except ResourceNotFoundError:
+            return None
+
+    async def read(self, name: str) -> Blob | None:
+        try:
+            downloader = await self.client.get_blob_client(name).download_blob()
+            body = await downloader.readall()
+        except ResourceNotFoundError:
+            return None
+        return _blob(downloader.properties, body)
+
+    async def create(self, name: str, body: bytes, metadata: dict, content_type: str) -> str | None:
+        """Write a new blob; its etag, or None if a blob of that name exists."""
+        try:
+            written = await self.client.get_blob_client(name).upload_blob(
+                body, overwrite=False, metadata=metadata, content_settings=ContentSettings(content_type=content_type))
+        except ResourceExistsError:
+            return None
+        return written["etag"]
+
+    async def put(self, name: str, body: bytes, metadata: dict, content_type: str) -> str:
+        written = await self.client.get_blob_client(name).upload_blob(
+            body, overwrite=True, metadata=metadata, content_settings=ContentSettings(content_type=content_type))
+        return written["etag"]
+
+    async def set_metadata(self, name: str, metadata: dict, etag: str) -> str | None:
+        """Replace the metadata if the blob is unchanged since `etag`; the new etag, or None if it
+        changed or is gone."""
+        try:
+            written = await self.client.get_blob_client(name).set_blob_metadata(
+                metadata, etag=etag, match_condition=MatchConditions.IfNotModified)
+        except (ResourceModifiedError, ResourceNotFoundError):
+            return None
+        return written["etag"]
+
+    async def delete(self, name: str, etag: str | None = None) -> None:
+        """Delete the blob if it is there (and unchanged since `etag`, given one)."""
+        kwargs = dict(etag=etag, match_condition=MatchConditions.IfNotModified) if etag else {}
+        try:
+            await self.client.get_blob_client(name).delete_blob(**kwargs)
+        except (ResourceNotFoundError, ResourceModifiedError):
+            pass
+
+    async def page(self, continuation: str | None, size: int, metadata: bool = False) -> tuple[list[Blob], str | None]:
+        """One page of the listing from `continuation`, and where the next page starts (None: the end)."""
+        pages = self.client.list_blobs(include=["metadata"] if metadata else None,
+                                       results_per_page=size).by_page(continuation_token=continuation)
+        async for page in pages:
+            return [_blob(properties) async for properties in page], pages.continuation_token or None
+        return [], None
+
+    async def ensure(self) -> None:
+        await _create(self.client.create_container())
+
+
+class Queues:
+    """The task queues, one per model (`tasks-<model>`), created on first send."""
+
+    def __init__(self, service: QueueServiceClient) -> None:
+        self.service = service
+        self._clients: dict[str, QueueClient] = {}
+        self._ready: set[str] = set()
+
+    def _queue(self, model: str) -> QueueClient:
+        client = self._clients.get(model)
+        if client is None:
+            client = self._clients[model] = self.service.get_queue_client(QUEUE_PREFIX + model)
+        return client
+
+    async def send(self, model: str, content: str, ttl: int) -> Message:
+        queue = self._queue(model)
+        if model not in self._ready:
+            await _create(queue.create_queue())
+            self._ready.add(model)
+        try:
+            return _message(await queue.send_message(content, time_to_live=ttl))
+        except ResourceNotFoundError:  # deleted since this instance created it
+            self._ready.discard(model)
+            await _create(queue.create_queue())
+            self._ready.add(model)
+            return _message(await queue.send_message(content, time_to_live=ttl))
+
+    async def receive(self, model: str, count: int, visibility: int) -> list[Message]:
+        pages = self._queue(model).receive_messages(messages_per_page=count, max_messages=count,
+                                                    visibility_timeout=visibility)
+        try:
+            async for page in pages.by_page():
+                return [_message(message) async for message in page]
+        except ResourceNotFoundError:  # no task was ever submitted for this model
+            pass
+        return []
+
+    async def update(self, model: str, msg: str, receipt: str, visibility: int) -> Message:
+        """Make the message visible again in `visibility` seconds; the message with its new receipt."""
+        try:
+            updated = await self._queue(model).update_message(msg, pop_receipt=receipt, visibility_timeout=visibility)
+        except ResourceNotFoundError:
+            raise MessageGone(msg) from None
+        except HttpResponseError as exc:
+            if is_outage(exc):
+                raise
+            raise ReceiptStale(msg) from None
+        return Message(msg, updated.pop_receipt, None, 0,
+                       updated.next_visible_on.timestamp() if updated.next_visible_on else None)
+
+    async def delete(self, model: str, msg: str, receipt: str) -> None:
+        """Delete the message if that receipt is still its current one; quiet if it is gone or stale."""
+        try:
+            await self._queue(model).delete_message(msg, receipt)
+        except (ResourceNotFoundError, HttpResponseError) as exc:
+            if is_outage(exc):
+                raise
+
+    async def depth(self, model: str) -> int:
+        """Messages in the model's queue, leased ones included (Azure's approximate count)."""
+        try:
+            properties = await self._queue(model).get_queue_properties()
+        except ResourceNotFoundError:
+            return 0
+        return properties.approximate_message_count or 0
+
+    async def models(self, limit: int) -> tuple[list[str], bool]:
+        """Up to `limit` models that have a queue, and whether there are more."""
+        names = []
+        async for queue in self.service.list_queues(name_starts_with=QUEUE_PREFIX, results_per_page=limit + 1):
+            if len(names) == limit:
+                return names, True
+            names.append(queue.name[len(QUEUE_PREFIX):])
+        return names, False
+
+    async def close(self) -> None:
+        for client in self._clients.values():
+            await client.close()
+        await self.service.close()
 
 
 class Storage:
@@ -40,39 +248,27 @@ class Storage:
         options = dict(connection_timeout=3, read_timeout=timeout, use_env_settings=False)
         self.blobs = BlobServiceClient.from_connection_string(
             connection, retry_policy=BlobRetry(backoff=0.3, retry_total=2, random_jitter_range=0.2), **options)
-        self.queues = QueueServiceClient.from_connection_string(
+        queues = QueueServiceClient.from_connection_string(
             connection, retry_policy=QueueRetry(backoff=0.3, retry_total=2, random_jitter_range=0.2), **options)
-        self.inbox: ContainerClient = self.blobs.get_container_client(INBOX)
-        self.outbox: ContainerClient = self.blobs.get_container_client(OUTBOX)
-        self._queue_clients: dict[str, QueueClient] = {}
+        self.inbox = Container(self.blobs.get_container_client(INBOX))
+        self.outbox = Container(self.blobs.get_container_client(OUTBOX))
+        self.queues = Queues(queues)
         self._containers_ready = False
-        self._queues_ready: set[str] = set()
-
-    def queue(self, model: str) -> QueueClient:
-        client = self._queue_clients.get(model)
-        if client is None:
-            client = self._queue_clients[model] = self.queues.get_queue_client(QUEUE_PREFIX + model)
-        return client
 
     async def ensure_containers(self) -> None:
         if self._containers_ready:
             return
-        await asyncio.gather(_create(self.inbox.create_container()), _create(self.outbox.create_container()))
+        await asyncio.gather(self.inbox.ensure(), self.outbox.ensure())
         self._containers_ready = True
 
-    async def ensure_queue(self, model: str) -> None:
-        if model not in self._queues_ready:
-            await _create(self.queue(model).create_queue())
-            self._queues_ready.add(model)
-
-    def forget_queue(self, model: str) -> None:
-        self._queues_ready.discard(model)
+    async def ping(self) -> None:
+        """Both services answer (for /health)."""
+        await asyncio.gather(self.inbox.client.get_container_properties(),
+                             self.queues.service.get_service_properties())
 
     async def close(self) -> None:
-        for client in self._queue_clients.values():
-            await client.close()
-        await self.blobs.close()
         await self.queues.close()
+        await self.blobs.close()
 
 
 async def _create(coro) -> None:

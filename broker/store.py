@@ -1,52 +1,74 @@
-"""The task store: every task operation, over the inbox/outbox containers and a queue per model.
+"""The task store: every task operation, as state transitions over the inbox/outbox blobs and a
+queue per model (storage.py does the talking to storage).
 
-Semantics (docs/API.md, DESIGN.md):
-- claim = receive from the model's queue with a visibility timeout (the lease); the lease token
-  carries the message id and pop receipt;
-- heartbeat = update_message (a new pop receipt, so a new token);
-- complete = write the outbox blob with If-None-Match: * (the first outcome wins), then delete the
-  message and the inbox blob; a crash in between is healed by the next claim, which finds the
-  outbox blob and drops the message;
-- the inbox blob's lease state is written with If-Match on its etag, so of two messages for one
-  task (an idempotent retry may enqueue a second) only one is ever held at a time.
+Semantics (docs/API.md):
+- submit = the payload blob, then one queue message (its time-to-live the task's queued TTL);
+  an idempotent submit marks in the blob that the message was sent, so a retry with the key sends
+  it only if the first submit died before doing so, and a task never has two live messages;
+- claim = receive with a visibility timeout (the lease), then write the lease state into the inbox
+  blob's metadata with If-Match on its etag. The state names the claim (counted per task) and its
+  current pop receipt, and it alone says which token is live: every call with any other token is
+  refused before anything is written;
+- heartbeat = update the message (a new pop receipt, so a new token), then the state;
+- give back / retryable failure = hold the message a few seconds, write the state, then make the
+  message visible: the next claim always reads how the last one ended;
+- finish = write the outbox blob with If-None-Match: * (the first outcome wins), then delete the
+  message and the inbox blob; a crash in between is healed by the next claim or a repeated put;
+- a task not started within BROKER_QUEUED_TTL_SECONDS of its submit reads `expired`, and whoever
+  meets it next (a claim, a put, a cancel, the sweep) writes that outcome and deletes its payload.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import hmac
 import json
+import logging
 import time
 import uuid
 
-from azure.core import MatchConditions
-from azure.core.exceptions import (HttpResponseError, ResourceExistsError, ResourceModifiedError,
-                                   ResourceNotFoundError)
-from azure.storage.blob import ContentSettings
-from azure.storage.queue import QueueMessage
-
-from .errors import Rejected, not_found
-from .lease import Lease
-from .records import LeaseState, Outcome, Submission, Task, clip_error, iso, now
+from .errors import (IdempotencyConflict, LeaseLost, TaskCancelled, TaskChanging, TaskExpired, TaskFinished,
+                     TaskNotFound)
+from .lease import Lease, receipt_hash
+from .records import (Enqueued, LeaseState, Outcome, Submission, Task, TaskMessage, clip_error, expiry_error,
+                      iso, now)
 from .settings import Settings
-from .storage import QUEUE_PREFIX, Storage
+from .storage import Blob, Message, MessageGone, ReceiptStale, Storage, is_outage
 from .wakeups import Wakeups
+
+log = logging.getLogger("broker.store")
 
 POLL_FIRST = 0.02  # long-poll backoff: tens of milliseconds, capped at POLL_CAP
 POLL_CAP = 0.1
 RESULT_POLL_CAP = 0.5  # getresult?wait= polls storage for results committed by other instances
 CLEANUP_PARALLEL = 32
+SWEEP_PAGE = 1000  # inbox blobs the sweep looks at per listing page
+SWEEP_PAGES = 20  # pages per run at most; the next run goes on from there
+RELEASE_HOLD = 5  # seconds a freed message stays invisible while its state is written
+CLAIM_TRIES = 3  # a claim's state write that meets a changed blob reads it again, this many times
+MAX_STATS_MODELS = 100
 JSON = "application/json"
 
 
-def idempotent_id(scope: str, key: str) -> str:
-    """The task id an Idempotency-Key maps to: two submits with one key race for one blob name."""
-    digest = hashlib.sha256(f"{scope}\n{key}".encode()).digest()
+def idempotent_id(secret: bytes, scope: str, key: str) -> str:
+    """The task id an Idempotency-Key maps to: two submits with one key race for one blob name, and
+    nobody without the broker's secret can compute it."""
+    digest = hmac.new(secret, f"idempotency\0{scope}\0{key}".encode(), hashlib.sha256).digest()
     return uuid.UUID(bytes=digest[:16], version=4).hex
 
 
-def _lease_lost() -> Rejected:
-    return Rejected(409, "the lease is lost: it ran out and the task was claimed again, or the task finished")
+def submission_digest(model: str, content_type: str, params: dict, payload: bytes) -> str:
+    """What two submits with one Idempotency-Key must agree on."""
+    canonical = json.dumps([model, content_type, params, hashlib.sha256(payload).hexdigest()],
+                           sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
+
+def _with(metadata: dict, **records: str) -> dict:
+    """The blob's metadata with some records replaced (set_metadata replaces all of it)."""
+    return {**metadata, **records}
 
 
 class TaskStore:
@@ -55,70 +77,50 @@ class TaskStore:
         self.settings = settings
         self.wakeups = Wakeups()
         self._looked_at: dict[str, float] = {}  # model -> when a long-poll here last began a receive
+        self._sweep_from: str | None = None  # where the next inbox sweep goes on
 
     # ---- reading -------------------------------------------------------------------------
 
-    async def _inbox_props(self, task_id: str):
-        try:
-            return await self.storage.inbox.get_blob_client(task_id).get_blob_properties()
-        except ResourceNotFoundError:
+    def _open_task(self, task_id: str, inbox: Blob) -> Task:
+        sub = Submission.from_metadata(task_id, inbox.metadata)
+        state = LeaseState.from_metadata(inbox.metadata)
+        ttl = self.settings.queued_ttl_seconds
+        return Task(task_id, sub.model, sub.created, sub.digest, state, expires=sub.expires(ttl),
+                    expiry_error=expiry_error(ttl, state is not None))
+
+    def _finished_task(self, task_id: str, out: Blob) -> Task | None:
+        """The finished task, or None once its result is past BROKER_RESULT_TTL_SECONDS."""
+        outcome = Outcome.from_metadata(out.metadata)
+        if outcome.finished + self.settings.result_ttl_seconds <= now():
             return None
+        return Task(task_id, outcome.model, outcome.created, outcome.digest, None, outcome, out.content_type)
 
-    async def _outbox_props(self, task_id: str):
-        try:
-            return await self.storage.outbox.get_blob_client(task_id).get_blob_properties()
-        except ResourceNotFoundError:
-            return None
-
-    async def _outbox_download(self, task_id: str):
-        try:
-            downloader = await self.storage.outbox.get_blob_client(task_id).download_blob()
-            return downloader.properties, await downloader.readall()
-        except ResourceNotFoundError:
-            return None
-
-    def _expired(self, outcome: Outcome, at: float) -> bool:
-        return outcome.finished + self.settings.result_ttl_seconds <= at
-
-    def _finished_task(self, task_id: str, props) -> Task | None:
-        outcome = Outcome.from_metadata(props.metadata)
-        if self._expired(outcome, now()):
-            return None
-        return Task(task_id, outcome.model, outcome.created, outcome.digest, None, outcome,
-                    props.content_settings.content_type)
-
-    @staticmethod
-    def _open_task(task_id: str, props) -> Task:
-        sub = Submission.from_metadata(task_id, props.metadata)
-        return Task(task_id, sub.model, sub.created, sub.digest, LeaseState.from_metadata(props.metadata))
-
-    async def _read_both(self, task_id: str):
-        """(outbox props, inbox props) of a task, read side by side."""
-        out, inbox = await asyncio.gather(self._outbox_props(task_id), self._inbox_props(task_id))
+    async def _read_both(self, task_id: str) -> tuple[Blob | None, Blob | None]:
+        """(outbox, inbox) blobs of a task, read side by side."""
+        out, inbox = await asyncio.gather(self.storage.outbox.head(task_id), self.storage.inbox.head(task_id))
         if out is None and inbox is None:
             # The task may have finished between the two reads (the inbox blob goes only after the
             # outbox blob is written), so look at the outbox once more before calling it unknown.
-            out = await self._outbox_props(task_id)
+            out = await self.storage.outbox.head(task_id)
         return out, inbox
 
     async def _get(self, task_id: str, with_result: bool = False) -> tuple[Task | None, bytes | None]:
         # The outbox first: a finished task (what callers mostly ask about) costs one read.
-        read_outbox = self._outbox_download if with_result else self._outbox_props
+        read_outbox = self.storage.outbox.read if with_result else self.storage.outbox.head
         out = await read_outbox(task_id)
         if out is None:
-            inbox = await self._inbox_props(task_id)
+            inbox = await self.storage.inbox.head(task_id)
             if inbox is not None:
                 return self._open_task(task_id, inbox), None
             out = await read_outbox(task_id)  # it may have finished between the two reads
             if out is None:
                 return None, None
-        props, body = out if with_result else (out, None)
-        return self._finished_task(task_id, props), body
+        return self._finished_task(task_id, out), out.body
 
     async def status(self, task_id: str) -> dict:
         task, _ = await self._get(task_id)
         if task is None:
-            raise not_found()
+            raise TaskNotFound()
         return task.document()
 
     async def result(self, task_id: str, wait: float) -> tuple[Task, bytes | None]:
@@ -128,9 +130,9 @@ class TaskStore:
             with self.wakeups.watch("task:" + task_id) as ticket:
                 task, body = await self._get(task_id, with_result=True)
                 if task is None:
-                    raise not_found()
+                    raise TaskNotFound()
                 remaining = deadline - time.monotonic()
-                if task.finished or remaining <= 0:
+                if task.ended(now()) or remaining <= 0:
                     return task, body
                 woken = await self.wakeups.wait(ticket, min(delay, remaining))
             delay = POLL_FIRST if woken else min(delay * 2, RESULT_POLL_CAP)
@@ -142,77 +144,90 @@ class TaskStore:
         """Store the payload and enqueue the task. Returns (status document, created)."""
         await self.storage.ensure_containers()
         if idempotency_key is None:
-            sub = Submission(uuid.uuid4().hex, model, content_type, params, now())
-            await self._upload_inbox(sub, payload, overwrite=True)
-            await self._enqueue_new(sub)
+            sub = Submission(uuid.uuid4().hex, model, content_type, params, now(), None, len(payload))
+            await self.storage.inbox.put(sub.task_id, payload, sub.metadata(), content_type)
+            try:
+                await self._send(sub)
+            except BaseException:
+                # Nobody will ever be told this task id: take the payload back so nothing dangles
+                # (if that fails too, the sweep deletes it once its queued TTL has passed).
+                with contextlib.suppress(Exception):
+                    await self.storage.inbox.delete(sub.task_id)
+                raise
             return Task(sub.task_id, model, sub.created).document(), True
-        digest = hashlib.sha256(payload).hexdigest()[:32]
-        sub = Submission(idempotent_id(scope, idempotency_key), model, content_type, params, now(), digest)
+        task_id = idempotent_id(self.settings.lease_secrets[0], scope, idempotency_key)
+        sub = Submission(task_id, model, content_type, params, now(),
+                         submission_digest(model, content_type, params, payload), len(payload))
         return await self._submit_once(sub, payload)
 
-    async def _upload_inbox(self, sub: Submission, payload: bytes, overwrite: bool) -> bool:
-        try:
-            await self.storage.inbox.get_blob_client(sub.task_id).upload_blob(
-                payload, overwrite=overwrite, metadata=sub.metadata(),
-                content_settings=ContentSettings(content_type=sub.content_type))
-            return True
-        except ResourceExistsError:
-            return False
-
-    async def _enqueue_new(self, sub: Submission, take_back: bool = True) -> None:
-        try:
-            await self._enqueue(sub.model, sub.task_id)
-        except BaseException:
-            if take_back:
-                # Nobody will ever be told this task id: take the payload back so nothing dangles.
-                await self._delete_inbox(sub.task_id)
-            raise
-
-    async def _enqueue(self, model: str, task_id: str) -> None:
-        queue = self.storage.queue(model)
-        try:
-            await queue.send_message(task_id, time_to_live=-1)
-        except ResourceNotFoundError:
-            self.storage.forget_queue(model)
-            await self.storage.ensure_queue(model)
-            await queue.send_message(task_id, time_to_live=-1)
-        self.wakeups.notify("model:" + model)
+    async def _send(self, sub: Submission) -> Message:
+        """The task's queue message, living as long as the task may wait queued."""
+        ttl = max(1, int(sub.expires(self.settings.queued_ttl_seconds) - now()))
+        message = await self.storage.queues.send(sub.model, TaskMessage(sub.task_id, sub.size).dump(), ttl)
+        self.wakeups.notify("model:" + sub.model)
+        return message
 
     async def _submit_once(self, sub: Submission, payload: bytes) -> tuple[dict, bool]:
-        created, out = await asyncio.gather(self._upload_inbox(sub, payload, overwrite=False),
-                                            self._outbox_props(sub.task_id))
+        etag, out = await asyncio.gather(
+            self.storage.inbox.create(sub.task_id, payload, _with(sub.metadata(), **Enqueued(pending=sub.created).metadata()),
+                                      sub.content_type),
+            self.storage.outbox.head(sub.task_id))
         if out is not None:
             finished = self._finished_task(sub.task_id, out)
             if finished is not None:
-                if created:
-                    await self._delete_inbox(sub.task_id)
+                if etag:
+                    await self.storage.inbox.delete(sub.task_id, etag)
                 return self._same_submission(finished, sub), False
-            await self._delete_quietly(self.storage.outbox, sub.task_id, etag=out.etag)  # expired leftover
-        if created:
-            # No take-back: a concurrent submit with this key may already have answered 202 for
-            # this blob, and a retry with the key enqueues it again (it is never claimed yet).
-            await self._enqueue_new(sub, take_back=False)
+            await self.storage.outbox.delete(sub.task_id, out.etag)  # an expired leftover
+        if etag is not None:
+            await self._send_once(sub, etag)
             return Task(sub.task_id, sub.model, sub.created).document(), True
-        props = await self._inbox_props(sub.task_id)
-        if props is None:  # it finished between our two reads: read it again as a finished task
+        inbox = await self.storage.inbox.head(sub.task_id)
+        if inbox is None:  # it finished between our two reads: read it again as a finished task
             task, _ = await self._get(sub.task_id)
             if task is None:
-                raise Rejected(503, "the task changed while it was being read; retry the submit",
-                               headers={"Retry-After": "1"})
+                raise TaskChanging("the task changed while it was being read; retry the submit")
             return self._same_submission(task, sub), False
-        task = self._open_task(sub.task_id, props)
+        task = self._open_task(sub.task_id, inbox)
         document = self._same_submission(task, sub)
-        if task.state is None:
-            # Never claimed: the first submit may have died before enqueueing. A second message
-            # is harmless (claims hold one at a time and drop the spare); a lost task is not.
-            await self._enqueue(sub.model, sub.task_id)
+        if self._send_was_lost(task, inbox):
+            await self._take_over_send(inbox)
         return document, False
+
+    async def _send_once(self, sub: Submission, etag: str) -> None:
+        """Send the task's message and mark it sent; if the blob changed meanwhile, keep the message
+        only if a claim already took it (a retry with the key took the sending over otherwise)."""
+        message = await self._send(sub)
+        if await self.storage.inbox.set_metadata(
+                sub.task_id, _with(sub.metadata(), **Enqueued(msg=message.id).metadata()), etag) is not None:
+            return
+        inbox = await self.storage.inbox.head(sub.task_id)
+        state = LeaseState.from_metadata(inbox.metadata) if inbox else None
+        if state is None or state.msg != message.id:
+            await self.storage.queues.delete(sub.model, message.id, message.receipt)
+
+    def _send_was_lost(self, task: Task, inbox: Blob) -> bool:
+        """Never claimed, not marked sent, and the submit that stored it had ample time to send it."""
+        if task.state is not None or task.ended(now()):
+            return False
+        marker = Enqueued.from_metadata(inbox.metadata)
+        if marker is not None and marker.msg:
+            return False
+        since = marker.pending if marker and marker.pending else task.created
+        return since + 3 * self.settings.storage_timeout_seconds <= now()
+
+    async def _take_over_send(self, inbox: Blob) -> None:
+        sub = Submission.from_metadata(inbox.name, inbox.metadata)
+        etag = await self.storage.inbox.set_metadata(
+            inbox.name, _with(inbox.metadata, **Enqueued(pending=now()).metadata()), inbox.etag)
+        if etag is not None:  # else another retry is taking it over right now
+            await self._send_once(sub, etag)
 
     @staticmethod
     def _same_submission(task: Task, sub: Submission) -> dict:
         if task.model != sub.model or (task.digest and task.digest != sub.digest):
-            raise Rejected(409, "this Idempotency-Key was already used with a different payload or model",
-                           task.document())
+            raise IdempotencyConflict("this Idempotency-Key was already used with a different payload, model, "
+                                      "params or content type", task.document())
         return task.document()
 
     # ---- claiming ------------------------------------------------------------------------
@@ -242,11 +257,11 @@ class TaskStore:
                 woken = await self.wakeups.wait(ticket, waited)
             delay = POLL_FIRST if woken else min(delay * 2, POLL_CAP)
 
-    async def _look(self, model: str, max_tasks: int, lease_seconds: int) -> list[QueueMessage]:
+    async def _look(self, model: str, max_tasks: int, lease_seconds: int) -> list[Message]:
         """Receive, noting when: long-polls on one model in this instance share one storage poll per
         backoff interval (a look in flight counts) instead of each polling on its own."""
         self._looked_at[model] = time.monotonic()
-        messages = await self._receive(model, max_tasks, lease_seconds)
+        messages = await self.storage.queues.receive(model, max_tasks, lease_seconds)
         if len(messages) >= max_tasks:
             self.wakeups.notify("model:" + model)  # there may be more: the other long-polls look now
         return messages
@@ -254,280 +269,363 @@ class TaskStore:
     def _looked_within(self, model: str, seconds: float) -> bool:
         return time.monotonic() - self._looked_at.get(model, float("-inf")) < seconds
 
-    async def _receive(self, model: str, count: int, lease_seconds: int) -> list[QueueMessage]:
-        pages = self.storage.queue(model).receive_messages(
-            messages_per_page=count, max_messages=count, visibility_timeout=lease_seconds)
-        try:
-            async for page in pages.by_page():
-                return [message async for message in page]
-        except ResourceNotFoundError:  # no task was ever submitted for this model
-            pass
-        return []
+    async def _take_all(self, model: str, messages: list[Message], lease_seconds: int) -> list[dict]:
+        """Take what the claim's byte budget allows, in order; release the rest at once, untouched.
 
-    async def _take_all(self, model: str, messages: list[QueueMessage], lease_seconds: int) -> list[dict]:
-        firsts: dict[str, QueueMessage] = {}
-        spares = []
+        A task that cannot be taken does not sink the others: a storage error releases its message,
+        a record that cannot be read fails that task alone."""
+        chosen, drop, defer = [], [], []
+        seen: set[str] = set()
+        budget = self.settings.max_claim_bytes
         for message in messages:
-            if message.content in firsts:
-                spares.append(message)  # two messages of one task in one batch: hold one
+            task = TaskMessage.parse(message.content)
+            if task is None or task.task_id in seen:
+                drop.append(message)  # not a task message, or a second message of one task in this batch
+            elif defer or (chosen and task.size > budget):
+                defer.append(message)  # past the claim's byte budget: it stays queued, its attempt unspent
             else:
-                firsts[message.content] = message
-        results = await asyncio.gather(*(self._take(model, m, lease_seconds) for m in firsts.values()),
-                                       *(self._drop(model, m.id, m.pop_receipt) for m in spares))
-        return [task for task in results[: len(firsts)] if task]
+                chosen.append((message, task.task_id))
+                seen.add(task.task_id)
+                budget -= task.size
+        results = await asyncio.gather(*(self._take(model, m, t, lease_seconds) for m, t in chosen),
+                                       return_exceptions=True)
+        outages = [r for r in results if isinstance(r, BaseException) and is_outage(r)]
+        for (message, task_id), result in zip(chosen, results):
+            if isinstance(result, BaseException) and not is_outage(result):
+                await self._give_up_unreadable(model, message, task_id, result)
+            elif isinstance(result, BaseException):
+                defer.append(message)
+        await self._quietly(*(self._drop(model, m) for m in drop), *(self._release(model, m) for m in defer))
+        tasks = [r for r in results if isinstance(r, dict)]
+        if outages and not tasks:
+            raise outages[0]
+        return tasks
 
-    async def _take(self, model: str, message: QueueMessage, lease_seconds: int) -> dict | None:
-        """Turn a received message into a claimed task, or drop it if it is stale."""
-        task_id = message.content
-        if not (isinstance(task_id, str) and len(task_id) == 32):
-            await self._drop(model, message.id, message.pop_receipt)
-            return None
-        blob = self.storage.inbox.get_blob_client(task_id)
+    async def _take(self, model: str, message: Message, task_id: str, lease_seconds: int) -> dict | None:
+        """Turn a received message into a claimed task, or settle it (drop, expire, give up)."""
         # On a first delivery an outcome exists only if a cancel or a finish did not get to delete
-        # the inbox blob (a cancelled task's only message, or a spare message of an idempotent
-        # resubmit); the first-wins outbox keeps that rare case harmless (its worker's heartbeat
+        # the inbox blob; the first-wins outbox keeps that rare case harmless (its worker's heartbeat
         # and put get 409/410, and the put tidies up), so skip the outbox read.
-        first_delivery = (message.dequeue_count or 0) <= 1
-        inbox, out = await asyncio.gather(self._download(blob),
-                                          _nothing() if first_delivery else self._outbox_props(task_id))
+        first_delivery = message.dequeue_count <= 1
+        inbox, out = await asyncio.gather(self.storage.inbox.read(task_id),
+                                          _nothing() if first_delivery else self.storage.outbox.head(task_id))
         if out is not None or inbox is None:  # finished (maybe healed now), cancelled or expired
-            await asyncio.gather(self._drop(model, message.id, message.pop_receipt),
-                                 self._delete_inbox(task_id) if inbox is not None else _nothing())
+            await asyncio.gather(self._drop(model, message),
+                                 self.storage.inbox.delete(task_id) if inbox is not None else _nothing())
             return None
-        props, payload = inbox
-        sub = Submission.from_metadata(task_id, props.metadata)
-        state = LeaseState.from_metadata(props.metadata)
-        at = now()
-        if state and state.msg != message.id and state.holds(at):
-            await self._drop(model, message.id, message.pop_receipt)  # a spare message of a held task
+        payload = inbox.body
+        for _ in range(CLAIM_TRIES):
+            sub = Submission.from_metadata(task_id, inbox.metadata)
+            state = LeaseState.from_metadata(inbox.metadata)
+            at = now()
+            if state and state.holds(at) and state.msg != message.id:
+                await self._drop(model, message)  # a spare message of a task another claim holds
+                return None
+            if at >= sub.expires(self.settings.queued_ttl_seconds):
+                await self._expire(sub, state, message)
+                return None
+            attempt, givebacks, error = state.next_attempt(self.settings.max_attempts) if state else (1, 0, None)
+            if attempt > self.settings.max_attempts:
+                await self._give_up(sub, state, message, attempt - 1, error)
+                return None
+            claimed = LeaseState(message.id, at + lease_seconds, at, attempt, givebacks, error,
+                                 claim=(state.claim if state else 0) + 1, receipt=receipt_hash(message.receipt))
+            if await self.storage.inbox.set_metadata(task_id, _with(inbox.metadata, state=claimed.dump()),
+                                                     inbox.etag) is not None:
+                break
+            inbox = await self.storage.inbox.head(task_id)  # it changed since we read it: look again
+            if inbox is None:  # cancelled or expired meanwhile
+                await self._drop(model, message)
+                return None
+        else:
+            await self._release(model, message)
             return None
-        givebacks = state.givebacks if state and state.msg == message.id else 0
-        attempt = message.dequeue_count - givebacks
-        error = state.error if state else None
-        if state and state.until is not None:
-            error = "the worker's lease ran out before it put a result"
-        if attempt > self.settings.max_attempts:
-            await self._give_up(sub, state, message, attempt - 1, error)
-            return None
-        new_state = LeaseState(message.id, at + lease_seconds, at, attempt, givebacks, error)
-        try:
-            await blob.set_blob_metadata({**sub.metadata(), "state": new_state.dump()},
-                                         etag=props.etag, match_condition=MatchConditions.IfNotModified)
-        except (ResourceModifiedError, ResourceNotFoundError):
-            # Another message of this task was claimed at the same moment, or it was cancelled.
-            await self._drop(model, message.id, message.pop_receipt)
-            return None
-        lease = Lease(task_id, model, message.id, message.pop_receipt, attempt, sub.created, at, sub.digest)
-        expires = message.next_visible_on.timestamp() if message.next_visible_on else at + lease_seconds
+        lease = Lease(task_id, model, message.id, message.receipt, claimed.claim, attempt, sub.created, at, sub.digest)
         return {
             "task_id": task_id,
             "model": model,
             "params": sub.params,
             "content_type": sub.content_type,
             "payload": payload,  # raw bytes: the route encodes it (respond.tasks_response)
-            "lease": lease.encode(self.settings.lease_secret),
-            "lease_expires_at": iso(expires),
+            "lease": lease.encode(self.settings.lease_secrets),
+            "lease_expires_at": iso(message.visible_at or claimed.until),
             "attempt": attempt,
         }
 
-    async def _give_up(self, sub: Submission, state: LeaseState | None, message: QueueMessage,
-                       attempts: int, error: str | None) -> None:
+    async def _give_up(self, sub: Submission, state: LeaseState | None, message: Message, attempts: int,
+                       error: str | None) -> None:
         reason = f"gave up after {attempts} attempts: {error or 'no attempt put a result'}"
         outcome = Outcome("failed", sub.model, sub.created, now(), state.started if state else None,
                           attempts, clip_error(reason), sub.digest)
-        await self._write_outcome(sub.task_id, outcome, _error_body(outcome.error), JSON)
-        await asyncio.gather(self._drop(sub.model, message.id, message.pop_receipt),
-                             self._delete_inbox(sub.task_id))
-        self.wakeups.notify("task:" + sub.task_id)
+        await self._end(sub.task_id, sub.model, outcome, _error_body(outcome.error), JSON, message)
 
-    @staticmethod
-    async def _download(blob):
+    async def _give_up_unreadable(self, model: str, message: Message, task_id: str, exc: BaseException) -> None:
+        """A task whose stored record cannot be read (written by hand, or by a broken version) fails
+        alone and for good, rather than sinking every claim that meets it."""
+        log.warning("task %s: its stored record cannot be read (%s); it fails", task_id, type(exc).__name__)
+        error = "the broker could not read this task's stored record; submit it again"
+        outcome = Outcome("failed", model, now(), now(), None, 0, error)
         try:
-            downloader = await blob.download_blob()
-            return downloader.properties, await downloader.readall()
-        except ResourceNotFoundError:
-            return None
+            await self._end(task_id, model, outcome, _error_body(error), JSON, message)
+        except Exception as failure:  # noqa: BLE001 - its lease runs out and the next claim tries again
+            log.warning("task %s: could not record its failure either (%s)", task_id, type(failure).__name__)
+
+    async def _expire(self, sub: Submission, state: LeaseState | None, message: Message | None) -> None:
+        ttl = self.settings.queued_ttl_seconds
+        outcome = Outcome("expired", sub.model, sub.created, now(), None, state.attempt if state else 0,
+                          expiry_error(ttl, state is not None), sub.digest)
+        await self._end(sub.task_id, sub.model, outcome, b"", JSON, message)
 
     # ---- holding a lease -----------------------------------------------------------------
 
-    async def _held_state(self, lease: Lease):
-        """The inbox props and lease state of a task this lease still holds, or the right refusal."""
+    async def _held(self, lease: Lease) -> tuple[Blob, LeaseState]:
+        """The inbox blob and lease state of a task, if `lease` is its current token; else the refusal."""
         out, inbox = await self._read_both(lease.task_id)
         if out is not None:
             outcome = Outcome.from_metadata(out.metadata)
-            document = self._finished_task(lease.task_id, out)
+            task = self._finished_task(lease.task_id, out)
+            document = task.document() if task else None
             if outcome.status == "cancelled":
-                await self._drop(lease.model, lease.msg, lease.receipt)
-                raise Rejected(410, "the task was cancelled", document.document() if document else None)
-            raise Rejected(409, "the task already finished", document.document() if document else None)
+                await self._drop(lease.model, Message(lease.msg, lease.receipt))
+                raise TaskCancelled("the task was cancelled", document)
+            if outcome.status == "expired":
+                raise TaskExpired("the task expired", document)
+            raise TaskFinished("the task already finished", document)
         if inbox is None:
-            raise not_found()
+            raise TaskNotFound()
         state = LeaseState.from_metadata(inbox.metadata)
-        if state is None or state.msg != lease.msg:
-            raise _lease_lost()
+        if (state is None or state.msg != lease.msg or state.claim != lease.claim
+                or state.receipt != receipt_hash(lease.receipt)):
+            raise LeaseLost()
         return inbox, state
 
-    async def _write_state(self, lease: Lease, props, state: LeaseState) -> None:
-        sub = Submission.from_metadata(lease.task_id, props.metadata)
-        try:
-            await self.storage.inbox.get_blob_client(lease.task_id).set_blob_metadata(
-                {**sub.metadata(), "state": state.dump()}, etag=props.etag,
-                match_condition=MatchConditions.IfNotModified)
-        except (ResourceModifiedError, ResourceNotFoundError):
-            raise _lease_lost() from None
+    async def _write_state(self, lease: Lease, inbox: Blob, state: LeaseState) -> None:
+        if await self.storage.inbox.set_metadata(lease.task_id, _with(inbox.metadata, state=state.dump()),
+                                                 inbox.etag) is None:
+            await self._held(lease)  # it changed: the refusal that says how
+            raise LeaseLost()
 
-    async def _set_visibility(self, lease: Lease, seconds: int) -> QueueMessage:
-        try:
-            return await self.storage.queue(lease.model).update_message(
-                lease.msg, pop_receipt=lease.receipt, visibility_timeout=seconds)
-        except (ResourceNotFoundError, HttpResponseError) as exc:
-            if isinstance(exc, HttpResponseError) and (exc.status_code or 0) >= 500:
-                raise
-            raise _lease_lost() from None
+    def _past_ttl(self, inbox: Blob) -> bool:
+        return now() >= Submission.from_metadata(inbox.name, inbox.metadata).expires(self.settings.queued_ttl_seconds)
 
     async def extend(self, task_id: str, lease: Lease, seconds: int) -> dict:
-        props, state = await self._held_state(lease)
+        inbox, state = await self._held(lease)
         if seconds == 0:
-            # Record the give-back before the message becomes visible, so the next claim reads it.
-            state.until, state.givebacks = None, state.givebacks + 1
-            await self._write_state(lease, props, state)
-            updated = await self._set_visibility(lease, 0)
-            self.wakeups.notify("model:" + lease.model)
-            expires = now()
+            receipt = await self._free(lease, inbox, state, "back")
+            return {"lease": lease.renewed(receipt).encode(self.settings.lease_secrets), "lease_expires_at": iso(now())}
+        try:
+            updated = await self.storage.queues.update(lease.model, lease.msg, lease.receipt, seconds)
+            receipt, expires = updated.receipt, updated.visible_at
+        except ReceiptStale:
+            raise LeaseLost() from None
+        except MessageGone:
+            if not self._past_ttl(inbox):
+                raise LeaseLost() from None
+            # The message outlived its time-to-live (the queued TTL) under a running task: from
+            # here the lease state alone holds the task, and nothing redelivers it.
+            receipt, expires = lease.receipt, None
+        state.until, state.receipt = now() + seconds, receipt_hash(receipt)
+        await self._write_state(lease, inbox, state)
+        return {"lease": lease.renewed(receipt).encode(self.settings.lease_secrets),
+                "lease_expires_at": iso(expires or state.until)}
+
+    async def _free(self, lease: Lease, inbox: Blob, state: LeaseState, how: str, error: str | None = None) -> str:
+        """Give the task back to the queue (how="back") or after a retryable failure ("retry"); the
+        message's new receipt. A task past its queued TTL ends `expired` instead."""
+        if self._past_ttl(inbox):
+            await self._expire(Submission.from_metadata(lease.task_id, inbox.metadata), state,
+                               Message(lease.msg, lease.receipt))
+            return lease.receipt
+        try:  # hold the message (proving the receipt current) while the state says how the claim ended
+            held = await self.storage.queues.update(lease.model, lease.msg, lease.receipt, RELEASE_HOLD)
+        except (ReceiptStale, MessageGone):
+            raise LeaseLost() from None
+        state.until, state.freed, state.receipt = None, how, receipt_hash(held.receipt)
+        if how == "back":
+            state.givebacks += 1
         else:
-            updated = await self._set_visibility(lease, seconds)
-            state.until = now() + seconds
-            await self._write_state(lease, props, state)
-            expires = updated.next_visible_on.timestamp() if updated.next_visible_on else state.until
-        return {"lease": lease.renewed(updated.pop_receipt).encode(self.settings.lease_secret), "lease_expires_at": iso(expires)}
+            state.error = error
+        await self._write_state(lease, inbox, state)
+        await self._quietly(self._release(lease.model, held))  # else it is visible again in RELEASE_HOLD s
+        self.wakeups.notify("model:" + lease.model)
+        return held.receipt
 
     # ---- finishing -----------------------------------------------------------------------
 
     async def complete(self, lease: Lease, body: bytes, content_type: str) -> dict:
         outcome = Outcome("succeeded", lease.model, lease.created, now(), lease.started, lease.attempt,
-                          None, lease.digest, lease.fingerprint())
+                          None, lease.digest, lease.commit_id("succeeded", content_type, body))
         return await self._finish(lease, outcome, body, content_type)
 
     async def fail(self, lease: Lease, error: str, retryable: bool) -> dict:
         error = clip_error(error)
         if retryable and lease.attempt < self.settings.max_attempts:
-            return await self._requeue(lease, error)
+            inbox, state = await self._held(lease)
+            await self._free(lease, inbox, state, "retry", error)
+            task, _ = await self._get(lease.task_id)
+            return {"task_id": lease.task_id, "status": task.status(now()) if task else "queued"}
         if retryable:
             error = clip_error(f"gave up after {lease.attempt} attempts: {error}")
+        body = _error_body(error)
         outcome = Outcome("failed", lease.model, lease.created, now(), lease.started, lease.attempt,
-                          error, lease.digest, lease.fingerprint())
-        return await self._finish(lease, outcome, _error_body(error), JSON)
-
-    async def _requeue(self, lease: Lease, error: str) -> dict:
-        props, state = await self._held_state(lease)
-        state.until, state.error = None, error
-        await self._write_state(lease, props, state)
-        await self._set_visibility(lease, 0)
-        self.wakeups.notify("model:" + lease.model)
-        return {"task_id": lease.task_id, "status": "queued"}
-
-    async def _write_outcome(self, task_id: str, outcome: Outcome, body: bytes, content_type: str) -> Outcome | None:
-        """Write the outbox blob unless one exists; returns the outcome that was there first, if any."""
-        try:
-            await self.storage.outbox.get_blob_client(task_id).upload_blob(
-                body, overwrite=False, metadata=outcome.metadata(),
-                content_settings=ContentSettings(content_type=content_type))
-            return None
-        except ResourceExistsError:
-            props = await self._outbox_props(task_id)
-            if props is None:  # deleted by cleanup in between: it had expired
-                raise not_found() from None
-            return Outcome.from_metadata(props.metadata)
+                          error, lease.digest, lease.commit_id("failed", JSON, body))
+        return await self._finish(lease, outcome, body, JSON)
 
     async def _finish(self, lease: Lease, outcome: Outcome, body: bytes, content_type: str) -> dict:
         await self.storage.ensure_containers()
-        if now() >= lease.created + self.settings.result_ttl_seconds and await self._inbox_props(lease.task_id) is None:
-            # Old enough to have finished, expired and been cleaned away: nothing to put a result to.
-            # (Asked before writing: after the write, a claim healing this very write also deletes
-            # the inbox blob, so its absence then would prove nothing. Young tasks skip the read.)
-            raise not_found()
-        first = await self._write_outcome(lease.task_id, outcome, body, content_type)
-        # Finished either way: drop the message and the payload (a repeated put heals a put that
-        # wrote its outcome and then could not tidy up).
-        await asyncio.gather(self._drop(lease.model, lease.msg, lease.receipt), self._delete_inbox(lease.task_id))
+        at = now()
+        settings = self.settings
+        if at >= lease.created + min(settings.queued_ttl_seconds, settings.result_ttl_seconds):
+            # Old enough to have expired queued, or finished and been cleaned away: look before
+            # writing (after the write, a claim healing this very write also deletes the inbox
+            # blob, so its absence then would prove nothing). Young tasks skip the read.
+            inbox = await self.storage.inbox.head(lease.task_id)
+            if inbox is None and at >= lease.created + settings.result_ttl_seconds:
+                raise TaskNotFound()
+            if inbox is not None and self._open_task(lease.task_id, inbox).status(at) == "expired":
+                sub = Submission.from_metadata(lease.task_id, inbox.metadata)
+                await self._expire(sub, LeaseState.from_metadata(inbox.metadata), Message(lease.msg, lease.receipt))
+                task, _ = await self._get(lease.task_id)
+                raise TaskExpired("the task expired: its lease had run out, and it was past its queued TTL",
+                                  task.document() if task else None)
+        first = await self._end(lease.task_id, lease.model, outcome, body, content_type,
+                                Message(lease.msg, lease.receipt))
         if first is None:
-            self.wakeups.notify("task:" + lease.task_id)
             return {"task_id": lease.task_id, "status": outcome.status}
         if first.committed_by == outcome.committed_by:  # the same put, repeated
             return {"task_id": lease.task_id, "status": first.status}
         task, _ = await self._get(lease.task_id)
         document = task.document() if task else None
         if first.status == "cancelled":
-            raise Rejected(410, "the task was cancelled", document)
-        raise Rejected(409, "another attempt already put this task's outcome", document)
+            raise TaskCancelled("the task was cancelled", document)
+        if first.status == "expired":
+            raise TaskExpired("the task expired", document)
+        raise TaskFinished("the task's outcome was already put (by another attempt, or by this one with "
+                           "other content)", document)
+
+    async def _end(self, task_id: str, model: str, outcome: Outcome, body: bytes, content_type: str,
+                   message: Message | None) -> Outcome | None:
+        """Write the task's outcome unless it has one, then drop its message and payload either way
+        (so a repeat heals a finish that could not tidy up); the outcome that was there first, if any."""
+        first = None
+        if await self.storage.outbox.create(task_id, body, outcome.metadata(), content_type) is None:
+            out = await self.storage.outbox.head(task_id)
+            if out is None:  # deleted by cleanup in between: it had expired
+                raise TaskNotFound()
+            first = Outcome.from_metadata(out.metadata)
+        await asyncio.gather(self._drop(model, message) if message else _nothing(),
+                             self.storage.inbox.delete(task_id))
+        if first is None:
+            self.wakeups.notify("task:" + task_id)
+        return first
 
     async def cancel(self, task_id: str) -> dict:
         task, _ = await self._get(task_id)
         if task is None:
-            raise not_found()
+            raise TaskNotFound()
         if not task.finished:
-            state = task.state if task.state and task.state.holds(now()) else None
-            outcome = Outcome("cancelled", task.model, task.created, now(), state.started if state else None,
-                              task.state.attempt if task.state else 0, None, task.digest)
-            if await self._write_outcome(task_id, outcome, b"", JSON) is None:
-                await self._delete_inbox(task_id)
-                self.wakeups.notify("task:" + task_id)
+            at = now()
+            if task.status(at) == "expired":
+                outcome = Outcome("expired", task.model, task.created, at, None,
+                                  task.state.attempt if task.state else 0, task.expiry_error, task.digest)
+            else:
+                state = task.state if task.state and task.state.holds(at) else None
+                outcome = Outcome("cancelled", task.model, task.created, at, state.started if state else None,
+                                  task.state.attempt if task.state else 0, None, task.digest)
+            await self._end(task_id, task.model, outcome, b"", JSON, None)
             task, _ = await self._get(task_id)
             if task is None:
-                raise not_found()
+                raise TaskNotFound()
         if task.outcome.status == "cancelled":
             return task.document()
-        raise Rejected(409, f"the task already {task.outcome.status} and cannot be cancelled", task.document())
+        raise TaskFinished(f"the task already {task.outcome.status} and cannot be cancelled", task.document())
 
     # ---- housekeeping --------------------------------------------------------------------
 
-    async def _drop(self, model: str, msg: str, receipt: str) -> None:
-        try:
-            await self.storage.queue(model).delete_message(msg, receipt)
-        except (ResourceNotFoundError, HttpResponseError) as exc:
-            if isinstance(exc, HttpResponseError) and (exc.status_code or 0) >= 500:
-                raise
-            # The receipt is stale: another claim holds the message and will clean it up.
+    async def _drop(self, model: str, message: Message) -> None:
+        """Delete the message (quiet if another claim's receipt replaced ours: that claim tidies up)."""
+        await self.storage.queues.delete(model, message.id, message.receipt)
 
-    async def _delete_inbox(self, task_id: str) -> None:
-        await self._delete_quietly(self.storage.inbox, task_id)
+    async def _release(self, model: str, message: Message) -> None:
+        """Make the message visible again now (quiet if it is gone or no longer ours)."""
+        try:
+            await self.storage.queues.update(model, message.id, message.receipt, 0)
+        except (MessageGone, ReceiptStale):
+            pass
+        self.wakeups.notify("model:" + model)
 
     @staticmethod
-    async def _delete_quietly(container, name: str, etag: str | None = None) -> None:
-        """Delete a blob if it is there (and unchanged, given an etag)."""
-        kwargs = dict(etag=etag, match_condition=MatchConditions.IfNotModified) if etag else {}
-        try:
-            await container.get_blob_client(name).delete_blob(**kwargs)
-        except (ResourceNotFoundError, ResourceModifiedError):
-            pass
+    async def _quietly(*steps) -> None:
+        """Best-effort steps: what fails is logged, and left to leases running out."""
+        for result in await asyncio.gather(*steps, return_exceptions=True):
+            if isinstance(result, Exception):
+                log.warning("a best-effort storage step failed: %s", type(result).__name__)
 
-    async def stats(self) -> dict:
-        names = [q.name async for q in self.storage.queues.list_queues(name_starts_with=QUEUE_PREFIX)]
-        props = await asyncio.gather(*(self.storage.queues.get_queue_client(n).get_queue_properties() for n in names))
-        return {"models": {n[len(QUEUE_PREFIX):]: {"queued": p.approximate_message_count or 0}
-                           for n, p in zip(names, props)}}
+    async def stats(self, model: str | None = None) -> dict:
+        """Queue depth per model: the one asked about, the served ones (BROKER_MODELS), or the first
+        MAX_STATS_MODELS that have a queue (`truncated` says there are more)."""
+        if model or self.settings.models:
+            names, more = [model] if model else list(self.settings.models), False
+        else:
+            names, more = await self.storage.queues.models(MAX_STATS_MODELS)
+        depths = await asyncio.gather(*(self.storage.queues.depth(name) for name in names))
+        body: dict = {"models": {name: {"queued": depth} for name, depth in zip(names, depths)}}
+        if more:
+            body["truncated"] = True
+        return body
 
     async def health(self) -> None:
         await self.storage.ensure_containers()
-        await asyncio.gather(self.storage.inbox.get_container_properties(),
-                             self.storage.queues.get_service_properties())
+        await self.storage.ping()
 
     async def cleanup(self) -> int:
         """Delete results past their TTL and what is left of their tasks; at most cleanup_batch."""
         await self.storage.ensure_containers()
         cutoff = now() - self.settings.result_ttl_seconds
         expired: list[str] = []
-        async for blob in self.storage.outbox.list_blobs():
-            if blob.last_modified.timestamp() <= cutoff:
-                expired.append(blob.name)
-                if len(expired) >= self.settings.cleanup_batch:
-                    break
+        continuation = None
+        while len(expired) < self.settings.cleanup_batch:
+            blobs, continuation = await self.storage.outbox.page(continuation, 5000)
+            expired += [blob.name for blob in blobs if blob.created <= cutoff][: self.settings.cleanup_batch - len(expired)]
+            if continuation is None:
+                break
         for start in range(0, len(expired), CLEANUP_PARALLEL):
             names = expired[start:start + CLEANUP_PARALLEL]
             # Outbox last: a task whose outbox blob is still there is retried by the next run.
-            await asyncio.gather(*(self._delete_inbox(n) for n in names))
-            await asyncio.gather(*(self._delete_quietly(self.storage.outbox, n) for n in names))
+            await asyncio.gather(*(self.storage.inbox.delete(n) for n in names))
+            await asyncio.gather(*(self.storage.outbox.delete(n) for n in names))
         return len(expired)
+
+    async def sweep(self) -> int:
+        """Expire tasks nobody started within their queued TTL (and payloads whose submit failed half
+        way): their outcome is written and their payload deleted. Goes on from where the last run
+        stopped, at most SWEEP_PAGES pages or cleanup_batch tasks a run."""
+        await self.storage.ensure_containers()
+        swept = 0
+        for _ in range(SWEEP_PAGES):
+            blobs, self._sweep_from = await self.storage.inbox.page(self._sweep_from, SWEEP_PAGE, metadata=True)
+            at = now()
+            stale = [blob for blob in blobs if self._sweepable(blob, at)][: self.settings.cleanup_batch - swept]
+            for start in range(0, len(stale), CLEANUP_PARALLEL):
+                await asyncio.gather(*(self._expire_blob(blob) for blob in stale[start:start + CLEANUP_PARALLEL]))
+            swept += len(stale)
+            if self._sweep_from is None or swept >= self.settings.cleanup_batch:
+                break
+        return swept
+
+    def _sweepable(self, blob: Blob, at: float) -> bool:
+        try:
+            return self._open_task(blob.name, blob).status(at) == "expired"
+        except (KeyError, ValueError, TypeError):  # an unreadable record: its age is the blob's
+            return blob.created + self.settings.queued_ttl_seconds <= at
+
+    async def _expire_blob(self, blob: Blob) -> None:
+        try:
+            sub = Submission.from_metadata(blob.name, blob.metadata)
+        except (KeyError, ValueError, TypeError):
+            await self.storage.inbox.delete(blob.name, blob.etag)  # nobody can use it, nobody can read it
+            return
+        await self._expire(sub, LeaseState.from_metadata(blob.metadata), None)
 
 
 def _error_body(error: str) -> bytes:

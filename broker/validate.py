@@ -12,10 +12,9 @@ import azure.functions as func
 from . import strictjson
 from .errors import Rejected
 from .lease import BadToken, Lease
+from .settings import MAX_MODEL_CHARS, MODEL_NAME
 
 TASK_ID = re.compile(r"[0-9a-f]{32}")
-MODEL = re.compile(r"[a-z0-9]+(-[a-z0-9]+)*")
-MAX_MODEL_CHARS = 40
 MAX_PARAMS_BYTES = 4096
 MAX_CONTENT_TYPE_CHARS = 200
 MAX_IDEMPOTENCY_KEY_CHARS = 200
@@ -29,12 +28,15 @@ def task_id(req: func.HttpRequest) -> str:
     return value
 
 
-def model(value: str | None) -> str:
+def model(value: str | None, served: tuple[str, ...] = ()) -> str:
+    """A model name; when BROKER_MODELS lists the served ones (`served`), one of those."""
     if not value:
         raise Rejected(400, "a model name is required (?model=NAME)")
-    if len(value) > MAX_MODEL_CHARS or not MODEL.fullmatch(value):
+    if len(value) > MAX_MODEL_CHARS or not MODEL_NAME.fullmatch(value):
         raise Rejected(400, "model must be lowercase letters and digits in groups joined by single hyphens, "
                             f"at most {MAX_MODEL_CHARS} characters")
+    if served and value not in served:
+        raise Rejected(400, f"model {value} is not served here (this broker serves {', '.join(served)})")
     return value
 
 
@@ -85,12 +87,12 @@ def idempotency_key(req: func.HttpRequest) -> str | None:
     return value
 
 
-def lease(req: func.HttpRequest, task: str, secret: bytes) -> Lease:
+def lease(req: func.HttpRequest, task: str, secrets: tuple[bytes, ...]) -> Lease:
     token = req.params.get("lease", "")
     if not token:
         raise Rejected(400, "the lease token is required (?lease=TOKEN)")
     try:
-        return Lease.decode(token, task, secret)
+        return Lease.decode(token, task, secrets)
     except BadToken as exc:
         raise Rejected(400, str(exc)) from None
 
@@ -120,7 +122,7 @@ def base64_payload(value, limit: int) -> bytes:
         raise Rejected(400, "payload is not valid base64") from None
 
 
-def submission(req: func.HttpRequest, max_bytes: int) -> tuple[str, bytes, str, dict]:
+def submission(req: func.HttpRequest, max_bytes: int, served: tuple[str, ...] = ()) -> tuple[str, bytes, str, dict]:
     """(model, payload, content type, params) of a predict request, in either body form."""
     header_type = req.headers.get("content-type", "")
     raw = req.params.get("raw", "") in ("1", "true")
@@ -134,13 +136,13 @@ def submission(req: func.HttpRequest, max_bytes: int) -> tuple[str, bytes, str, 
             raise Rejected(400, "model must be a string")
         if query_model and body_model and query_model != body_model:
             raise Rejected(400, "the model in the query and the model in the body differ")
-        name = model(query_model or body_model)
+        name = model(query_model or body_model, served)
         kind = wrapper.get("content_type")
         if kind is not None and not isinstance(kind, str):
             raise Rejected(400, "content_type must be a string")
         extra = params(wrapper["params"]) if wrapper.get("params") is not None else params(req.params.get("params"))
     else:
-        payload, name, kind = body, model(query_model), header_type
+        payload, name, kind = body, model(query_model, served), header_type
         extra = params(req.params.get("params"))
     if not payload:
         raise Rejected(400, "the payload is empty")

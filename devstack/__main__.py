@@ -4,7 +4,8 @@ Azurite (data kept in .azurite/), the broker dev host on :7071 and one worker. M
 worker's model (resnet50 by default; deeplabv3plus, echo), WEIGHTS its weights (the handler's
 default, e.g. imagenet; `none` for random weights; or a local path), PORT the dev host's port.
 DATA_DIR moves .azurite/ and the logs in .devstack/ elsewhere (default: the project). A worker key
-is generated for the session unless BROKER_WORKER_KEYS is set (environment or local.settings.json).
+is generated for the session unless BROKER_WORKER_KEYS is set (environment or local.settings.json), and
+so is the BROKER_LEASE_SECRET that signs lease tokens.
 """
 
 from __future__ import annotations
@@ -79,6 +80,8 @@ def main() -> int:
         settings["BROKER_WORKER_KEYS"] = worker_keys
         say(f"generated a worker key for this session: {worker_keys}")
     worker_key = worker_keys.split(",")[0].strip()
+    if local_setting("BROKER_LEASE_SECRET"):  # else the dev host gets one of its own for this run
+        settings["BROKER_LEASE_SECRET"] = local_setting("BROKER_LEASE_SECRET")
 
     services = []
     try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import signal
 import subprocess
 import sys
@@ -135,7 +136,11 @@ class Azurite(Service):
 
 
 class DevHost(Service):
-    """The broker dev host (`python -m broker.devhost`) with the given settings."""
+    """The broker dev host (`python -m broker.devhost`) with the given settings.
+
+    Unless the settings give one, it gets a BROKER_LEASE_SECRET of its own, new for each DevHost
+    (hosts that must accept each other's lease tokens, like the instances of one app, are given the
+    same one)."""
 
     name = "devhost"
     ready = re.compile(r"listening on (http://[\d.]+:(\d+)/api)")
@@ -146,10 +151,11 @@ class DevHost(Service):
         super().__init__(log_dir)
         self.connection_string = connection_string
         self.settings_file = settings_file
-        self.settings = settings or {}
+        self.settings = dict(settings or {})
         self.port = port
         self.extra_args = extra_args or []
         self.url = ""
+        self.settings.setdefault("BROKER_LEASE_SECRET", secrets.token_urlsafe(32))
 
     def environment(self) -> dict:
         env = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_")}

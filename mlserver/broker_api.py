@@ -28,6 +28,11 @@ class BrokerError(Exception):
 class Unavailable(BrokerError):
     """Not reachable, timed out, a 5xx or a 429: try again later."""
 
+    @property
+    def transient(self) -> bool:
+        """A passing fault (no answer, 429, 502-504), not a broker that keeps failing on this request (500)."""
+        return self.status is None or self.status in (429, 502, 503, 504)
+
 
 class Refused(BrokerError):
     """A 4xx answer: repeating the same request will not help."""
@@ -38,7 +43,7 @@ class Unauthorized(Refused):
 
 
 class Cancelled(Refused):
-    """410: the task was cancelled by its client."""
+    """410: the task ended without this worker: cancelled by its client, or expired."""
 
 
 class LeaseLost(Refused):

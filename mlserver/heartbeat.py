@@ -38,11 +38,11 @@ class Heartbeat(threading.Thread):
             answer = self.client.extend(task.task_id, task.lease, task.lease_seconds)
             task.lease = answer["lease"]
             task.schedule_renewal()
-        except Cancelled:
+        except Cancelled as exc:
             task.cancelled = True
             self.ledger.remove(task)
             self.stats.count("cancelled")
-            log.info("task %s was cancelled by its client; dropping it", task.task_id)
+            log.info("task %s ended without this worker (%s); dropping it", task.task_id, exc)
         except Unavailable as exc:
             task.renew_at = time.monotonic() + RETRY_SOON
             log.warning("could not renew the lease of task %s: %s", task.task_id, exc)

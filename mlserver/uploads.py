@@ -2,7 +2,9 @@
 
 Encoding a result (JSON, PNG) happens here too: it is CPU work the accelerator thread need not do.
 A put is safe to repeat (the broker answers a repeated put with the same lease the same way), so
-network failures are retried with backoff until they succeed or the worker is forced to quit.
+passing faults (no answer, 429, 502-504) are retried with backoff until they succeed or the worker
+is forced to quit. A put the broker keeps failing on (500) is given up after STUCK_TRIES tries, with
+an error in the log: the task's lease runs out and another attempt runs it.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from .tasks import Ledger, Task
 from .threadnames import name_os_thread
 
 log = logging.getLogger("mlserver.uploads")
+STUCK_TRIES = 4
 
 
 class Uploads:
@@ -97,20 +100,28 @@ class Uploads:
         if task.cancelled:
             return
         backoff = Backoff(first=0.5, cap=15)
+        stuck = 0
         with task.lock:
             while True:
                 try:
                     request(task.lease)
                     self.stats.count(outcome)
                     return
-                except Cancelled:
+                except Cancelled as exc:
                     task.cancelled = True
                     self.stats.count("cancelled")
-                    log.info("task %s was cancelled by its client; its outcome was not kept", task.task_id)
+                    log.info("task %s ended without this worker (%s); its outcome was not kept", task.task_id, exc)
                     return
                 except Unavailable as exc:
                     if self.halt.is_set():
                         log.error("task %s: gave up on the broker while quitting: %s", task.task_id, exc)
+                        return
+                    stuck = 0 if exc.transient else stuck + 1
+                    if stuck >= STUCK_TRIES:
+                        self.stats.count("put failed")
+                        log.error("task %s: gave up putting its outcome (%s) after %d tries that failed the same "
+                                  "way: %s; its lease will run out and another attempt will run it",
+                                  task.task_id, outcome, stuck, exc)
                         return
                     delay = backoff.next()
                     log.warning("task %s: %s; retrying in %.1f s", task.task_id, exc, delay)

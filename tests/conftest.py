@@ -7,6 +7,7 @@ each other's tasks even though they share Azurite and the main broker.
 from __future__ import annotations
 
 import os
+import secrets
 import uuid
 from dataclasses import dataclass, field
 
@@ -78,14 +79,21 @@ def azurite(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def start_broker(azurite, tmp_path_factory):
-    """Start a dev host with the given BROKER_* settings; all are stopped at the end."""
+def lease_secret() -> str:
+    """The session's BROKER_LEASE_SECRET: every dev host gets it, as every instance of one app would."""
+    return secrets.token_urlsafe(32)
+
+
+@pytest.fixture(scope="session")
+def start_broker(azurite, tmp_path_factory, lease_secret):
+    """Start a dev host with the given BROKER_* settings (and dev host arguments); all are stopped at the end."""
     hosts = []
 
-    def start(settings: dict | None = None, connection_string: str | None = None) -> Broker:
-        settings = {"BROKER_WORKER_KEYS": WORKER_KEY, **(settings or {})}
+    def start(settings: dict | None = None, connection_string: str | None = None,
+              host_args: list[str] | None = None) -> Broker:
+        settings = {"BROKER_WORKER_KEYS": WORKER_KEY, "BROKER_LEASE_SECRET": lease_secret, **(settings or {})}
         host = DevHost(connection_string or azurite.connection_string, settings,
-                       log_dir=tmp_path_factory.mktemp("devhost"), extra_args=["--no-timers"]).start()
+                       log_dir=tmp_path_factory.mktemp("devhost"), extra_args=["--no-timers", *(host_args or [])]).start()
         hosts.append(host)
         keys = [k for k in settings.get("BROKER_WORKER_KEYS", "").split(",") if k]
         return Broker(host.url, host, keys[0] if keys else None)

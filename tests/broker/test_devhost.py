@@ -6,6 +6,7 @@ import threading
 import time
 import urllib.parse
 
+import pytest
 import requests
 
 from broker.devhost import load_local_settings, schedule_seconds
@@ -98,3 +99,157 @@ def test_stopping_cuts_long_polls_short_without_a_traceback(start_broker, model)
     assert "Traceback" not in log and "Exception in ASGI application" not in log, log
     if answers:  # the answer may or may not make it out before the socket closes
         assert answers[0].status_code == 503
+
+
+# ---- what a hostile client can make the dev host hold ------------------------------------------
+
+def _connect(broker):
+    url = urllib.parse.urlsplit(broker.url)
+    sock = socket.create_connection((url.hostname, url.port), timeout=20)
+    return sock
+
+
+def _read_response(sock) -> tuple[int, dict, bytes]:
+    """One HTTP response read off the socket: (status, headers, body)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    length = int(headers.get("content-length", "0"))
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return int(lines[0].split()[1]), headers, body
+
+
+def _closed_by_server(sock) -> bool:
+    try:
+        while True:
+            if not sock.recv(65536):
+                return True
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+    except socket.timeout:
+        return False
+
+
+def _send_chunked_head(sock, path, headers=""):
+    sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n{headers}\r\n".encode())
+
+
+def _send_chunks(sock, count, size=65536) -> int:
+    sent = 0
+    chunk = f"{size:x}\r\n".encode() + b"x" * size + b"\r\n"
+    try:
+        for _ in range(count):
+            sock.sendall(chunk)
+            sent += size
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    return sent
+
+
+@pytest.fixture(scope="module")
+def guarded(start_broker):
+    """A dev host with small limits, so that tests can reach them."""
+    return start_broker({"BROKER_CLIENT_KEYS": "guarded-client-key", "BROKER_MAX_PAYLOAD_BYTES": "100000"},
+                        host_args=["--header-timeout", "1", "--body-timeout", "2", "--max-connections", "12",
+                                   "--max-header-bytes", "16384"])
+
+
+@pytest.mark.parametrize("path, headers, status", [
+    ("/api/stats", "", 405),  # a method the route does not take
+    ("/api/predict?model=m", "", 401),  # a client route without the client key
+    ("/api/getnexttask?model=m", "", 401),  # a worker route without the worker key
+])
+def test_method_and_key_are_checked_before_the_body_is_read(guarded, path, headers, status):
+    """A 300 MiB chunked body is refused after its first megabyte: the answer does not wait for the rest."""
+    with _connect(guarded) as sock:
+        _send_chunked_head(sock, path, headers)
+        _send_chunks(sock, 16)
+        code, head, body = _read_response(sock)
+        assert code == status and json.loads(body)["error"], body
+        assert head["content-type"].startswith("application/json")
+        assert _closed_by_server(sock)
+
+
+def test_the_body_is_capped_while_it_streams(guarded, model):
+    with _connect(guarded) as sock:
+        _send_chunked_head(sock, f"/api/predict?model={model}", "Authorization: Bearer guarded-client-key\r\n")
+        sent = _send_chunks(sock, 4800)  # 300 MiB, if the host kept reading
+        code, _, body = _read_response(sock)
+    assert code == 413 and "larger than" in json.loads(body)["error"]
+    assert sent < 300 * 1024 * 1024
+
+
+def test_an_oversize_header_is_431_in_json(guarded):
+    with _connect(guarded) as sock:
+        sock.sendall(b"GET /api/health HTTP/1.1\r\nHost: x\r\nX-Big: ")
+        sent = 0
+        try:
+            while sent < 8 * 1024 * 1024:  # the host answers and hangs up long before
+                sock.sendall(b"a" * 65536)
+                sent += 65536
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        code, head, body = _read_response(sock)
+    assert sent < 8 * 1024 * 1024
+    assert code == 431 and "headers" in json.loads(body)["error"]
+
+
+def test_slow_headers_and_slow_bodies_are_cut_off(guarded):
+    socks = [_connect(guarded) for _ in range(6)]
+    try:
+        for sock in socks[:3]:
+            sock.sendall(b"GET /api/health HTTP/1.1\r\nHost: x\r\n")  # headers never finished
+        for sock in socks[3:]:
+            sock.sendall(b"POST /api/predict?model=m HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n"
+                         b"Authorization: Bearer guarded-client-key\r\n\r\nxx")  # a body that never comes
+        assert all(_closed_by_server(sock) for sock in socks[:3])
+        for sock in socks[3:]:
+            code, _, body = _read_response(sock)
+            assert code == 408 and json.loads(body)["error"]
+    finally:
+        for sock in socks:
+            sock.close()
+    assert guarded.get("/health").status_code == 200
+
+
+def test_connections_past_the_limit_get_503_in_json(guarded):
+    socks = [_connect(guarded) for _ in range(12)]
+    try:
+        with _connect(guarded) as extra:
+            extra.sendall(b"GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n")
+            code, head, body = _read_response(extra)
+        assert code == 503 and json.loads(body)["error"] and head.get("retry-after")
+    finally:
+        for sock in socks:
+            sock.close()
+    time.sleep(0.2)
+    assert guarded.get("/health").status_code == 200
+
+
+@pytest.mark.parametrize("raw, status", [
+    (b"GET /elsewhere HTTP/1.1\r\nHost: x\r\n\r\n", 404),
+    (b"NOT HTTP AT ALL\r\n\r\n", 400),
+    (b"GET /api/health HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n", 400),
+])
+def test_every_error_is_json(guarded, raw, status):
+    with _connect(guarded) as sock:
+        sock.sendall(raw)
+        code, head, body = _read_response(sock)
+    assert code == status and head["content-type"].startswith("application/json"), (code, head, body)
+    assert json.loads(body)["error"]
+
+
+def test_a_client_refused_mid_upload_still_reads_the_answer(guarded, model):
+    """An HTTP client sending a large body without the key gets the 401, not a broken connection."""
+    response = requests.post(f"{guarded.url}/predict?model={model}", data=b"x" * (64 * 1024 * 1024), timeout=60)
+    assert response.status_code == 401 and "client key" in response.json()["error"]

@@ -115,3 +115,29 @@ def test_a_task_finishing_during_a_read_is_never_404(broker, model):
         for reader in readers:
             reader.join()
     assert not_found == []
+
+
+SAFE = ("image/png", "image/jpeg", "application/json", "text/plain; charset=utf-8")
+
+
+@pytest.mark.parametrize("kind", ["text/html", "image/svg+xml", "application/xhtml+xml", "text/javascript",
+                                  "application/octet-stream", *SAFE])
+def test_results_are_never_served_as_active_content(broker, model, kind):
+    task_id = broker.submit(model)
+    [task] = broker.claim(model)
+    assert broker.put(task, b"<script>alert(1)</script>", kind).status_code == 200
+    response = broker.get(f"/getresult?task_id={task_id}")
+    assert response.status_code == 200 and response.headers["Content-Type"] == kind
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert response.headers["Content-Security-Policy"] == "sandbox; default-src 'none'"
+    if kind in SAFE:
+        assert "Content-Disposition" not in response.headers
+    else:
+        assert response.headers["Content-Disposition"] == f'attachment; filename="{task_id}"'
+
+
+def test_every_answer_says_nosniff(broker, model):
+    answers = [broker.get("/health"), broker.get("/demo"), broker.get(f"/status?task_id={'0' * 32}"),
+               broker.post("/predict", data=b"x"), broker.get("/stats"), broker.get("/nothing-here")]
+    for response in answers:
+        assert response.headers.get("X-Content-Type-Options") == "nosniff", (response.url, response.status_code)

@@ -10,13 +10,14 @@ import asyncio
 import pytest
 
 from broker import settings as broker_settings
-from broker.errors import Rejected
+from broker.errors import TaskNotFound
 from broker.storage import Storage
 from broker.store import TaskStore
 
 
-def test_reading_and_polling_leave_no_wakeup_behind(azurite, monkeypatch, model):
+def test_reading_and_polling_leave_no_wakeup_behind(azurite, monkeypatch, lease_secret, model):
     monkeypatch.setenv("BROKER_STORAGE_CONNECTION", azurite.connection_string)
+    monkeypatch.setenv("BROKER_LEASE_SECRET", lease_secret)
 
     async def scenario() -> list[int]:
         store = TaskStore(Storage(azurite.connection_string, 20), broker_settings.load())
@@ -24,9 +25,8 @@ def test_reading_and_polling_leave_no_wakeup_behind(azurite, monkeypatch, model)
             document, _ = await store.submit(model, b"x", "text/plain", {})
             watched = []
             for i in range(50):
-                with pytest.raises(Rejected) as refusal:
+                with pytest.raises(TaskNotFound):
                     await store.result(f"{i:032x}", wait=0)
-                assert refusal.value.status == 404
             watched.append(len(store.wakeups))
             waiting = asyncio.ensure_future(store.result(document["task_id"], wait=5))
             await asyncio.sleep(0.3)

@@ -111,7 +111,7 @@ def test_idempotency_key_with_other_payload_or_model_is_409(broker, model):
     headers = {"Idempotency-Key": f"k-{model}"}
     assert broker.post(f"/predict?model={model}", data=b"one", headers=headers).status_code == 202
     response = broker.post(f"/predict?model={model}", data=b"two", headers=headers)
-    assert response.status_code == 409 and "different payload or model" in response.json()["error"]
+    assert response.status_code == 409 and "different payload, model" in response.json()["error"]
     assert broker.post(f"/predict?model={model}-x", data=b"one", headers=headers).status_code == 409
 
 
@@ -135,3 +135,90 @@ def test_idempotency_keys_are_scoped_per_client_key(start_broker, model):
     two = keyed.post(f"/predict?model={model}", data=b"q", headers={"Idempotency-Key": "k", "Authorization": "Bearer client-b"})
     assert one.status_code == two.status_code == 202
     assert one.json()["task_id"] != two.json()["task_id"]
+
+
+def queued(broker, model) -> int:
+    response = broker.get(f"/stats?model={model}", headers=broker.worker)
+    assert response.status_code == 200, response.text
+    return response.json()["models"].get(model, {}).get("queued", 0)
+
+
+def test_repeated_idempotent_submits_leave_one_message(broker, model):
+    headers = {"Idempotency-Key": f"many-{model}"}
+    ids = {broker.post(f"/predict?model={model}", data=b"same", headers=headers).json()["task_id"]
+           for _ in range(20)}
+    assert len(ids) == 1
+    assert queued(broker, model) == 1  # the autoscaling signal counts the task once
+    [task] = broker.claim(model, max_tasks=32)
+    assert task["attempt"] == 1 and broker.put(task).status_code == 200
+    assert queued(broker, model) == 0
+
+
+def test_an_idempotency_key_with_other_params_or_content_type_is_409(broker, model):
+    headers = {"Idempotency-Key": f"k2-{model}", "Content-Type": "image/png"}
+    assert broker.post(f"/predict?model={model}&params=%7B%22a%22%3A1%7D", data=b"one", headers=headers).status_code == 202
+    other_params = broker.post(f"/predict?model={model}&params=%7B%22a%22%3A2%7D", data=b"one", headers=headers)
+    assert other_params.status_code == 409 and "params" in other_params.json()["error"]
+    other_type = broker.post(f"/predict?model={model}&params=%7B%22a%22%3A1%7D", data=b"one",
+                             headers={**headers, "Content-Type": "image/jpeg"})
+    assert other_type.status_code == 409
+    same = broker.post(f"/predict?model={model}&params=%7B%20%22a%22%3A%201%7D", data=b"one", headers=headers)
+    assert same.status_code == 202  # the same params, spelled with other spaces
+    assert queued(broker, model) == 1
+
+
+def test_a_submit_that_died_before_enqueueing_is_healed_by_its_retry_once(start_broker, azurite, lease_secret,
+                                                                          model, monkeypatch):
+    """The first submit stored the payload and lost its enqueue (and its answer); retries with the key
+    enqueue the task exactly once, after the first submit has had its chance."""
+    import asyncio
+
+    from azure.core.exceptions import ServiceRequestError
+
+    from broker import settings as broker_settings
+    from broker.store import TaskStore
+    from broker.storage import Storage
+
+    fast = start_broker({"BROKER_STORAGE_TIMEOUT_SECONDS": "1"})
+    monkeypatch.setenv("BROKER_STORAGE_CONNECTION", azurite.connection_string)
+    monkeypatch.setenv("BROKER_LEASE_SECRET", lease_secret)
+    monkeypatch.setenv("BROKER_STORAGE_TIMEOUT_SECONDS", "1")
+
+    async def die_before_enqueueing():
+        storage = Storage(azurite.connection_string, 1)
+        store = TaskStore(storage, broker_settings.load())
+
+        async def lost(*args, **kwargs):
+            raise ServiceRequestError("the network went away")
+
+        storage.queues.send = lost
+        try:
+            await store.submit(model, b"payload", "text/plain", {}, f"died-{model}")
+        except ServiceRequestError:
+            pass
+        finally:
+            await storage.close()
+
+    asyncio.run(die_before_enqueueing())
+    headers = {"Idempotency-Key": f"died-{model}", "Content-Type": "text/plain"}
+    early = fast.post(f"/predict?model={model}", data=b"payload", headers=headers)
+    assert early.status_code == 202 and queued(fast, model) == 0  # too soon to tell a dead submit from a slow one
+    import time
+
+    time.sleep(3.5)
+    for _ in range(5):
+        assert fast.post(f"/predict?model={model}", data=b"payload", headers=headers).status_code == 202
+    assert queued(fast, model) == 1
+    [task] = fast.claim(model, max_tasks=8)
+    assert task["task_id"] == early.json()["task_id"]
+
+
+def test_only_listed_models_are_served(start_broker, model):
+    listed = start_broker({"BROKER_MODELS": f"{model},other-model"})
+    assert listed.post(f"/predict?model={model}", data=b"x").status_code == 202
+    refused = listed.post(f"/predict?model={model}-nope", data=b"x")
+    assert refused.status_code == 400 and "not served here" in refused.json()["error"]
+    claim = listed.get(f"/getnexttask?model={model}-nope&wait=0", headers=listed.worker)
+    assert claim.status_code == 400
+    stats = listed.get("/stats", headers=listed.worker).json()
+    assert set(stats["models"]) == {model, "other-model"} and stats["models"][model]["queued"] == 1

@@ -30,8 +30,8 @@ def test_cancel_reaches_a_running_task(broker, model, start_worker):
     assert broker.post(f"/cancel?task_id={task_id}").status_code == 200
     # The heartbeat (every 2.5 s) learns of it while the 12 s of work is still going on; the put at
     # the end would log "its outcome was not kept" instead.
-    wait_for(lambda: f"task {task_id} was cancelled by its client; dropping it" in worker.log_text(), timeout=10,
-             what="the heartbeat's 410")
+    wait_for(lambda: f"task {task_id} ended without this worker (extendlease answered 410: the task was cancelled); "
+                     "dropping it" in worker.log_text(), timeout=10, what="the heartbeat's 410")
     follower = broker.submit(model, b"next")
     assert result(broker, follower).content == b"next"
     assert broker.status(task_id)["status"] == "cancelled"
@@ -108,3 +108,24 @@ def test_a_second_signal_quits_even_while_results_wait_for_a_broker_that_is_gone
     worker.send(signal.SIGTERM)
     assert worker.proc.wait(30) == 0, worker.log_text()
     assert "gave up on the broker while quitting" in worker.log_text()
+
+
+def test_a_put_the_broker_keeps_failing_is_given_up_and_the_task_runs_again(broker, model, start_worker):
+    """A front end answering every put 500 (as Azure did for oversized metadata): the worker says so and
+    moves on instead of holding the task forever; its lease runs out and the next attempt delivers."""
+    from tests.conftest import Broker
+    from tests.reliability.proxy import RecordingProxy
+
+    with RecordingProxy(broker.url) as proxy:
+        proxy.fault = lambda method, path: ((500, {"error": "the broker hit an unexpected error; it has been logged"})
+                                            if path.endswith("/puttaskresult") else None)
+        via = Broker(proxy.url, broker.host, broker.worker_key)
+        worker = start_worker(model, "--handler", "echo", "--batch", "1", "--lease", "5", via=via)
+        task_id = broker.submit(model, b"stuck")
+        wait_for(lambda: f"task {task_id}: gave up putting its outcome (done) after 4 tries" in worker.log_text(),
+                 timeout=60, what="the worker to give up the put")
+        assert worker.alive()
+        proxy.fault = None
+        response = result(broker, task_id)
+        assert response.status_code == 200 and response.content == b"stuck"
+        assert broker.status(task_id)["attempts"] >= 2  # delivered again after the given-up put

@@ -1,11 +1,14 @@
 """A pass-through HTTP proxy on 127.0.0.1 that records every puttaskresult and its answer.
 
 It changes nothing: each request goes to the broker as it came, each answer back as it came. It only
-lets a test see which puts the broker accepted, which is what "committed exactly once" is about.
+lets a test see which puts the broker accepted, which is what "committed exactly once" is about,
+and what tokens workers held (`leases`, every token seen in a claim or heartbeat answer, in order).
+A test may set `fault(method, path)` to answer some requests itself instead (a failing front end).
 """
 
 from __future__ import annotations
 
+import json
 import threading
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -29,6 +32,8 @@ class RecordingProxy:
     def __init__(self, target: str) -> None:
         self.target = target.rstrip("/")  # e.g. http://127.0.0.1:PORT/api
         self.puts: list[Put] = []
+        self.leases: list[tuple[str, str]] = []  # (task_id, token) as the broker handed them out
+        self.fault = None  # (method, path) -> (status, JSON body) to answer instead of the broker, or None
         self._lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
@@ -59,21 +64,39 @@ class RecordingProxy:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
                 path = self.path[len("/api"):] if self.path.startswith("/api") else self.path
-                answer = session.request(self.command, proxy.target + path, data=body, headers=headers, timeout=120)
                 url = urlsplit(self.path)
+                fault = proxy.fault(self.command, url.path) if proxy.fault else None
+                if fault is not None:
+                    self._answer(fault[0], {"Content-Type": "application/json"}, json.dumps(fault[1]).encode())
+                    return
+                answer = session.request(self.command, proxy.target + path, data=body, headers=headers, timeout=120)
+                proxy._note_leases(url, answer)
                 if url.path.endswith("/puttaskresult"):
                     query = parse_qs(url.query)
                     with proxy._lock:
                         proxy.puts.append(Put(query["task_id"][0], query["lease"][0], body,
                                               answer.status_code, answer.content))
-                self.send_response(answer.status_code)
-                for name, value in answer.headers.items():
+                self._answer(answer.status_code, answer.headers, answer.content)
+
+            def _answer(self, status: int, headers, content: bytes) -> None:
+                self.send_response(status)
+                for name, value in headers.items():
                     if name.lower() not in HOP_BY_HOP:
                         self.send_header(name, value)
-                self.send_header("Content-Length", str(len(answer.content)))
+                self.send_header("Content-Length", str(len(content)))
                 self.end_headers()
-                self.wfile.write(answer.content)
+                self.wfile.write(content)
 
             do_GET = do_POST = _forward
 
         return Handler
+
+    def _note_leases(self, url, answer: requests.Response) -> None:
+        if answer.status_code != 200 or not url.path.endswith(("/getnexttask", "/extendlease")):
+            return
+        body = answer.json()
+        with self._lock:
+            if url.path.endswith("/getnexttask"):
+                self.leases += [(task["task_id"], task["lease"]) for task in body["tasks"]]
+            else:
+                self.leases.append((parse_qs(url.query)["task_id"][0], body["lease"]))
