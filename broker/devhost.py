@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import azure.functions as func
 import uvicorn
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -128,7 +129,9 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        self._in_head, self._head_bytes = True, 0  # until the next request begins, the keep-alive timer rules
+        # Until the next request's first byte the keep-alive timer rules; that byte arms the header
+        # deadline again (on_message_begin), and only the new request's head is counted.
+        self._in_head, self._head_bytes = False, 0
 
     def send_400_response(self, msg: str) -> None:
         self._refuse(400, "Bad Request", "the request is not valid HTTP")  # after a 431, a no-op
@@ -282,8 +285,12 @@ def build(app: func.FunctionApp, limits: Limits = Limits()) -> tuple[Starlette, 
         return error(404, f"nothing is served here; the functions are under /{ROUTE_PREFIX}/")
 
     every_method = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]
+    async def refused(request: Request, exc: HTTPException) -> Response:  # e.g. TRACE: Starlette's own 405
+        return error(exc.status_code, str(exc.detail).lower() if exc.detail else "the request was refused")
+
     server = Starlette(routes=[Route(f"/{ROUTE_PREFIX}/{{path:path}}", dispatch, methods=every_method),
-                               Route("/{path:path}", elsewhere, methods=every_method)])
+                               Route("/{path:path}", elsewhere, methods=every_method)],
+                       exception_handlers={HTTPException: refused})
     return server, timers
 
 

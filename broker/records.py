@@ -107,10 +107,12 @@ class Enqueued:
     """Idempotent submits only: whether the task's one queue message was sent.
 
     `msg` is its id once sent; until then `pending` says since when a submit has been sending it,
-    so a retry with the key can tell a submit that died before sending from one still at it."""
+    so a retry with the key can tell a submit that died before sending from one still at it, and
+    `lost` that the send failed (whoever meets the task next sends it)."""
 
     msg: str | None = None
     pending: float | None = None
+    lost: bool = False
 
     def metadata(self) -> dict:
         return {"queued": _dump(asdict(self))}
@@ -128,8 +130,8 @@ class LeaseState:
     Only the current claim (`claim`, counted per task) with its current pop receipt (`receipt`, a
     hash) may change it; the store checks both before it writes anything, and writes with If-Match
     on the blob's etag. `attempt` only ever goes up: a claim after a lease ran out or a retryable
-    failure is the next attempt, a claim after a give-back keeps the number (up to
-    max_attempts give-backs; later ones count)."""
+    failure is the next attempt, a claim after a give-back keeps the number (a worker gives back
+    what it has not started: on shutdown, and the retried batch-mates it runs one at a time)."""
 
     msg: str
     until: float | None  # None: given back or failed retryably, waiting in the queue again
@@ -144,9 +146,9 @@ class LeaseState:
     def holds(self, at: float) -> bool:
         return self.until is not None and self.until > at
 
-    def next_attempt(self, max_attempts: int) -> tuple[int, int, str | None]:
+    def next_attempt(self) -> tuple[int, int, str | None]:
         """(attempt, give-backs, error) of the claim that follows this one."""
-        if self.freed == "back" and self.givebacks <= max_attempts:
+        if self.freed == "back":
             return self.attempt, self.givebacks, self.error
         error = self.error if self.freed else "the worker's lease ran out before it put a result"
         return self.attempt + 1, self.givebacks, error

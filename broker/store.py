@@ -35,7 +35,7 @@ from .lease import Lease, receipt_hash
 from .records import (Enqueued, LeaseState, Outcome, Submission, Task, TaskMessage, clip_error, expiry_error,
                       iso, now)
 from .settings import Settings
-from .storage import Blob, Message, MessageGone, ReceiptStale, Storage, is_outage
+from .storage import Blob, Message, MessageGone, ReceiptStale, Storage, is_outage, unparseable
 from .wakeups import Wakeups
 
 log = logging.getLogger("broker.store")
@@ -64,6 +64,11 @@ def submission_digest(model: str, content_type: str, params: dict, payload: byte
     canonical = json.dumps([model, content_type, params, hashlib.sha256(payload).hexdigest()],
                            sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
+
+def unreadable(exc: BaseException) -> bool:
+    """The task's stored record cannot be decoded (not: storage is away, or a request failed)."""
+    return isinstance(exc, (KeyError, ValueError, TypeError)) or unparseable(exc)
 
 
 def _with(metadata: dict, **records: str) -> dict:
@@ -168,10 +173,12 @@ class TaskStore:
         return message
 
     async def _submit_once(self, sub: Submission, payload: bytes) -> tuple[dict, bool]:
-        etag, out = await asyncio.gather(
-            self.storage.inbox.create(sub.task_id, payload, _with(sub.metadata(), **Enqueued(pending=sub.created).metadata()),
-                                      sub.content_type),
-            self.storage.outbox.head(sub.task_id))
+        # The outbox is read after the create, not beside it: a finish writes the outbox blob before it
+        # deletes the inbox blob, so a create that succeeds because the task just finished sees its
+        # outcome here, and takes its blob back instead of running the task again.
+        metadata = _with(sub.metadata(), **Enqueued(pending=sub.created).metadata())
+        etag = await self.storage.inbox.create(sub.task_id, payload, metadata, sub.content_type)
+        out = await self.storage.outbox.head(sub.task_id)
         if out is not None:
             finished = self._finished_task(sub.task_id, out)
             if finished is not None:
@@ -180,7 +187,7 @@ class TaskStore:
                 return self._same_submission(finished, sub), False
             await self.storage.outbox.delete(sub.task_id, out.etag)  # an expired leftover
         if etag is not None:
-            await self._send_once(sub, etag)
+            await self._send_once(sub, metadata, etag)
             return Task(sub.task_id, sub.model, sub.created).document(), True
         inbox = await self.storage.inbox.head(sub.task_id)
         if inbox is None:  # it finished between our two reads: read it again as a finished task
@@ -194,12 +201,19 @@ class TaskStore:
             await self._take_over_send(inbox)
         return document, False
 
-    async def _send_once(self, sub: Submission, etag: str) -> None:
+    async def _send_once(self, sub: Submission, metadata: dict, etag: str) -> None:
         """Send the task's message and mark it sent; if the blob changed meanwhile, keep the message
-        only if a claim already took it (a retry with the key took the sending over otherwise)."""
-        message = await self._send(sub)
+        only if a claim already took it (a retry with the key took the sending over otherwise). A
+        send that fails is marked lost, so that the next retry (or the sweep) sends it at once."""
+        try:
+            message = await self._send(sub)
+        except Exception:
+            with contextlib.suppress(Exception):
+                await self.storage.inbox.set_metadata(sub.task_id, _with(metadata, **Enqueued(lost=True).metadata()),
+                                                      etag)
+            raise
         if await self.storage.inbox.set_metadata(
-                sub.task_id, _with(sub.metadata(), **Enqueued(msg=message.id).metadata()), etag) is not None:
+                sub.task_id, _with(metadata, **Enqueued(msg=message.id).metadata()), etag) is not None:
             return
         inbox = await self.storage.inbox.head(sub.task_id)
         state = LeaseState.from_metadata(inbox.metadata) if inbox else None
@@ -207,21 +221,19 @@ class TaskStore:
             await self.storage.queues.delete(sub.model, message.id, message.receipt)
 
     def _send_was_lost(self, task: Task, inbox: Blob) -> bool:
-        """Never claimed, not marked sent, and the submit that stored it had ample time to send it."""
-        if task.state is not None or task.ended(now()):
-            return False
+        """An idempotent submit's task, never claimed, not marked sent, whose send failed or whose submit
+        had ample time to send it. (A plain submit's task has no marker: only its submit knew its id.)"""
         marker = Enqueued.from_metadata(inbox.metadata)
-        if marker is not None and marker.msg:
+        if marker is None or marker.msg or task.state is not None or task.ended(now()):
             return False
-        since = marker.pending if marker and marker.pending else task.created
-        return since + 3 * self.settings.storage_timeout_seconds <= now()
+        return marker.lost or (marker.pending or 0) + 3 * self.settings.storage_timeout_seconds <= now()
 
     async def _take_over_send(self, inbox: Blob) -> None:
         sub = Submission.from_metadata(inbox.name, inbox.metadata)
-        etag = await self.storage.inbox.set_metadata(
-            inbox.name, _with(inbox.metadata, **Enqueued(pending=now()).metadata()), inbox.etag)
+        metadata = _with(inbox.metadata, **Enqueued(pending=now()).metadata())
+        etag = await self.storage.inbox.set_metadata(inbox.name, metadata, inbox.etag)
         if etag is not None:  # else another retry is taking it over right now
-            await self._send_once(sub, etag)
+            await self._send_once(sub, metadata, etag)
 
     @staticmethod
     def _same_submission(task: Task, sub: Submission) -> dict:
@@ -279,26 +291,33 @@ class TaskStore:
         budget = self.settings.max_claim_bytes
         for message in messages:
             task = TaskMessage.parse(message.content)
-            if task is None or task.task_id in seen:
-                drop.append(message)  # not a task message, or a second message of one task in this batch
-            elif defer or (chosen and task.size > budget):
-                defer.append(message)  # past the claim's byte budget: it stays queued, its attempt unspent
+            if task is None:
+                drop.append(message)  # not a task message
+            elif task.task_id in seen or defer or (chosen and task.size > budget):
+                # A second message of one task in this batch (the next claim tells whether it is a
+                # spare), or past the claim's byte budget: it stays queued, its attempt unspent.
+                defer.append(message)
             else:
                 chosen.append((message, task.task_id))
                 seen.add(task.task_id)
                 budget -= task.size
         results = await asyncio.gather(*(self._take(model, m, t, lease_seconds) for m, t in chosen),
                                        return_exceptions=True)
-        outages = [r for r in results if isinstance(r, BaseException) and is_outage(r)]
+        errors = []
         for (message, task_id), result in zip(chosen, results):
-            if isinstance(result, BaseException) and not is_outage(result):
+            if not isinstance(result, BaseException):
+                continue
+            if unreadable(result):
                 await self._give_up_unreadable(model, message, task_id, result)
-            elif isinstance(result, BaseException):
-                defer.append(message)
+                continue
+            if not is_outage(result):
+                log.error("task %s could not be taken (%r); it goes back to the queue", task_id, result)
+            errors.append(result)
+            defer.append(message)
         await self._quietly(*(self._drop(model, m) for m in drop), *(self._release(model, m) for m in defer))
         tasks = [r for r in results if isinstance(r, dict)]
-        if outages and not tasks:
-            raise outages[0]
+        if errors and not tasks:
+            raise errors[0]
         return tasks
 
     async def _take(self, model: str, message: Message, task_id: str, lease_seconds: int) -> dict | None:
@@ -314,17 +333,19 @@ class TaskStore:
                                  self.storage.inbox.delete(task_id) if inbox is not None else _nothing())
             return None
         payload = inbox.body
-        for _ in range(CLAIM_TRIES):
+        for again in range(CLAIM_TRIES):
             sub = Submission.from_metadata(task_id, inbox.metadata)
             state = LeaseState.from_metadata(inbox.metadata)
             at = now()
             if state and state.holds(at) and state.msg != message.id:
                 await self._drop(model, message)  # a spare message of a task another claim holds
                 return None
+            if again and state and state.holds(at) and state.receipt != receipt_hash(message.receipt):
+                return None  # another claim received this message after us (our receipt is stale) and took it
             if at >= sub.expires(self.settings.queued_ttl_seconds):
                 await self._expire(sub, state, message)
                 return None
-            attempt, givebacks, error = state.next_attempt(self.settings.max_attempts) if state else (1, 0, None)
+            attempt, givebacks, error = state.next_attempt() if state else (1, 0, None)
             if attempt > self.settings.max_attempts:
                 await self._give_up(sub, state, message, attempt - 1, error)
                 return None
@@ -459,12 +480,12 @@ class TaskStore:
 
     async def fail(self, lease: Lease, error: str, retryable: bool) -> dict:
         error = clip_error(error)
-        if retryable and lease.attempt < self.settings.max_attempts:
+        if retryable:  # it asks for another attempt: only the current token may, with or without one left
             inbox, state = await self._held(lease)
-            await self._free(lease, inbox, state, "retry", error)
-            task, _ = await self._get(lease.task_id)
-            return {"task_id": lease.task_id, "status": task.status(now()) if task else "queued"}
-        if retryable:
+            if lease.attempt < self.settings.max_attempts:
+                await self._free(lease, inbox, state, "retry", error)
+                task, _ = await self._get(lease.task_id)
+                return {"task_id": lease.task_id, "status": task.status(now()) if task else "queued"}
             error = clip_error(f"gave up after {lease.attempt} attempts: {error}")
         body = _error_body(error)
         outcome = Outcome("failed", lease.model, lease.created, now(), lease.started, lease.attempt,
@@ -582,24 +603,38 @@ class TaskStore:
         """Delete results past their TTL and what is left of their tasks; at most cleanup_batch."""
         await self.storage.ensure_containers()
         cutoff = now() - self.settings.result_ttl_seconds
-        expired: list[str] = []
+        expired: list[Blob] = []
         continuation = None
         while len(expired) < self.settings.cleanup_batch:
-            blobs, continuation = await self.storage.outbox.page(continuation, 5000)
-            expired += [blob.name for blob in blobs if blob.created <= cutoff][: self.settings.cleanup_batch - len(expired)]
+            blobs, continuation = await self.storage.outbox.page(continuation, 5000, metadata=True)
+            expired += [blob for blob in blobs if blob.created <= cutoff][: self.settings.cleanup_batch - len(expired)]
             if continuation is None:
                 break
         for start in range(0, len(expired), CLEANUP_PARALLEL):
-            names = expired[start:start + CLEANUP_PARALLEL]
+            chunk = expired[start:start + CLEANUP_PARALLEL]
             # Outbox last: a task whose outbox blob is still there is retried by the next run.
-            await asyncio.gather(*(self.storage.inbox.delete(n) for n in names))
-            await asyncio.gather(*(self.storage.outbox.delete(n) for n in names))
+            await asyncio.gather(*(self._delete_leftover(blob) for blob in chunk))
+            await asyncio.gather(*(self.storage.outbox.delete(blob.name, blob.etag) for blob in chunk))
         return len(expired)
+
+    async def _delete_leftover(self, out: Blob) -> None:
+        """Delete what a finish left of an expired result's task in the inbox, and not a task submitted
+        again since with the same Idempotency-Key (which reuses the blob name)."""
+        inbox = await self.storage.inbox.head(out.name)
+        if inbox is None:
+            return
+        try:
+            leftover = Submission.from_metadata(out.name, inbox.metadata).created <= Outcome.from_metadata(out.metadata).finished
+        except (KeyError, ValueError, TypeError):
+            leftover = True
+        if leftover:
+            await self.storage.inbox.delete(out.name, inbox.etag)
 
     async def sweep(self) -> int:
         """Expire tasks nobody started within their queued TTL (and payloads whose submit failed half
-        way): their outcome is written and their payload deleted. Goes on from where the last run
-        stopped, at most SWEEP_PAGES pages or cleanup_batch tasks a run."""
+        way): their outcome is written and their payload deleted. Send the message of an idempotent
+        task whose submit failed to, if no retry came. Goes on from where the last run stopped, at
+        most SWEEP_PAGES pages or cleanup_batch tasks a run."""
         await self.storage.ensure_containers()
         swept = 0
         for _ in range(SWEEP_PAGES):
@@ -608,10 +643,18 @@ class TaskStore:
             stale = [blob for blob in blobs if self._sweepable(blob, at)][: self.settings.cleanup_batch - swept]
             for start in range(0, len(stale), CLEANUP_PARALLEL):
                 await asyncio.gather(*(self._expire_blob(blob) for blob in stale[start:start + CLEANUP_PARALLEL]))
+            await self._quietly(*(self._take_over_send(blob) for blob in blobs if self._unsent(blob)))
             swept += len(stale)
             if self._sweep_from is None or swept >= self.settings.cleanup_batch:
                 break
         return swept
+
+    def _unsent(self, blob: Blob) -> bool:
+        """An idempotent submit's task whose message was never sent, and nobody retried it."""
+        try:
+            return self._send_was_lost(self._open_task(blob.name, blob), blob)
+        except (KeyError, ValueError, TypeError):
+            return False
 
     def _sweepable(self, blob: Blob, at: float) -> bool:
         try:

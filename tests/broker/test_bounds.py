@@ -4,6 +4,8 @@ import base64
 import json
 import uuid
 
+import pytest
+
 from azure.storage.blob import BlobServiceClient
 from azure.storage.queue import QueueClient
 
@@ -95,7 +97,9 @@ def test_a_payload_larger_than_the_claim_limit_is_still_handed_out_alone(start_b
 def test_json_numbers_that_overflow_are_400(broker, model):
     for query, body, headers in (
             (f"?model={model}&params=" + "%7B%22x%22%3A1e999%7D", b"x", {"Content-Type": "text/plain"}),
-            (f"?model={model}", b'{"payload": "YQ==", "params": {"x": -1e999}}', {"Content-Type": "application/json"})):
+            (f"?model={model}", b'{"payload": "YQ==", "params": {"x": -1e999}}', {"Content-Type": "application/json"}),
+            (f"?model={model}", b'{"payload": "YQ==", "params": {"x": 1' + b"0" * 400 + b'}}',
+             {"Content-Type": "application/json"})):
         response = broker.post("/predict" + query, data=body, headers=headers)
         assert response.status_code == 400 and "not valid JSON" in response.json()["error"], response.text
     broker.submit(model)
@@ -118,12 +122,14 @@ def test_the_inbox_metadata_stays_within_its_budget_whatever_a_request_holds():
     assert sum(len(k) + len(v) for k, v in metadata.items()) <= METADATA_BUDGET
 
 
-def test_a_storage_error_on_one_task_releases_it_and_hands_out_the_others(azurite, lease_secret, model, monkeypatch):
-    """One task's payload cannot be read right now (a timeout): the claim answers with the rest, and that
-    task is back in the queue at once, its attempt unspent."""
+@pytest.mark.parametrize("error", ["timeout", "cut short"])
+def test_a_storage_error_on_one_task_releases_it_and_hands_out_the_others(azurite, lease_secret, model, monkeypatch,
+                                                                          error):
+    """One task's payload cannot be read right now (a timeout, a download cut short): the claim answers with
+    the rest, and that task is back in the queue at once, its attempt unspent, not failed."""
     import asyncio
 
-    from azure.core.exceptions import ServiceResponseError
+    from azure.core.exceptions import IncompleteReadError, ServiceResponseError
 
     from broker import settings as broker_settings
     from broker.storage import Storage
@@ -141,7 +147,7 @@ def test_a_storage_error_on_one_task_releases_it_and_hands_out_the_others(azurit
 
             async def flaky(name):
                 if name == ids[1]:
-                    raise ServiceResponseError("timed out")
+                    raise ServiceResponseError("timed out") if error == "timeout" else IncompleteReadError("reset")
                 return await read(name)
 
             storage.inbox.read = flaky

@@ -81,3 +81,37 @@ def test_an_interrupted_cleanup_resumes(ttl_broker, azurite, model, monkeypatch)
             break
     assert remaining[-1] == 0
     assert len(remaining) >= 2  # it took more than one bounded run
+
+
+def test_cleanup_leaves_a_task_submitted_again_under_the_same_key(ttl_broker, azurite, lease_secret, model,
+                                                                  monkeypatch):
+    """A repeat with the Idempotency-Key of an expired result makes a new task under the same blob name;
+    a cleanup that listed the old result just before must not delete the new task's payload."""
+    from .test_submit import InProcess
+
+    headers = {"Idempotency-Key": f"again-{model}", "Content-Type": "text/plain"}
+    first = ttl_broker.post(f"/predict?model={model}", data=b"p", headers=headers).json()["task_id"]
+    [task] = ttl_broker.claim(model)
+    assert ttl_broker.put(task).status_code == 200
+    time.sleep(2.5)
+    repeats = []
+
+    async def cleanup_with_a_repeat_in_between(store):
+        page = store.storage.outbox.page
+
+        async def listed_then_repeated(*args, **kwargs):
+            listing = await page(*args, **kwargs)
+            if not repeats:
+                repeats.append(ttl_broker.post(f"/predict?model={model}", data=b"p", headers=headers))
+            return listing
+
+        store.storage.outbox.page = listed_then_repeated
+        return await store.cleanup()
+
+    InProcess(azurite, lease_secret, monkeypatch, BROKER_RESULT_TTL_SECONDS="2").run(cleanup_with_a_repeat_in_between)
+    again = repeats[0].json()
+    assert again["task_id"] == first and again["status"] == "queued"
+    assert ttl_broker.status(first)["status"] == "queued"  # the new task is still there
+    [task] = ttl_broker.claim(model)
+    assert ttl_broker.put(task, b"second run").status_code == 200
+    assert ttl_broker.get(f"/getresult?task_id={first}").content == b"second run"

@@ -253,3 +253,27 @@ def test_a_client_refused_mid_upload_still_reads_the_answer(guarded, model):
     """An HTTP client sending a large body without the key gets the 401, not a broken connection."""
     response = requests.post(f"{guarded.url}/predict?model={model}", data=b"x" * (64 * 1024 * 1024), timeout=60)
     assert response.status_code == 401 and "client key" in response.json()["error"]
+
+
+def test_the_header_deadline_holds_for_every_request_on_a_connection(guarded):
+    """Slowloris on a keep-alive connection: after one complete request, the next one's headers trickle in."""
+    with _connect(guarded) as sock:
+        sock.sendall(b"GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert _read_response(sock)[0] == 200
+        sock.sendall(b"GET /api/health HTTP/1.1\r\nHost: x\r\n")
+        for _ in range(3):  # a byte now and then, each well inside any idle timeout
+            time.sleep(0.6)
+            try:
+                sock.sendall(b"X")
+            except (BrokenPipeError, ConnectionResetError):
+                break
+        assert _closed_by_server(sock)
+
+
+def test_an_unknown_method_is_405_in_json(guarded):
+    for method in ("TRACE", "PROPFIND"):
+        with _connect(guarded) as sock:
+            sock.sendall(f"{method} /api/health HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            code, head, body = _read_response(sock)
+        assert code == 405 and head["content-type"].startswith("application/json") and json.loads(body)["error"]
+        assert head["x-content-type-options"] == "nosniff"

@@ -92,3 +92,19 @@ def test_a_repeated_failure_report_is_answered_alike(broker, model):
     assert broker.put_failure(task, "another reason").status_code == 409
     assert broker.put(task, b"result after all").status_code == 409
     assert broker.status(task_id)["error"] == "bad input"
+
+
+def test_a_stale_retryable_failure_on_the_last_attempt_is_refused_too(start_broker, model):
+    """With no attempt left a retryable failure would end the task: only its current token may do that."""
+    strict = start_broker({"BROKER_MAX_ATTEMPTS": "2"})
+    task_id = strict.submit(model)
+    [one] = strict.claim(model)
+    assert strict.put_failure(one, "flaky", retryable=True).json()["status"] == "queued"
+    [two] = strict.claim(model, wait=5)
+    assert two["attempt"] == 2 and extend(strict, two, 0).status_code == 200  # given back
+    [three] = strict.claim(model, wait=5)
+    assert three["attempt"] == 2
+    response = strict.put_failure(two, "replayed", retryable=True)
+    assert response.status_code == 409, response.text
+    assert strict.status(task_id)["status"] == "running"
+    assert strict.put(three, b"fine").status_code == 200

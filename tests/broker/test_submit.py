@@ -2,6 +2,7 @@
 
 import base64
 import json
+import time
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import quote
 
@@ -167,50 +168,120 @@ def test_an_idempotency_key_with_other_params_or_content_type_is_409(broker, mod
     assert queued(broker, model) == 1
 
 
-def test_a_submit_that_died_before_enqueueing_is_healed_by_its_retry_once(start_broker, azurite, lease_secret,
-                                                                          model, monkeypatch):
-    """The first submit stored the payload and lost its enqueue (and its answer); retries with the key
-    enqueue the task exactly once, after the first submit has had its chance."""
-    import asyncio
+class InProcess:
+    """The task store in this process, on the test's Azurite, with the broker's settings: for forcing
+    an interleaving or a storage failure at one exact step."""
 
+    def __init__(self, azurite, lease_secret, monkeypatch, **settings) -> None:
+        monkeypatch.setenv("BROKER_STORAGE_CONNECTION", azurite.connection_string)
+        monkeypatch.setenv("BROKER_LEASE_SECRET", lease_secret)
+        for name, value in settings.items():
+            monkeypatch.setenv(name, value)
+        self.connection = azurite.connection_string
+
+    def run(self, scenario):
+        """Run `async scenario(store)` to its end on a fresh store."""
+        import asyncio
+
+        from broker import settings as broker_settings
+        from broker.storage import Storage
+        from broker.store import TaskStore
+
+        async def go():
+            storage = Storage(self.connection, 1)
+            try:
+                return await scenario(TaskStore(storage, broker_settings.load()))
+            finally:
+                await storage.close()
+
+        return asyncio.run(go())
+
+
+async def _submit_failing(store, model, key, also_marking: bool):
+    """A submit with a key whose send fails (and, with also_marking, whose marking of that fails too:
+    the process died)."""
     from azure.core.exceptions import ServiceRequestError
 
-    from broker import settings as broker_settings
-    from broker.store import TaskStore
-    from broker.storage import Storage
+    async def lost(*args, **kwargs):
+        raise ServiceRequestError("the network went away")
 
+    store.storage.queues.send = lost
+    if also_marking:
+        store.storage.inbox.set_metadata = lost
+    try:
+        await store.submit(model, b"payload", "text/plain", {}, key)
+    except ServiceRequestError:
+        return
+    raise AssertionError("the submit did not fail")
+
+
+def test_a_submit_whose_send_failed_is_sent_by_the_next_retry(start_broker, azurite, lease_secret, model, monkeypatch):
     fast = start_broker({"BROKER_STORAGE_TIMEOUT_SECONDS": "1"})
-    monkeypatch.setenv("BROKER_STORAGE_CONNECTION", azurite.connection_string)
-    monkeypatch.setenv("BROKER_LEASE_SECRET", lease_secret)
-    monkeypatch.setenv("BROKER_STORAGE_TIMEOUT_SECONDS", "1")
+    InProcess(azurite, lease_secret, monkeypatch).run(lambda store: _submit_failing(store, model, f"f-{model}", False))
+    headers = {"Idempotency-Key": f"f-{model}", "Content-Type": "text/plain"}
+    for _ in range(5):
+        assert fast.post(f"/predict?model={model}", data=b"payload", headers=headers).status_code == 202
+    assert queued(fast, model) == 1
+    assert len(fast.claim(model, max_tasks=8)) == 1
 
-    async def die_before_enqueueing():
-        storage = Storage(azurite.connection_string, 1)
-        store = TaskStore(storage, broker_settings.load())
 
-        async def lost(*args, **kwargs):
-            raise ServiceRequestError("the network went away")
-
-        storage.queues.send = lost
-        try:
-            await store.submit(model, b"payload", "text/plain", {}, f"died-{model}")
-        except ServiceRequestError:
-            pass
-        finally:
-            await storage.close()
-
-    asyncio.run(die_before_enqueueing())
-    headers = {"Idempotency-Key": f"died-{model}", "Content-Type": "text/plain"}
+def test_a_submit_that_died_before_sending_is_healed_by_a_retry_once(start_broker, azurite, lease_secret, model,
+                                                                      monkeypatch):
+    """The first submit stored the payload and died before sending (or marking) anything; retries with
+    the key send the task exactly once, after the first submit has had its chance."""
+    fast = start_broker({"BROKER_STORAGE_TIMEOUT_SECONDS": "1"})
+    InProcess(azurite, lease_secret, monkeypatch).run(lambda store: _submit_failing(store, model, f"d-{model}", True))
+    headers = {"Idempotency-Key": f"d-{model}", "Content-Type": "text/plain"}
     early = fast.post(f"/predict?model={model}", data=b"payload", headers=headers)
     assert early.status_code == 202 and queued(fast, model) == 0  # too soon to tell a dead submit from a slow one
-    import time
-
     time.sleep(3.5)
     for _ in range(5):
         assert fast.post(f"/predict?model={model}", data=b"payload", headers=headers).status_code == 202
     assert queued(fast, model) == 1
     [task] = fast.claim(model, max_tasks=8)
     assert task["task_id"] == early.json()["task_id"]
+
+
+def test_the_sweep_sends_what_a_failed_submit_did_not_when_nobody_retries(broker, azurite, lease_secret, model,
+                                                                          monkeypatch):
+    store = InProcess(azurite, lease_secret, monkeypatch)
+    store.run(lambda s: _submit_failing(s, model, f"s-{model}", False))
+    assert queued(broker, model) == 0
+
+    async def sweep_until_sent(s):
+        for _ in range(200):  # the sweep pages through every test's inbox blobs, a page at a time
+            await s.sweep()
+            if s._sweep_from is None:
+                break
+
+    store.run(sweep_until_sent)
+    assert queued(broker, model) == 1
+    assert len(broker.claim(model, max_tasks=8)) == 1
+
+
+def test_a_repeat_that_meets_the_finish_of_its_task_does_not_run_it_again(broker, azurite, lease_secret, model,
+                                                                          monkeypatch):
+    """The repeat's create lands just after the put deleted the payload: it finds the outcome and takes
+    its own blob back; the task is not queued again and keeps its attempt count."""
+    key = f"race-{model}"
+    headers = {"Idempotency-Key": key, "Content-Type": "text/plain"}
+    first = broker.post(f"/predict?model={model}", data=b"p", headers=headers).json()["task_id"]
+    [task] = broker.claim(model)
+
+    async def repeat_during_the_finish(store):
+        create = store.storage.inbox.create
+
+        async def finish_first(*args, **kwargs):
+            assert broker.put(task, b"done").status_code == 200  # the put lands in between
+            return await create(*args, **kwargs)
+
+        store.storage.inbox.create = finish_first
+        return await store.submit(model, b"p", "text/plain", {}, key)
+
+    document, created = InProcess(azurite, lease_secret, monkeypatch).run(repeat_during_the_finish)
+    assert (document["task_id"], document["status"], created) == (first, "succeeded", False)
+    assert broker.claim(model, wait=1) == [] and queued(broker, model) == 0
+    assert broker.get(f"/getresult?task_id={first}").content == b"done"
 
 
 def test_only_listed_models_are_served(start_broker, model):

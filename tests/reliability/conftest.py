@@ -81,8 +81,9 @@ def start_workers(tmp_path):
 
 
 def submit_many(broker: Broker, model: str, payloads: list[bytes], params: list[dict] | None = None,
-                clients: int = 8, latencies: list[float] | None = None) -> list[str]:
-    """Submit every payload (raw bytes, with its params) through `clients` concurrent sessions; the ids in order.
+                clients: int = 8, latencies: list[float] | None = None, keys: list[str] | None = None) -> list[str]:
+    """Submit every payload (raw bytes, with its params and Idempotency-Key) through `clients` concurrent
+    sessions; the ids in order.
 
     Each submit's latency (seconds) is appended to `latencies` when given.
     """
@@ -92,9 +93,12 @@ def submit_many(broker: Broker, model: str, payloads: list[bytes], params: list[
         query = f"/predict?model={model}"
         if params:
             query += "&params=" + requests.utils.quote(json.dumps(params[index]))
+        headers = {"Content-Type": "application/octet-stream"}
+        if keys:
+            headers["Idempotency-Key"] = keys[index]
         started = time.perf_counter()
         response = sessions[index % clients].post(broker.url + query, data=payloads[index], timeout=60,
-                                                  headers={"Content-Type": "application/octet-stream"})
+                                                  headers=headers)
         if latencies is not None:
             latencies.append(time.perf_counter() - started)
         assert response.status_code == 202, response.text
