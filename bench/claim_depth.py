@@ -35,7 +35,6 @@ async def fill_queue(connection: str, model: str, depth: int) -> None:
     settings = Settings(connection, (common.WORKER_KEY,), (), 5, 20 << 20, 86400, 1000, 20)
     storage = Storage(connection, 20)
     store = TaskStore(storage, settings)
-    await storage.ensure_queue(model)
     gate = asyncio.Semaphore(FILL_PARALLEL)
 
     async def one(i: int) -> None:

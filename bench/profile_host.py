@@ -59,8 +59,8 @@ def instrument() -> None:
 
     build = devhost.build
 
-    def traced_build(app):
-        server, timers = build(app)
+    def traced_build(app, *args, **kwargs):
+        server, timers = build(app, *args, **kwargs)
 
         async def asgi(scope, receive, send_):
             if scope["type"] != "http":

@@ -5,6 +5,7 @@ import time
 from azure.storage.blob import BlobServiceClient
 
 from .test_cleanup import run_cleanup
+from .test_leases import extend
 
 
 def test_a_task_nobody_starts_in_time_reads_expired(start_broker, model):
@@ -22,12 +23,18 @@ def test_a_task_nobody_starts_in_time_reads_expired(start_broker, model):
     assert short.status(task_id)["status"] == "expired"
 
 
-def test_a_running_task_outlives_the_queued_ttl(start_broker, model):
+def held_past_its_ttl(start_broker, model):
+    """A broker with a 3 s queued TTL, and a task claimed (for 30 s) and held past it."""
     short = start_broker({"BROKER_QUEUED_TTL_SECONDS": "3"})
     task_id = short.submit(model)
     [task] = short.claim(model, lease=30)
-    time.sleep(4)
-    renewed = short.post(f"/extendlease?task_id={task_id}&lease={task['lease']}&seconds=30", headers=short.worker)
+    time.sleep(3.5)
+    return short, task_id, task
+
+
+def test_a_running_task_outlives_the_queued_ttl(start_broker, model):
+    short, task_id, task = held_past_its_ttl(start_broker, model)
+    renewed = extend(short, task, 30)
     assert renewed.status_code == 200, renewed.text
     assert short.status(task_id)["status"] == "running"
     assert short.put({**task, "lease": renewed.json()["lease"]}, b"done").status_code == 200
@@ -35,11 +42,8 @@ def test_a_running_task_outlives_the_queued_ttl(start_broker, model):
 
 
 def test_a_task_given_back_after_its_ttl_expires(start_broker, model):
-    short = start_broker({"BROKER_QUEUED_TTL_SECONDS": "3"})
-    task_id = short.submit(model)
-    [task] = short.claim(model, lease=30)
-    time.sleep(3.5)
-    back = short.post(f"/extendlease?task_id={task_id}&lease={task['lease']}&seconds=0", headers=short.worker)
+    short, task_id, task = held_past_its_ttl(start_broker, model)
+    back = extend(short, task, 0)
     assert back.status_code == 200
     assert short.status(task_id)["status"] == "expired"
     assert short.claim(model, wait=1) == []

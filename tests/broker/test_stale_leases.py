@@ -2,10 +2,7 @@
 
 import time
 
-
-def extend(broker, task, seconds, lease=None):
-    return broker.post(f"/extendlease?task_id={task['task_id']}&lease={lease or task['lease']}&seconds={seconds}",
-                       headers=broker.worker)
+from .test_leases import extend
 
 
 def expire_and_reclaim(broker, model, task, lease=5):
