@@ -1,22 +1,28 @@
 """The errors that cross from validation and the task store to the wire.
 
 The store raises domain errors (a task not found, a lease lost, a task already finished...), each
-one sentence, with the task's status document when the answer carries it; respond.py maps them to
-status codes in one table. Validation and key checks, which are about the request itself, raise
-`Rejected` with the status they mean.
+one sentence, with the task (records.Task) when the answer carries its status document; the storage
+adapter raises StorageUnavailable and RecordUnreadable; respond.py maps them all to status codes in
+one table. Validation and key checks, which are about the request itself, raise `Rejected` with the
+status they mean.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .records import Task
+
 
 class BrokerError(Exception):
-    """A request the broker refuses; `message` is one sentence, `document` the task's status document
-    when the answer carries it, `headers` any the answer needs (Retry-After, WWW-Authenticate)."""
+    """A request the broker refuses; `message` is one sentence, `task` the task whose status document
+    the answer carries (if any), `headers` any the answer needs (Retry-After, WWW-Authenticate)."""
 
-    def __init__(self, message: str, document: dict | None = None, headers: dict | None = None) -> None:
+    def __init__(self, message: str, task: "Task | None" = None, headers: dict | None = None) -> None:
         super().__init__(message)
         self.message = message
-        self.document = document
+        self.task = task
         self.headers = headers or {}
 
 
@@ -54,10 +60,23 @@ class TaskChanging(BrokerError):
         super().__init__(message, headers={"Retry-After": "1"})
 
 
+class StorageUnavailable(BrokerError):
+    """Storage did not answer, or answered with a server error; asking again shortly may work."""
+
+    def __init__(self) -> None:
+        super().__init__("storage is unavailable right now; retry shortly", headers={"Retry-After": "2"})
+
+
+class RecordUnreadable(BrokerError):
+    """Storage answered with something the broker cannot read back (a header over 8 KiB)."""
+
+    def __init__(self) -> None:
+        super().__init__("the task's stored record cannot be read")
+
+
 class Rejected(BrokerError):
     """A refusal about the request itself (its form, size or key), with the status it means."""
 
-    def __init__(self, status: int, message: str, document: dict | None = None,
-                 headers: dict | None = None) -> None:
-        super().__init__(message, document, headers)
+    def __init__(self, status: int, message: str, headers: dict | None = None) -> None:
+        super().__init__(message, None, headers)
         self.status = status

@@ -15,7 +15,8 @@ import azure.functions as func
 
 from . import auth, validate
 from .errors import Rejected
-from .respond import ALL_METHODS, endpoint, error_response, json_response, tasks_response
+from .records import iso
+from .respond import ALL_METHODS, claims_response, endpoint, error_response, json_response
 from .settings import Settings
 from .store import get_store
 
@@ -54,9 +55,9 @@ async def predict(req: func.HttpRequest, settings: Settings) -> func.HttpRespons
     """Submit a job: raw bytes, or the JSON wrapper with a base64 payload."""
     model, payload, content_type, params = validate.submission(req, settings.max_payload_bytes, settings.models)
     key = validate.idempotency_key(req)
-    document, _ = await get_store(settings).submit(model, payload, content_type, params, key,
-                                                   auth.client_scope(req, settings))
-    body = {**document, **_links(req, document["task_id"])}
+    task, _ = await get_store(settings).submit(model, payload, content_type, params, key,
+                                               auth.client_scope(req, settings))
+    body = {**task.document(), **_links(req, task.task_id)}
     return json_response(body, 202, {"Location": body["result_url"], **RETRY})
 
 
@@ -93,13 +94,13 @@ def _result_headers(task_id: str, kind: str) -> dict:
 @_route("status")
 @endpoint(("GET",), auth.CLIENT)
 async def status(req: func.HttpRequest, settings: Settings) -> func.HttpResponse:
-    return json_response(await get_store(settings).status(validate.task_id(req)))
+    return json_response((await get_store(settings).status(validate.task_id(req))).document())
 
 
 @_route("cancel")
 @endpoint(("POST",), auth.CLIENT)
 async def cancel(req: func.HttpRequest, settings: Settings) -> func.HttpResponse:
-    return json_response(await get_store(settings).cancel(validate.task_id(req)))
+    return json_response((await get_store(settings).cancel(validate.task_id(req))).document())
 
 
 @_route("getnexttask")
@@ -111,10 +112,10 @@ async def getnexttask(req: func.HttpRequest, settings: Settings) -> func.HttpRes
     wait = validate.integer(req, "wait", 0, 60, default=20)
     lease = validate.integer(req, "lease", 5, 3600, default=60)
     settings.check_lease_secret()  # before claiming anything it could not sign a token for
-    tasks = await get_store(settings).claim(model, max_tasks, wait, lease)
-    if not tasks:
+    claims = await get_store(settings).claim(model, max_tasks, wait, lease)
+    if not claims:
         return func.HttpResponse(status_code=204)
-    return tasks_response(tasks)
+    return claims_response(claims)
 
 
 @_route("extendlease")
@@ -124,7 +125,8 @@ async def extendlease(req: func.HttpRequest, settings: Settings) -> func.HttpRes
     task_id = validate.task_id(req)
     lease = validate.lease(req, task_id, settings.lease_secrets)
     seconds = validate.integer(req, "seconds", 0, 3600)
-    return json_response(await get_store(settings).extend(task_id, lease, seconds))
+    renewal = await get_store(settings).extend(lease, seconds)
+    return json_response({"lease": renewal.lease, "lease_expires_at": iso(renewal.expires)})
 
 
 @_route("puttaskresult")
@@ -140,7 +142,7 @@ async def puttaskresult(req: func.HttpRequest, settings: Settings) -> func.HttpR
         if len(body) > settings.max_payload_bytes:
             raise validate.too_large(settings.max_payload_bytes)
         kind = validate.content_type(req.headers.get("content-type"))
-        return json_response(await store.complete(lease, body, kind))
+        return json_response({"task_id": task_id, "status": await store.complete(lease, body, kind)})
     if outcome != "failed":
         raise Rejected(400, "status must be succeeded or failed")
     report = validate.json_object(body, "failure report")
@@ -149,7 +151,7 @@ async def puttaskresult(req: func.HttpRequest, settings: Settings) -> func.HttpR
         raise Rejected(400, "a failure report needs a non-empty \"error\" string")
     if not isinstance(retryable, bool):
         raise Rejected(400, "\"retryable\" must be true or false")
-    return json_response(await store.fail(lease, error, retryable))
+    return json_response({"task_id": task_id, "status": await store.fail(lease, error, retryable)})
 
 
 @_route("health")
@@ -163,7 +165,11 @@ async def health(req: func.HttpRequest, settings: Settings) -> func.HttpResponse
 @endpoint(("GET",), auth.WORKER)
 async def stats(req: func.HttpRequest, settings: Settings) -> func.HttpResponse:
     model = req.params.get("model")
-    return json_response(await get_store(settings).stats(validate.model(model, settings.models) if model else None))
+    depths, more = await get_store(settings).stats(validate.model(model, settings.models) if model else None)
+    body: dict = {"models": {name: {"queued": depth} for name, depth in depths.items()}}
+    if more:
+        body["truncated"] = True
+    return json_response(body)
 
 
 @_route("demo")

@@ -185,6 +185,28 @@ class Outcome:
 
 
 @dataclass(frozen=True)
+class Claim:
+    """A task handed to a worker: what it runs, and the lease it holds it under."""
+
+    task_id: str
+    model: str
+    params: dict
+    content_type: str
+    payload: bytes
+    lease: str  # the signed token (lease.Lease, encoded)
+    lease_expires: float
+    attempt: int
+
+
+@dataclass(frozen=True)
+class Renewal:
+    """A lease after a heartbeat or a give-back: its new token, and until when it holds."""
+
+    lease: str
+    expires: float
+
+
+@dataclass(frozen=True)
 class TaskMessage:
     """The content of a task's queue message."""
 

@@ -6,8 +6,9 @@ unless it changed" and "delete it if it is still there" idiom is spelled once, h
 - `Container.create` answers None when the blob exists (If-None-Match: *), `set_metadata` when it
   changed or went (If-Match on its etag);
 - `Queues.update` raises `MessageGone` (deleted, or expired at its time-to-live) or `ReceiptStale`
-  (another receive or update replaced that pop receipt), so callers can tell the two apart.
-Everything else (a timeout, a 5xx) propagates, and the HTTP edge answers it 503.
+  (another receive or update replaced that pop receipt), so callers can tell the two apart;
+- every call turns a timeout or a 5xx into the domain error `StorageUnavailable` (the HTTP edge
+  answers it 503), and an answer the HTTP client cannot parse into `RecordUnreadable`.
 
 One blob and one queue service client per event loop, reused. Retries are short and few on
 purpose: a request to the broker must answer (503 if need be) rather than hang while storage is
@@ -17,6 +18,7 @@ away, and the caller retries.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from dataclasses import dataclass
 
@@ -30,6 +32,8 @@ from azure.storage.blob.aio import LinearRetry as BlobRetry
 from azure.storage.queue import QueueMessage
 from azure.storage.queue._shared.policies_async import LinearRetry as QueueRetry
 from azure.storage.queue.aio import QueueClient, QueueServiceClient
+
+from .errors import RecordUnreadable, StorageUnavailable
 
 INBOX = "inbox"
 OUTBOX = "outbox"
@@ -49,6 +53,23 @@ def is_outage(exc: BaseException) -> bool:
     if isinstance(exc, (ServiceRequestError, ServiceResponseError, asyncio.TimeoutError, ConnectionError)):
         return True
     return isinstance(exc, HttpResponseError) and (exc.status_code or 0) >= 500
+
+
+def _storage_call(method):
+    """An adapter call: SDK failures leave it as the broker's own errors."""
+
+    @functools.wraps(method)
+    async def call(*args, **kwargs):
+        try:
+            return await method(*args, **kwargs)
+        except Exception as exc:
+            if unparseable(exc):
+                raise RecordUnreadable() from exc
+            if is_outage(exc):
+                raise StorageUnavailable() from exc
+            raise
+
+    return call
 
 
 class MessageGone(Exception):
@@ -99,12 +120,14 @@ class Container:
     def __init__(self, client: ContainerClient) -> None:
         self.client = client
 
+    @_storage_call
     async def head(self, name: str) -> Blob | None:
         try:
             return _blob(await self.client.get_blob_client(name).get_blob_properties())
         except ResourceNotFoundError:
             return None
 
+    @_storage_call
     async def read(self, name: str) -> Blob | None:
         try:
             downloader = await self.client.get_blob_client(name).download_blob()
@@ -113,6 +136,7 @@ class Container:
             return None
         return _blob(downloader.properties, body)
 
+    @_storage_call
     async def create(self, name: str, body: bytes, metadata: dict, content_type: str) -> str | None:
         """Write a new blob; its etag, or None if a blob of that name exists."""
         try:
@@ -122,11 +146,13 @@ class Container:
             return None
         return written["etag"]
 
+    @_storage_call
     async def put(self, name: str, body: bytes, metadata: dict, content_type: str) -> str:
         written = await self.client.get_blob_client(name).upload_blob(
             body, overwrite=True, metadata=metadata, content_settings=ContentSettings(content_type=content_type))
         return written["etag"]
 
+    @_storage_call
     async def set_metadata(self, name: str, metadata: dict, etag: str) -> str | None:
         """Replace the metadata if the blob is unchanged since `etag`; the new etag, or None if it
         changed or is gone."""
@@ -137,6 +163,7 @@ class Container:
             return None
         return written["etag"]
 
+    @_storage_call
     async def delete(self, name: str, etag: str | None = None) -> None:
         """Delete the blob if it is there (and unchanged since `etag`, given one)."""
         kwargs = dict(etag=etag, match_condition=MatchConditions.IfNotModified) if etag else {}
@@ -145,6 +172,7 @@ class Container:
         except (ResourceNotFoundError, ResourceModifiedError):
             pass
 
+    @_storage_call
     async def page(self, continuation: str | None, size: int, metadata: bool = False) -> tuple[list[Blob], str | None]:
         """One page of the listing from `continuation`, and where the next page starts (None: the end)."""
         pages = self.client.list_blobs(include=["metadata"] if metadata else None,
@@ -153,6 +181,7 @@ class Container:
             return [_blob(properties) async for properties in page], pages.continuation_token or None
         return [], None
 
+    @_storage_call
     async def ensure(self) -> None:
         await _create(self.client.create_container())
 
@@ -171,6 +200,7 @@ class Queues:
             client = self._clients[model] = self.service.get_queue_client(QUEUE_PREFIX + model)
         return client
 
+    @_storage_call
     async def send(self, model: str, content: str, ttl: int) -> Message:
         queue = self._queue(model)
         if model not in self._ready:
@@ -184,6 +214,7 @@ class Queues:
             self._ready.add(model)
             return _message(await queue.send_message(content, time_to_live=ttl))
 
+    @_storage_call
     async def receive(self, model: str, count: int, visibility: int) -> list[Message]:
         pages = self._queue(model).receive_messages(messages_per_page=count, max_messages=count,
                                                     visibility_timeout=visibility)
@@ -194,6 +225,7 @@ class Queues:
             pass
         return []
 
+    @_storage_call
     async def update(self, model: str, msg: str, receipt: str, visibility: int) -> Message:
         """Make the message visible again in `visibility` seconds; the message with its new receipt."""
         try:
@@ -207,6 +239,7 @@ class Queues:
         return Message(msg, updated.pop_receipt, None, 0,
                        updated.next_visible_on.timestamp() if updated.next_visible_on else None)
 
+    @_storage_call
     async def delete(self, model: str, msg: str, receipt: str) -> None:
         """Delete the message if that receipt is still its current one; quiet if it is gone or stale."""
         try:
@@ -215,6 +248,7 @@ class Queues:
             if is_outage(exc):
                 raise
 
+    @_storage_call
     async def depth(self, model: str) -> int:
         """Messages in the model's queue, leased ones included (Azure's approximate count)."""
         try:
@@ -223,6 +257,7 @@ class Queues:
             return 0
         return properties.approximate_message_count or 0
 
+    @_storage_call
     async def models(self, limit: int) -> tuple[list[str], bool]:
         """Up to `limit` models that have a queue, and whether there are more."""
         names = []
@@ -255,12 +290,14 @@ class Storage:
         self.queues = Queues(queues)
         self._containers_ready = False
 
+    @_storage_call
     async def ensure_containers(self) -> None:
         if self._containers_ready:
             return
         await asyncio.gather(self.inbox.ensure(), self.outbox.ensure())
         self._containers_ready = True
 
+    @_storage_call
     async def ping(self) -> None:
         """Both services answer (for /health)."""
         await asyncio.gather(self.inbox.client.get_container_properties(),

@@ -29,13 +29,13 @@ import logging
 import time
 import uuid
 
-from .errors import (IdempotencyConflict, LeaseLost, TaskCancelled, TaskChanging, TaskExpired, TaskFinished,
-                     TaskNotFound)
+from .errors import (IdempotencyConflict, LeaseLost, RecordUnreadable, StorageUnavailable, TaskCancelled, TaskChanging,
+                     TaskExpired, TaskFinished, TaskNotFound)
 from .lease import Lease, receipt_hash
-from .records import (Enqueued, LeaseState, Outcome, Submission, Task, TaskMessage, clip_error, expiry_error,
-                      iso, now)
+from .records import (Claim, Enqueued, LeaseState, Outcome, Renewal, Submission, Task, TaskMessage, clip_error,
+                      expiry_error, now)
 from .settings import Settings
-from .storage import Blob, Message, MessageGone, ReceiptStale, Storage, is_outage, unparseable
+from .storage import Blob, Message, MessageGone, ReceiptStale, Storage
 from .wakeups import Wakeups
 
 log = logging.getLogger("broker.store")
@@ -68,7 +68,7 @@ def submission_digest(model: str, content_type: str, params: dict, payload: byte
 
 def unreadable(exc: BaseException) -> bool:
     """The task's stored record cannot be decoded (not: storage is away, or a request failed)."""
-    return isinstance(exc, (KeyError, ValueError, TypeError)) or unparseable(exc)
+    return isinstance(exc, (KeyError, ValueError, TypeError, RecordUnreadable))
 
 
 def _with(metadata: dict, **records: str) -> dict:
@@ -122,11 +122,11 @@ class TaskStore:
                 return None, None
         return self._finished_task(task_id, out), out.body
 
-    async def status(self, task_id: str) -> dict:
+    async def status(self, task_id: str) -> Task:
         task, _ = await self._get(task_id)
         if task is None:
             raise TaskNotFound()
-        return task.document()
+        return task
 
     async def result(self, task_id: str, wait: float) -> tuple[Task, bytes | None]:
         deadline = time.monotonic() + wait
@@ -145,8 +145,8 @@ class TaskStore:
     # ---- submitting ----------------------------------------------------------------------
 
     async def submit(self, model: str, payload: bytes, content_type: str, params: dict,
-                     idempotency_key: str | None = None, scope: str = "") -> tuple[dict, bool]:
-        """Store the payload and enqueue the task. Returns (status document, created)."""
+                     idempotency_key: str | None = None, scope: str = "") -> tuple[Task, bool]:
+        """Store the payload and enqueue the task. Returns (the task, whether this submit created it)."""
         await self.storage.ensure_containers()
         if idempotency_key is None:
             sub = Submission(uuid.uuid4().hex, model, content_type, params, now(), None, len(payload))
@@ -159,7 +159,7 @@ class TaskStore:
                 with contextlib.suppress(Exception):
                     await self.storage.inbox.delete(sub.task_id)
                 raise
-            return Task(sub.task_id, model, sub.created).document(), True
+            return Task(sub.task_id, model, sub.created), True
         task_id = idempotent_id(self.settings.lease_secrets[0], scope, idempotency_key)
         sub = Submission(task_id, model, content_type, params, now(),
                          submission_digest(model, content_type, params, payload), len(payload))
@@ -172,7 +172,7 @@ class TaskStore:
         self.wakeups.notify("model:" + sub.model)
         return message
 
-    async def _submit_once(self, sub: Submission, payload: bytes) -> tuple[dict, bool]:
+    async def _submit_once(self, sub: Submission, payload: bytes) -> tuple[Task, bool]:
         # The outbox is read after the create, not beside it: a finish writes the outbox blob before it
         # deletes the inbox blob, so a create that succeeds because the task just finished sees its
         # outcome here, and takes its blob back instead of running the task again.
@@ -188,18 +188,17 @@ class TaskStore:
             await self.storage.outbox.delete(sub.task_id, out.etag)  # an expired leftover
         if etag is not None:
             await self._send_once(sub, metadata, etag)
-            return Task(sub.task_id, sub.model, sub.created).document(), True
+            return Task(sub.task_id, sub.model, sub.created), True
         inbox = await self.storage.inbox.head(sub.task_id)
         if inbox is None:  # it finished between our two reads: read it again as a finished task
             task, _ = await self._get(sub.task_id)
             if task is None:
                 raise TaskChanging("the task changed while it was being read; retry the submit")
             return self._same_submission(task, sub), False
-        task = self._open_task(sub.task_id, inbox)
-        document = self._same_submission(task, sub)
+        task = self._same_submission(self._open_task(sub.task_id, inbox), sub)
         if self._send_was_lost(task, inbox):
             await self._take_over_send(inbox)
-        return document, False
+        return task, False
 
     async def _send_once(self, sub: Submission, metadata: dict, etag: str) -> None:
         """Send the task's message and mark it sent; if the blob changed meanwhile, keep the message
@@ -236,17 +235,16 @@ class TaskStore:
             await self._send_once(sub, metadata, etag)
 
     @staticmethod
-    def _same_submission(task: Task, sub: Submission) -> dict:
+    def _same_submission(task: Task, sub: Submission) -> Task:
         if task.model != sub.model or (task.digest and task.digest != sub.digest):
             raise IdempotencyConflict("this Idempotency-Key was already used with a different payload, model, "
-                                      "params or content type", task.document())
-        return task.document()
+                                      "params or content type", task)
+        return task
 
     # ---- claiming ------------------------------------------------------------------------
 
-    async def claim(self, model: str, max_tasks: int, wait: float, lease_seconds: int) -> list[dict]:
-        """Up to max_tasks claimed tasks, long-polling up to `wait` seconds for the first. Each task's
-        `payload` is raw bytes, for respond.tasks_response to put in the body as base64."""
+    async def claim(self, model: str, max_tasks: int, wait: float, lease_seconds: int) -> list[Claim]:
+        """Up to max_tasks claimed tasks, long-polling up to `wait` seconds for the first."""
         deadline = time.monotonic() + wait
         delay = POLL_FIRST
         woken, waited = True, 0.0  # the first look always goes to storage
@@ -281,7 +279,7 @@ class TaskStore:
     def _looked_within(self, model: str, seconds: float) -> bool:
         return time.monotonic() - self._looked_at.get(model, float("-inf")) < seconds
 
-    async def _take_all(self, model: str, messages: list[Message], lease_seconds: int) -> list[dict]:
+    async def _take_all(self, model: str, messages: list[Message], lease_seconds: int) -> list[Claim]:
         """Take what the claim's byte budget allows, in order; release the rest at once, untouched.
 
         A task that cannot be taken does not sink the others: a storage error releases its message,
@@ -310,17 +308,17 @@ class TaskStore:
             if unreadable(result):
                 await self._give_up_unreadable(model, message, task_id, result)
                 continue
-            if not is_outage(result):
+            if not isinstance(result, StorageUnavailable):
                 log.error("task %s could not be taken (%r); it goes back to the queue", task_id, result)
             errors.append(result)
             defer.append(message)
         await self._quietly(*(self._drop(model, m) for m in drop), *(self._release(model, m) for m in defer))
-        tasks = [r for r in results if isinstance(r, dict)]
-        if errors and not tasks:
+        claims = [r for r in results if isinstance(r, Claim)]
+        if errors and not claims:
             raise errors[0]
-        return tasks
+        return claims
 
-    async def _take(self, model: str, message: Message, task_id: str, lease_seconds: int) -> dict | None:
+    async def _take(self, model: str, message: Message, task_id: str, lease_seconds: int) -> Claim | None:
         """Turn a received message into a claimed task, or settle it (drop, expire, give up)."""
         # On a first delivery an outcome exists only if a cancel or a finish did not get to delete
         # the inbox blob; the first-wins outbox keeps that rare case harmless (its worker's heartbeat
@@ -362,16 +360,8 @@ class TaskStore:
             await self._release(model, message)
             return None
         lease = Lease(task_id, model, message.id, message.receipt, claimed.claim, attempt, sub.created, at, sub.digest)
-        return {
-            "task_id": task_id,
-            "model": model,
-            "params": sub.params,
-            "content_type": sub.content_type,
-            "payload": payload,  # raw bytes: the route encodes it (respond.tasks_response)
-            "lease": lease.encode(self.settings.lease_secrets),
-            "lease_expires_at": iso(message.visible_at or claimed.until),
-            "attempt": attempt,
-        }
+        return Claim(task_id, model, sub.params, sub.content_type, payload, lease.encode(self.settings.lease_secrets),
+                     message.visible_at or claimed.until, attempt)
 
     async def _give_up(self, sub: Submission, state: LeaseState | None, message: Message, attempts: int,
                        error: str | None) -> None:
@@ -405,13 +395,12 @@ class TaskStore:
         if out is not None:
             outcome = Outcome.from_metadata(out.metadata)
             task = self._finished_task(lease.task_id, out)
-            document = task.document() if task else None
             if outcome.status == "cancelled":
                 await self._drop(lease.model, Message(lease.msg, lease.receipt))
-                raise TaskCancelled("the task was cancelled", document)
+                raise TaskCancelled("the task was cancelled", task)
             if outcome.status == "expired":
-                raise TaskExpired("the task expired", document)
-            raise TaskFinished("the task already finished", document)
+                raise TaskExpired("the task expired", task)
+            raise TaskFinished("the task already finished", task)
         if inbox is None:
             raise TaskNotFound()
         state = LeaseState.from_metadata(inbox.metadata)
@@ -429,11 +418,11 @@ class TaskStore:
     def _past_ttl(self, inbox: Blob) -> bool:
         return now() >= Submission.from_metadata(inbox.name, inbox.metadata).expires(self.settings.queued_ttl_seconds)
 
-    async def extend(self, task_id: str, lease: Lease, seconds: int) -> dict:
+    async def extend(self, lease: Lease, seconds: int) -> Renewal:
         inbox, state = await self._held(lease)
         if seconds == 0:
             receipt = await self._free(lease, inbox, state, "back")
-            return {"lease": lease.renewed(receipt).encode(self.settings.lease_secrets), "lease_expires_at": iso(now())}
+            return Renewal(lease.renewed(receipt).encode(self.settings.lease_secrets), now())
         try:
             updated = await self.storage.queues.update(lease.model, lease.msg, lease.receipt, seconds)
             receipt, expires = updated.receipt, updated.visible_at
@@ -447,8 +436,7 @@ class TaskStore:
             receipt, expires = lease.receipt, None
         state.until, state.receipt = now() + seconds, receipt_hash(receipt)
         await self._write_state(lease, inbox, state)
-        return {"lease": lease.renewed(receipt).encode(self.settings.lease_secrets),
-                "lease_expires_at": iso(expires or state.until)}
+        return Renewal(lease.renewed(receipt).encode(self.settings.lease_secrets), expires or state.until)
 
     async def _free(self, lease: Lease, inbox: Blob, state: LeaseState, how: str, error: str | None = None) -> str:
         """Give the task back to the queue (how="back") or after a retryable failure ("retry"); the
@@ -473,26 +461,28 @@ class TaskStore:
 
     # ---- finishing -----------------------------------------------------------------------
 
-    async def complete(self, lease: Lease, body: bytes, content_type: str) -> dict:
+    async def complete(self, lease: Lease, body: bytes, content_type: str) -> str:
+        """Commit a success; the status the task has now (succeeded)."""
         outcome = Outcome("succeeded", lease.model, lease.created, now(), lease.started, lease.attempt,
                           None, lease.digest, lease.commit_id("succeeded", content_type, body))
         return await self._finish(lease, outcome, body, content_type)
 
-    async def fail(self, lease: Lease, error: str, retryable: bool) -> dict:
+    async def fail(self, lease: Lease, error: str, retryable: bool) -> str:
+        """Commit a failure, or queue the task again for a retryable one; the status the task has now."""
         error = clip_error(error)
         if retryable:  # it asks for another attempt: only the current token may, with or without one left
             inbox, state = await self._held(lease)
             if lease.attempt < self.settings.max_attempts:
                 await self._free(lease, inbox, state, "retry", error)
                 task, _ = await self._get(lease.task_id)
-                return {"task_id": lease.task_id, "status": task.status(now()) if task else "queued"}
+                return task.status(now()) if task else "queued"
             error = clip_error(f"gave up after {lease.attempt} attempts: {error}")
         body = _error_body(error)
         outcome = Outcome("failed", lease.model, lease.created, now(), lease.started, lease.attempt,
                           error, lease.digest, lease.commit_id("failed", JSON, body))
         return await self._finish(lease, outcome, body, JSON)
 
-    async def _finish(self, lease: Lease, outcome: Outcome, body: bytes, content_type: str) -> dict:
+    async def _finish(self, lease: Lease, outcome: Outcome, body: bytes, content_type: str) -> str:
         await self.storage.ensure_containers()
         at = now()
         settings = self.settings
@@ -507,22 +497,20 @@ class TaskStore:
                 sub = Submission.from_metadata(lease.task_id, inbox.metadata)
                 await self._expire(sub, LeaseState.from_metadata(inbox.metadata), Message(lease.msg, lease.receipt))
                 task, _ = await self._get(lease.task_id)
-                raise TaskExpired("the task expired: its lease had run out, and it was past its queued TTL",
-                                  task.document() if task else None)
+                raise TaskExpired("the task expired: its lease had run out, and it was past its queued TTL", task)
         first = await self._end(lease.task_id, lease.model, outcome, body, content_type,
                                 Message(lease.msg, lease.receipt))
         if first is None:
-            return {"task_id": lease.task_id, "status": outcome.status}
+            return outcome.status
         if first.committed_by == outcome.committed_by:  # the same put, repeated
-            return {"task_id": lease.task_id, "status": first.status}
+            return first.status
         task, _ = await self._get(lease.task_id)
-        document = task.document() if task else None
         if first.status == "cancelled":
-            raise TaskCancelled("the task was cancelled", document)
+            raise TaskCancelled("the task was cancelled", task)
         if first.status == "expired":
-            raise TaskExpired("the task expired", document)
+            raise TaskExpired("the task expired", task)
         raise TaskFinished("the task's outcome was already put (by another attempt, or by this one with "
-                           "other content)", document)
+                           "other content)", task)
 
     async def _end(self, task_id: str, model: str, outcome: Outcome, body: bytes, content_type: str,
                    message: Message | None) -> Outcome | None:
@@ -540,7 +528,7 @@ class TaskStore:
             self.wakeups.notify("task:" + task_id)
         return first
 
-    async def cancel(self, task_id: str) -> dict:
+    async def cancel(self, task_id: str) -> Task:
         task, _ = await self._get(task_id)
         if task is None:
             raise TaskNotFound()
@@ -558,8 +546,8 @@ class TaskStore:
             if task is None:
                 raise TaskNotFound()
         if task.outcome.status == "cancelled":
-            return task.document()
-        raise TaskFinished(f"the task already {task.outcome.status} and cannot be cancelled", task.document())
+            return task
+        raise TaskFinished(f"the task already {task.outcome.status} and cannot be cancelled", task)
 
     # ---- housekeeping --------------------------------------------------------------------
 
@@ -582,18 +570,15 @@ class TaskStore:
             if isinstance(result, Exception):
                 log.warning("a best-effort storage step failed: %s", type(result).__name__)
 
-    async def stats(self, model: str | None = None) -> dict:
-        """Queue depth per model: the one asked about, the served ones (BROKER_MODELS), or the first
-        MAX_STATS_MODELS that have a queue (`truncated` says there are more)."""
+    async def stats(self, model: str | None = None) -> tuple[dict[str, int], bool]:
+        """(queue depth per model, whether more models have queues): the one asked about, the served
+        ones (BROKER_MODELS), or the first MAX_STATS_MODELS that have a queue."""
         if model or self.settings.models:
             names, more = [model] if model else list(self.settings.models), False
         else:
             names, more = await self.storage.queues.models(MAX_STATS_MODELS)
         depths = await asyncio.gather(*(self.storage.queues.depth(name) for name in names))
-        body: dict = {"models": {name: {"queued": depth} for name, depth in zip(names, depths)}}
-        if more:
-            body["truncated"] = True
-        return body
+        return dict(zip(names, depths)), more
 
     async def health(self) -> None:
         await self.storage.ensure_containers()

@@ -142,7 +142,7 @@ def test_a_storage_error_on_one_task_releases_it_and_hands_out_the_others(azurit
         storage = Storage(azurite.connection_string, 5)
         store = TaskStore(storage, broker_settings.load())
         try:
-            ids = [(await store.submit(model, f"p{i}".encode(), "text/plain", {}))[0]["task_id"] for i in range(3)]
+            ids = [(await store.submit(model, f"p{i}".encode(), "text/plain", {}))[0].task_id for i in range(3)]
             read = storage.inbox.read
 
             async def flaky(name):
@@ -159,8 +159,8 @@ def test_a_storage_error_on_one_task_releases_it_and_hands_out_the_others(azurit
             await storage.close()
 
     ids, first, again = asyncio.run(scenario())
-    assert [t["task_id"] for t in first] == [ids[0], ids[2]]
-    assert [(t["task_id"], t["attempt"]) for t in again] == [(ids[1], 1)]
+    assert [t.task_id for t in first] == [ids[0], ids[2]]
+    assert [(t.task_id, t.attempt) for t in again] == [(ids[1], 1)]
 
 
 def test_stats_are_bounded(broker, azurite, model):

@@ -22,20 +22,20 @@ def test_reading_and_polling_leave_no_wakeup_behind(azurite, monkeypatch, lease_
     async def scenario() -> list[int]:
         store = TaskStore(Storage(azurite.connection_string, 20), broker_settings.load())
         try:
-            document, _ = await store.submit(model, b"x", "text/plain", {})
+            submitted, _ = await store.submit(model, b"x", "text/plain", {})
             watched = []
             for i in range(50):
                 with pytest.raises(TaskNotFound):
                     await store.result(f"{i:032x}", wait=0)
             watched.append(len(store.wakeups))
-            waiting = asyncio.ensure_future(store.result(document["task_id"], wait=5))
+            waiting = asyncio.ensure_future(store.result(submitted.task_id, wait=5))
             await asyncio.sleep(0.3)
             watched.append(len(store.wakeups))  # one waiter, one key, while it waits
             waiting.cancel()
             await asyncio.gather(waiting, return_exceptions=True)
             assert await store.claim(model + "-none", 1, 0.3, 60) == []
             [task] = await store.claim(model, 1, 0, 60)
-            assert task["task_id"] == document["task_id"]
+            assert task.task_id == submitted.task_id
             watched.append(len(store.wakeups))
             return watched
         finally:

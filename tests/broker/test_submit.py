@@ -278,8 +278,8 @@ def test_a_repeat_that_meets_the_finish_of_its_task_does_not_run_it_again(broker
         store.storage.inbox.create = finish_first
         return await store.submit(model, b"p", "text/plain", {}, key)
 
-    document, created = InProcess(azurite, lease_secret, monkeypatch).run(repeat_during_the_finish)
-    assert (document["task_id"], document["status"], created) == (first, "succeeded", False)
+    again, created = InProcess(azurite, lease_secret, monkeypatch).run(repeat_during_the_finish)
+    assert (again.task_id, again.document()["status"], created) == (first, "succeeded", False)
     assert broker.claim(model, wait=1) == [] and queued(broker, model) == 0
     assert broker.get(f"/getresult?task_id={first}").content == b"done"
 
