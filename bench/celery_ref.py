@@ -21,7 +21,7 @@ import time
 import requests
 from celery import Celery
 
-from devstack.worker import Worker
+from devstack.services import Worker
 
 from . import common
 

@@ -19,7 +19,7 @@ from pathlib import Path
 # py-spy names files from their import root, and drops the `azure/` of the namespace package:
 # azure-core's files show as core/..., azure-storage-blob's as blob/..., azure-functions' as functions/...
 AREAS = [
-    ("the dev host's HTTP server (broker/devhost.py, Starlette, uvicorn)", r"^(broker/devhost\.py|starlette/|uvicorn/|h11/)"),
+    ("the dev host's HTTP server (devstack/devhost.py, Starlette, uvicorn)", r"^(devstack/devhost\.py|starlette/|uvicorn/|h11/)"),
     ("the broker's own code", r"^broker/"),
     ("azure-functions request/response objects", r"^(azure/)?functions/"),
     ("Azure SDK (azure-core, azure-storage-*)", r"^(azure/|core/|blob/|queue/|storage/)"),

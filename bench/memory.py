@@ -15,7 +15,7 @@ import time
 
 import requests
 
-from devstack.worker import Worker
+from devstack.services import Worker
 
 from . import common
 from .throughput import Load, start_workers, stop_workers

@@ -48,7 +48,7 @@ class RootHost(DevHost):
 
     def command(self) -> list[str]:
         code = (f"import os, sys; os.chdir({self.root!r}); sys.path.insert(0, {self.root!r}); "
-                "from broker.devhost import main; sys.exit(main())")
+                "from devstack.devhost import main; sys.exit(main())")
         return [sys.executable, "-c", code, *super().command()[3:]]
 
 

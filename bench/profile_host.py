@@ -55,7 +55,7 @@ def instrument() -> None:
 
     AioHttpTransport.send = send
 
-    import broker.devhost as devhost
+    import devstack.devhost as devhost
 
     build = devhost.build
 
@@ -149,7 +149,7 @@ def main() -> int:
     instrument()
     from pyinstrument import Profiler
 
-    import broker.devhost as devhost
+    import devstack.devhost as devhost
 
     def stop(signum, frame):  # uvicorn re-raises the signal after its graceful shutdown: end here
         raise SystemExit(0)

@@ -17,7 +17,7 @@ import time
 
 import requests
 
-from devstack.worker import Worker
+from devstack.services import Worker
 
 from . import common
 

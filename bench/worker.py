@@ -26,7 +26,7 @@ import numpy as np
 import requests
 from PIL import Image
 
-from devstack.worker import Worker
+from devstack.services import Worker
 
 from . import azurite_profile, host_profile
 from .common import (WORKER_KEY, Stack, cpu_seconds, model_name, note_load, parse_args, pick, ratio, rss_mib, save,

@@ -22,7 +22,7 @@ from .store import get_store
 
 bp = func.Blueprint()
 
-DEMO_PAGE = Path(__file__).resolve().parent.parent / "clients" / "web" / "index.html"
+DEMO_PAGE = Path(__file__).resolve().parent / "static" / "demo.html"  # deployed with the broker
 RETRY = {"Retry-After": "1"}
 # Result types a browser may show in place; any other is served as a download. Results never run
 # as active content on the broker's origin, whatever type a worker gave them.

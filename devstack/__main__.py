@@ -18,8 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from .services import ROOT, Azurite, DevHost, ServiceError
-from .worker import Worker
+from .services import ROOT, Azurite, DevHost, ServiceError, Worker
 
 DATA = Path(os.environ.get("DATA_DIR") or ROOT)
 STATE = DATA / ".devstack"

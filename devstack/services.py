@@ -136,7 +136,7 @@ class Azurite(Service):
 
 
 class DevHost(Service):
-    """The broker dev host (`python -m broker.devhost`) with the given settings.
+    """The broker dev host (`python -m devstack.devhost`) with the given settings.
 
     Unless the settings give one, it gets a BROKER_LEASE_SECRET of its own, new for each DevHost
     (hosts that must accept each other's lease tokens, like the instances of one app, are given the
@@ -164,7 +164,7 @@ class DevHost(Service):
         return env
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "broker.devhost", "--host", "127.0.0.1", "--port", str(self.port),
+        return [sys.executable, "-m", "devstack.devhost", "--host", "127.0.0.1", "--port", str(self.port),
                 "--settings", self.settings_file, *self.extra_args]
 
     def start(self, timeout: float = 60, count: int = 1) -> "DevHost":
@@ -172,3 +172,31 @@ class DevHost(Service):
         self.url = self.matches[-1].group(1)
         self.port = int(self.matches[-1].group(2))
         return self
+
+
+class Worker(Service):
+    """`python -m mlserver ARGS` with BROKER_URL and BROKER_WORKER_KEY set; ready once it logs "worker ready"."""
+
+    name = "worker"
+    ready = re.compile(r"worker ready")
+
+    def __init__(self, broker_url: str, worker_key: str | None, args: list[str],
+                 env: dict | None = None, log_dir: str | Path | None = None) -> None:
+        super().__init__(log_dir)
+        self.broker_url, self.worker_key = broker_url, worker_key
+        self.args = list(args)
+        self.env = dict(env or {})
+
+    def environment(self) -> dict:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_")}
+        env.update({"BROKER_URL": self.broker_url, "PYTHONUNBUFFERED": "1"})
+        if self.worker_key:
+            env["BROKER_WORKER_KEY"] = self.worker_key
+        env.update({k: str(v) for k, v in self.env.items()})
+        return env
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "mlserver", *self.args]
+
+    def start(self, timeout: float = 180, count: int = 1) -> "Worker":
+        return super().start(timeout, count)  # TensorFlow and a model build take a while on a busy CPU

@@ -10,7 +10,7 @@ import socket
 
 import pytest
 
-from devstack.worker import Worker
+from devstack.services import Worker
 from tests.conftest import CLIENT_KEY
 
 

@@ -17,7 +17,7 @@ import pytest
 import requests
 from PIL import Image
 
-from devstack.worker import Worker
+from devstack.services import Worker
 
 FAST = ["--wait", "2", "--status-interval", "1"]
 

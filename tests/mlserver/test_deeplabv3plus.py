@@ -22,7 +22,7 @@ def submit(broker, model, payload, kind, output=None):
 @pytest.fixture(scope="module")
 def deeplab(broker, tmp_path_factory):
     """A queue with one batch waiting, then a deeplabv3plus worker on it (random weights, 64 x 64 input)."""
-    from devstack.worker import Worker
+    from devstack.services import Worker
 
     model = "t-" + uuid.uuid4().hex[:12]
     ids = {

@@ -27,7 +27,7 @@ NOT_AN_IMAGE = b"this is not an image"
 @pytest.fixture(scope="module")
 def resnet(broker, tmp_path_factory):
     """A queue with one batch already waiting, then a resnet50 worker on it (random weights, batch 8)."""
-    from devstack.worker import Worker
+    from devstack.services import Worker
 
     model = "t-" + uuid.uuid4().hex[:12]
     ids = {name: broker.submit(model, payload, kind) for name, (payload, kind) in INPUTS.items()}

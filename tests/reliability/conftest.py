@@ -17,7 +17,7 @@ import pytest
 import requests
 
 from devstack.services import Azurite
-from devstack.worker import Worker
+from devstack.services import Worker
 from tests.conftest import Broker
 
 FIGURES: dict[str, dict] = {}

@@ -1,4 +1,4 @@
-"""`python -m broker.devhost`: serve function_app.app locally, as `func start` would.
+"""`python -m devstack.devhost`: serve function_app.app locally, as `func start` would.
 
 The Functions Core Tools cannot be installed everywhere (their installer downloads a binary), so
 this small host reads the app's own function definitions - each HTTP trigger's route and methods,
@@ -41,7 +41,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-log = logging.getLogger("broker.devhost")
+log = logging.getLogger("devstack.devhost")
 ROUTE_PREFIX = "api"
 DEFAULT_TIMER_SECONDS = 300
 AZURE_MAX_REQUEST_BYTES = 100 * 1024 * 1024  # what the Functions front end accepts at all
@@ -349,7 +349,7 @@ async def serve(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m broker.devhost", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m devstack.devhost", description=__doc__.split("\n\n")[0])
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=7071, help="port to bind; 0 picks a free one (default 7071)")
     parser.add_argument("--app", default="function_app", help="module holding `app` (default function_app)")

@@ -9,7 +9,7 @@ import urllib.parse
 import pytest
 import requests
 
-from broker.devhost import load_local_settings, schedule_seconds
+from devstack.devhost import load_local_settings, schedule_seconds
 
 
 def test_local_settings_fill_only_unset_values(tmp_path, monkeypatch):
