@@ -17,8 +17,8 @@ import time
 import uuid
 
 from azure.storage.blob import BlobServiceClient
-from azure.storage.queue import QueueClient
 from azure.storage.blob.aio import BlobServiceClient as AsyncBlobServiceClient
+from azure.storage.queue import QueueClient
 
 from . import common
 
@@ -123,7 +123,7 @@ def main(argv=None) -> dict:
             bare_receive(queues[d])
             _, lease = legacy_claim(clients[d])
             lease.release()
-        for i in range(claims):
+        for _ in range(claims):
             for d in depths:
                 ours[d].append(claim(d))
                 bare[d].append(bare_receive(queues[d]))

@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import requests
@@ -93,7 +93,7 @@ def _cell(value) -> str:
 def save(name: str, data: dict) -> Path:
     """Write bench/results/<name>.json (the latest run; bench.plot and docs read these)."""
     RESULTS.mkdir(exist_ok=True)
-    data = {"benchmark": name, "quick": QUICK, "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    data = {"benchmark": name, "quick": QUICK, "at": datetime.now(UTC).isoformat(timespec="seconds"),
             "cpus": os.cpu_count(), "machine": platform.machine(), "python": sys.version.split()[0],
             "load_avg_at_start": _LOAD_AT_START.get(name), **data}
     path = RESULTS / f"{name}.json"
@@ -127,7 +127,7 @@ class Stack:
         self.azurite: Azurite | None = None
         self.hosts: list[DevHost] = []
 
-    def __enter__(self) -> "Stack":
+    def __enter__(self) -> Stack:
         try:
             self.azurite = Azurite(log_dir=self.work / "azurite", node_args=self.azurite_node_args).start()
             for i in range(self.count):

@@ -89,7 +89,7 @@ class Load:
         self.threads = [threading.Thread(target=client_loop, args=(url, model, params, self.stop, self.done, self.errors),
                                          daemon=True) for _ in range(CLIENTS)]
 
-    def __enter__(self) -> "Load":
+    def __enter__(self) -> Load:
         for thread in self.threads:
             thread.start()
         return self

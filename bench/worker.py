@@ -3,8 +3,9 @@
 For each batch size it submits the same JPEGs to a fresh queue, starts a real worker (random
 weights) on it and takes the broker's own timestamps: from the first claim to the last result.
 The bare figure is the same handler's predict (preprocessing + model) on the same decoded images,
-in this process, with nothing else running, measured just before and just after each broker run. Azurite, the dev host and the worker share this
-machine's cores, as they would on a single small box. The worker's peak memory is its VmHWM.
+in this process, with nothing else running, measured just before and just after each broker run.
+Azurite, the dev host and the worker share this machine's cores, as they would on a single small
+box. The worker's peak memory is its VmHWM.
 
 The machine may be shared, so it also reports CPU seconds per image: the bare model's against the
 worker's + the dev host's + Azurite's during the broker run. Their ratio is what the wall-clock
@@ -29,8 +30,21 @@ from PIL import Image
 from devstack.services import Worker
 
 from . import azurite_profile, host_profile
-from .common import (WORKER_KEY, Stack, cpu_seconds, model_name, note_load, parse_args, pick, ratio, rss_mib, save,
-                     table, thread_cpu_seconds, wait_until)
+from .common import (
+    WORKER_KEY,
+    Stack,
+    cpu_seconds,
+    model_name,
+    note_load,
+    parse_args,
+    pick,
+    ratio,
+    rss_mib,
+    save,
+    table,
+    thread_cpu_seconds,
+    wait_until,
+)
 
 NAME = "worker"
 
@@ -138,7 +152,8 @@ def broker_rate(stack: Stack, payloads: list[bytes], batch: int, host_samples: P
     full = len(claimed) % batch == 0 and len(claimed) >= 4 * batch
     steady = (len(claimed) - 2 * batch) / (claimed[-batch] - claimed[batch]) if full else None
     device = re.search(r"device: (.*)", worker.log_text())
-    return {"rate": len(ids) / (end - start), "steady_rate": steady, "seconds": end - start, "peak_rss_mib": rss, "cpu": sum(spent) / len(ids),
+    return {"rate": len(ids) / (end - start), "steady_rate": steady, "seconds": end - start, "peak_rss_mib": rss,
+            "cpu": sum(spent) / len(ids),
             "cpu_split": dict(zip(("worker", "devhost", "azurite"), (round(s / len(ids), 4) for s in spent))),
             "worker_threads": threads, "window": window,
             "device": device.group(1) if device else "unknown"}

@@ -19,7 +19,7 @@ class BrokerError(Exception):
     """A request the broker refuses; `message` is one sentence, `task` the task whose status document
     the answer carries (if any), `headers` any the answer needs (Retry-After, WWW-Authenticate)."""
 
-    def __init__(self, message: str, task: "Task | None" = None, headers: dict | None = None) -> None:
+    def __init__(self, message: str, task: Task | None = None, headers: dict | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.task = task

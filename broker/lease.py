@@ -73,7 +73,7 @@ class Lease:
                            self.created, self.started, self.digest], separators=(",", ":")).encode()
         return f"{_b64(body)}.{_b64(_mac(secrets[0], body))}"
 
-    def renewed(self, receipt: str) -> "Lease":
+    def renewed(self, receipt: str) -> Lease:
         return replace(self, receipt=receipt)
 
     def commit_id(self, status: str, content_type: str, body: bytes) -> str:
@@ -83,7 +83,7 @@ class Lease:
         return hashlib.sha256(f"{self.task_id}:{self.claim}:{status}:{content_type}:{digest}".encode()).hexdigest()[:24]
 
     @classmethod
-    def decode(cls, token: str, task_id: str, secrets: tuple[bytes, ...]) -> "Lease":
+    def decode(cls, token: str, task_id: str, secrets: tuple[bytes, ...]) -> Lease:
         try:
             body_text, _, mac_text = token.partition(".")
             body, mac = _unb64(body_text), _unb64(mac_text)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, dataclass, field, fields
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 TERMINAL = ("succeeded", "failed", "cancelled", "expired")
 MAX_ERROR_BYTES = 1024  # an error as stored: a JSON string with non-ASCII escaped, quotes included
@@ -32,7 +32,7 @@ METADATA_BUDGET = 7 * 1024
 def iso(ts: float | None) -> str | None:
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def now() -> float:
@@ -50,12 +50,12 @@ def clip_error(message: str) -> str:
     if stored_size(message) <= MAX_ERROR_BYTES:
         return message
     budget = MAX_ERROR_BYTES - stored_size("…")  # the quotes are counted once, in the ellipsis' size
-    used, end = 0, 0
+    used = 0
     for end, char in enumerate(message):
         used += stored_size(char) - 2
         if used > budget:
-            break
-    return message[:end] + "…"
+            return message[:end] + "…"
+    return message
 
 
 def expiry_error(ttl: int, started: bool) -> str:
@@ -92,7 +92,7 @@ class Submission:
                                "created": self.created, "digest": self.digest, "size": self.size})}
 
     @classmethod
-    def from_metadata(cls, task_id: str, metadata: dict) -> "Submission":
+    def from_metadata(cls, task_id: str, metadata: dict) -> Submission:
         raw = json.loads(metadata["task"])
         return cls(task_id, raw["model"], raw["ct"], raw["params"], raw["created"], raw.get("digest"),
                    raw.get("size", 0))
@@ -118,7 +118,7 @@ class Enqueued:
         return {"queued": _dump(asdict(self))}
 
     @classmethod
-    def from_metadata(cls, metadata: dict) -> "Enqueued | None":
+    def from_metadata(cls, metadata: dict) -> Enqueued | None:
         raw = metadata.get("queued")
         return cls(**_known(cls, json.loads(raw))) if raw else None
 
@@ -157,7 +157,7 @@ class LeaseState:
         return _dump(asdict(self))
 
     @classmethod
-    def from_metadata(cls, metadata: dict) -> "LeaseState | None":
+    def from_metadata(cls, metadata: dict) -> LeaseState | None:
         raw = metadata.get("state")
         return cls(**_known(cls, json.loads(raw))) if raw else None
 
@@ -180,7 +180,7 @@ class Outcome:
         return {"outcome": _dump(asdict(self))}
 
     @classmethod
-    def from_metadata(cls, metadata: dict) -> "Outcome":
+    def from_metadata(cls, metadata: dict) -> Outcome:
         return cls(**_known(cls, json.loads(metadata["outcome"])))
 
 
@@ -217,7 +217,7 @@ class TaskMessage:
         return _dump({"id": self.task_id, "size": self.size})
 
     @classmethod
-    def parse(cls, content) -> "TaskMessage | None":
+    def parse(cls, content) -> TaskMessage | None:
         if not isinstance(content, str):
             return None
         if len(content) == 32:  # an older version's message: the task id alone

@@ -22,8 +22,19 @@ import azure.functions as func
 from azure.core.exceptions import ClientAuthenticationError
 
 from . import auth
-from .errors import (BrokerError, IdempotencyConflict, LeaseLost, RecordUnreadable, Rejected, StorageUnavailable,
-                     TaskCancelled, TaskChanging, TaskExpired, TaskFinished, TaskNotFound)
+from .errors import (
+    BrokerError,
+    IdempotencyConflict,
+    LeaseLost,
+    RecordUnreadable,
+    Rejected,
+    StorageUnavailable,
+    TaskCancelled,
+    TaskChanging,
+    TaskExpired,
+    TaskFinished,
+    TaskNotFound,
+)
 from .records import Claim, iso
 from .settings import Settings, SettingsError, load
 

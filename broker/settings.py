@@ -82,15 +82,15 @@ class Settings:
 
         Checked when needed rather than at load, so a broker without one still takes plain submits
         and answers reads (a worker route answers 503 saying what to set)."""
-        if not self.secrets:
-            raise SettingsError("set BROKER_LEASE_SECRET to a long random value (the same on every instance)")
-        if any(len(secret) < MIN_SECRET_CHARS for secret in self.secrets):
-            raise SettingsError(f"every BROKER_LEASE_SECRET value must be at least {MIN_SECRET_CHARS} characters")
+        self.check_lease_secret()
         return tuple(secret.encode() for secret in self.secrets)
 
     def check_lease_secret(self) -> None:
         """Raise the SettingsError that says what to set, if BROKER_LEASE_SECRET is unusable."""
-        self.lease_secrets
+        if not self.secrets:
+            raise SettingsError("set BROKER_LEASE_SECRET to a long random value (the same on every instance)")
+        if any(len(secret) < MIN_SECRET_CHARS for secret in self.secrets):
+            raise SettingsError(f"every BROKER_LEASE_SECRET value must be at least {MIN_SECRET_CHARS} characters")
 
 
 def connection_string() -> str:

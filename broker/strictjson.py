@@ -1,9 +1,10 @@
 """JSON from strangers: what `json.loads` accepts, minus what breaks other parsers or the broker.
 
 Python reads NaN and Infinity, turns a number too large for a float (`1e999`) into infinity, and
-keeps an integer of any length, none of which JavaScript or Go can read as a number, so a worker in another language would choke on params
-holding them; and nesting deep enough raises RecursionError, not ValueError. All of these become
-the ValueError every caller already turns into a 400.
+keeps an integer of any length, none of which JavaScript or Go can read as a number, so a worker
+in another language would choke on params holding them; and nesting deep enough raises
+RecursionError, not ValueError. All of these become the ValueError every caller already turns
+into a 400.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 
 class Wakeups:
@@ -48,5 +48,5 @@ class Wakeups:
         try:
             await asyncio.wait_for(ticket.wait(), timeout)
             return True
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False

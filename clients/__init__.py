@@ -4,8 +4,8 @@ Talks to the broker over HTTP only (see docs/API.md); the one dependency is `req
 """
 
 from .client import DEFAULT_URL, BrokerClient
-from .errors import BrokerError, BrokerHTTPError, BrokerUnavailable, TaskCancelled, TaskFailed, TaskTimeout
+from .errors import BrokerError, BrokerHTTPError, BrokerUnavailable, TaskCancelled, TaskExpired, TaskFailed, TaskTimeout
 from .result import Result
 
 __all__ = ["BrokerClient", "Result", "BrokerError", "BrokerHTTPError", "BrokerUnavailable", "TaskFailed",
-           "TaskCancelled", "TaskTimeout", "DEFAULT_URL"]
+           "TaskCancelled", "TaskExpired", "TaskTimeout", "DEFAULT_URL"]

@@ -1,6 +1,6 @@
-"""`python -m clients`: predict files, look at tasks, fetch results, cancel. Errors are one line.
+"""`python -m clients` (or `mlbroker`, installed): predict files, look at tasks, fetch results, cancel. Errors are one line.
 
-Exit codes: 0 all went well; 1 an error, or a task that failed, was cancelled or timed out;
+Exit codes: 0 all went well; 1 an error, or a task that failed, was cancelled, expired or timed out;
 2 a usage error; 3 (`result`) the task has not finished yet; 130 interrupted.
 """
 
@@ -16,7 +16,7 @@ import time
 
 from . import progress
 from .client import DEFAULT_URL, BrokerClient
-from .errors import BrokerError, BrokerHTTPError, TaskCancelled, TaskFailed, TaskTimeout
+from .errors import BrokerError, BrokerHTTPError, TaskCancelled, TaskExpired, TaskFailed, TaskTimeout
 from .outputs import Outputs
 from .payload import extension_for, read_payload
 from .result import Result
@@ -110,9 +110,11 @@ def report(name: str, task_id: str, result, outputs: Outputs, count: int, shown)
         shown.finished(name, "failed", f"task {task_id} failed: {result.error}")
     elif isinstance(result, TaskCancelled):
         shown.finished(name, "cancelled", str(result))
+    elif isinstance(result, TaskExpired):
+        shown.finished(name, "expired", str(result))
     elif isinstance(result, TaskTimeout):
         shown.finished(name, "timed out", f"task {task_id} did not finish in time; it may still finish: "
-                                          f"python -m clients result {task_id}")
+                                          f"{program()} result {task_id}")
     else:
         shown.finished(name, "error", str(result))
     return False
@@ -194,9 +196,8 @@ def subcommand(commands, name: str, run, help: str, task: bool = True) -> argpar
 
 
 def parser() -> argparse.ArgumentParser:
-    top = Parser(prog="python -m clients", description="Submit jobs to the broker and fetch their results.",
-                 epilog="Environment: BROKER_URL (default %s), BROKER_CLIENT_KEY (when the broker needs one)."
-                        % DEFAULT_URL)
+    top = Parser(prog=program(), description="Submit jobs to the broker and fetch their results.",
+                 epilog=f"Environment: BROKER_URL (default {DEFAULT_URL}), BROKER_CLIENT_KEY (when the broker needs one).")
     top.add_argument("--broker-url", default=os.environ.get("BROKER_URL") or DEFAULT_URL,
                      help="the broker's base URL, ending in /api (default: $BROKER_URL or %(default)s)")
     commands = top.add_subparsers(dest="command", required=True, parser_class=Parser)
@@ -231,4 +232,15 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         return fail(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc))
     except KeyboardInterrupt:
-        return fail("interrupted; submitted tasks go on (python -m clients status ID)", 130)
+        return fail(f"interrupted; submitted tasks go on ({program()} status ID)", 130)
+
+
+def program() -> str:
+    """How the user started this: `python -m clients` from the repository, or the installed command."""
+    started = os.path.basename(sys.argv[0])
+    return f"python -m {__package__}" if started == "__main__.py" else started
+
+
+def entry() -> None:
+    """The installed command `mlbroker`."""
+    sys.exit(main())

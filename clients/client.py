@@ -6,10 +6,10 @@ import json
 import os
 import time
 import uuid
-from typing import Callable
+from collections.abc import Callable
 
 from . import transport
-from .errors import BrokerHTTPError, TaskCancelled, TaskFailed, TaskTimeout
+from .errors import BrokerHTTPError, TaskCancelled, TaskExpired, TaskFailed, TaskTimeout
 from .payload import read_payload
 from .result import Result
 
@@ -32,7 +32,7 @@ class BrokerClient:
         self.http = transport.session(self.base_url, retries, backoff)
 
     @classmethod
-    def from_env(cls, **kwargs) -> "BrokerClient":
+    def from_env(cls, **kwargs) -> BrokerClient:
         """A client for BROKER_URL (default the local dev host) with BROKER_CLIENT_KEY, if set."""
         return cls(os.environ.get("BROKER_URL") or DEFAULT_URL, os.environ.get("BROKER_CLIENT_KEY") or None,
                    **kwargs)
@@ -40,7 +40,7 @@ class BrokerClient:
     def close(self) -> None:
         self.http.close()
 
-    def __enter__(self) -> "BrokerClient":
+    def __enter__(self) -> BrokerClient:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -89,13 +89,13 @@ class BrokerClient:
         if response.status_code == 422:
             raise TaskFailed(task_id, document.get("error") or "no reason given", document)
         if response.status_code == 410:
-            raise TaskCancelled(task_id, document)
+            raise (TaskExpired if document.get("status") == "expired" else TaskCancelled)(task_id, document)
         return None, document, transport.retry_after(response)
 
     def result(self, task_id: str, wait: int = 0) -> Result | None:
         """The result, or None while the task is still queued or running after `wait` seconds (0-60).
 
-        Raises TaskFailed or TaskCancelled for a task that ended that way.
+        Raises TaskFailed, TaskCancelled or TaskExpired for a task that ended that way.
         """
         return self._poll(task_id, wait)[0]
 
@@ -123,6 +123,6 @@ class BrokerClient:
 
     def predict(self, data_or_path, model: str, content_type: str | None = None, params: dict | None = None,
                 idempotency_key: str | None = None, timeout: float | None = 300) -> Result:
-        """Submit and wait: the finished task's Result, or TaskFailed / TaskCancelled / TaskTimeout."""
+        """Submit and wait: the finished task's Result, or TaskFailed / TaskCancelled / TaskExpired / TaskTimeout."""
         task_id = self.submit(data_or_path, model, content_type, params, idempotency_key)
         return self.wait(task_id, timeout)

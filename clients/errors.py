@@ -38,6 +38,16 @@ class TaskCancelled(BrokerError):
         self.document = document
 
 
+class TaskExpired(BrokerError):
+    """The task ended `expired`: nobody started it within the broker's queued time-to-live."""
+
+    def __init__(self, task_id: str, document: dict | None = None) -> None:
+        reason = (document or {}).get("error") or "it was not started in time"
+        super().__init__(f"task {task_id} expired: {reason}")
+        self.task_id = task_id
+        self.document = document
+
+
 class TaskTimeout(BrokerError, TimeoutError):
     """Waiting ran out; the task itself may still finish later (it is not cancelled)."""
 

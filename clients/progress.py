@@ -9,7 +9,7 @@ import sys
 import threading
 from typing import TextIO
 
-DONE = ("succeeded", "failed", "cancelled", "timed out", "error")
+DONE = ("succeeded", "failed", "cancelled", "expired", "timed out", "error")
 BAR_WIDTH = 24
 
 

@@ -28,9 +28,8 @@ import os
 import re
 import socket
 import sys
-from pathlib import Path
-
 from dataclasses import dataclass
+from pathlib import Path
 
 import azure.functions as func
 import uvicorn
@@ -226,7 +225,7 @@ async def read_body(request: Request, limit: int, timeout: float) -> bytes:
 
     try:
         await asyncio.wait_for(stream(), timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise BodyRefused(error(408, f"the request body did not arrive within {timeout:g} seconds",
                                 {"Connection": "close"})) from None
     return b"".join(chunks)

@@ -46,7 +46,7 @@ class Service:
     def environment(self) -> dict:
         return dict(os.environ)
 
-    def start(self, timeout: float = 60, count: int = 1) -> "Service":
+    def start(self, timeout: float = 60, count: int = 1) -> Service:
         """Start and wait until the ready pattern has appeared `count` times in the log."""
         log = open(self.log_path, "ab")
         offset = log.tell()
@@ -113,7 +113,7 @@ class Azurite(Service):
                 "--queueHost", "127.0.0.1", "--queuePort", str(self.queue_port),
                 "--tableHost", "127.0.0.1", "--tablePort", "0", *storage]
 
-    def start(self, timeout: float = 60, count: int = 2) -> "Azurite":
+    def start(self, timeout: float = 60, count: int = 2) -> Azurite:
         super().start(timeout, count)
         for match in self.matches:
             if match.group(1) == "Blob":
@@ -167,7 +167,7 @@ class DevHost(Service):
         return [sys.executable, "-m", "devstack.devhost", "--host", "127.0.0.1", "--port", str(self.port),
                 "--settings", self.settings_file, *self.extra_args]
 
-    def start(self, timeout: float = 60, count: int = 1) -> "DevHost":
+    def start(self, timeout: float = 60, count: int = 1) -> DevHost:
         super().start(timeout, count)
         self.url = self.matches[-1].group(1)
         self.port = int(self.matches[-1].group(2))
@@ -175,17 +175,19 @@ class DevHost(Service):
 
 
 class Worker(Service):
-    """`python -m mlserver ARGS` with BROKER_URL and BROKER_WORKER_KEY set; ready once it logs "worker ready"."""
+    """`python -m mlserver ARGS` (or another `program`) with BROKER_URL and BROKER_WORKER_KEY set; ready once it
+    logs "worker ready"."""
 
     name = "worker"
     ready = re.compile(r"worker ready")
 
     def __init__(self, broker_url: str, worker_key: str | None, args: list[str],
-                 env: dict | None = None, log_dir: str | Path | None = None) -> None:
+                 env: dict | None = None, log_dir: str | Path | None = None, program: list[str] | None = None) -> None:
         super().__init__(log_dir)
         self.broker_url, self.worker_key = broker_url, worker_key
         self.args = list(args)
         self.env = dict(env or {})
+        self.program = list(program or [sys.executable, "-m", "mlserver"])  # or the installed `mlbroker-worker`
 
     def environment(self) -> dict:
         env = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_")}
@@ -196,7 +198,7 @@ class Worker(Service):
         return env
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "mlserver", *self.args]
+        return [*self.program, *self.args]
 
-    def start(self, timeout: float = 180, count: int = 1) -> "Worker":
+    def start(self, timeout: float = 180, count: int = 1) -> Worker:
         return super().start(timeout, count)  # TensorFlow and a model build take a while on a busy CPU

@@ -1,4 +1,5 @@
-"""`python -m mlserver`: serve a model through the broker from this machine (PC, VM or Colab)."""
+"""`python -m mlserver` (or `mlbroker-worker`, installed): serve a model through the broker from
+this machine (PC, VM or Colab)."""
 
 from __future__ import annotations
 
@@ -32,9 +33,15 @@ configuration (including a key or URL the broker refuses); 3 the weights cannot 
 """
 
 
+def program() -> str:
+    """How the user started this: `python -m mlserver` from the repository, or the installed command."""
+    started = os.path.basename(sys.argv[0])
+    return f"python -m {__package__}" if started == "__main__.py" else started
+
+
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m mlserver", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog=program(), epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Serve a model through the broker: long-poll it for tasks, run them in batches, "
                     "put the results back. Stop with SIGTERM or Ctrl+C.")
     parser.add_argument("--broker-url", default=os.environ.get("BROKER_URL"), metavar="URL",
@@ -141,6 +148,11 @@ def main(argv: list[str] | None = None) -> int:
 def _fail(code: int, message: str) -> int:
     print(f"mlserver: {message}", file=sys.stderr, flush=True)
     return code
+
+
+def entry() -> None:
+    """The installed command `mlbroker-worker`."""
+    sys.exit(main())
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ class Task:
         self.schedule_renewal()
 
     @classmethod
-    def from_claim(cls, claim: dict, lease_seconds: int) -> "Task":
+    def from_claim(cls, claim: dict, lease_seconds: int) -> Task:
         return cls(task_id=claim["task_id"], lease=claim["lease"], lease_seconds=lease_seconds,
                    payload=base64.b64decode(claim.get("payload") or ""),
                    content_type=claim.get("content_type") or "application/octet-stream",

@@ -6,11 +6,11 @@ import importlib
 
 from .base import Handler
 
-BUILT_IN = {
-    "echo": "mlserver.handlers.echo:Echo",
-    "resnet50": "mlserver.handlers.resnet50:ResNet50",
-    "deeplabv3plus": "mlserver.handlers.deeplabv3plus:DeepLabV3Plus",
-    "saved": "mlserver.handlers.saved:SavedModel",
+BUILT_IN = {  # relative to this package: it imports as mlserver.handlers here, mlbroker_worker.handlers installed
+    "echo": f"{__name__}.echo:Echo",
+    "resnet50": f"{__name__}.resnet50:ResNet50",
+    "deeplabv3plus": f"{__name__}.deeplabv3plus:DeepLabV3Plus",
+    "saved": f"{__name__}.saved:SavedModel",
 }
 
 

@@ -18,9 +18,9 @@ import numpy as np
 from PIL import Image
 
 from . import keras_runtime, voc
-from .keras_runtime import KerasHandler
 from .base import BadOption, InputError, WeightsUnavailable
 from .images import read_rgb
+from .keras_runtime import KerasHandler
 from .masks import mask_summary, palette_mask, png
 
 OUTPUTS = ("mask", "overlay", "json")

@@ -4,7 +4,7 @@ the input's own size, and the `json` summary of the classes present."""
 from __future__ import annotations
 
 import io
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from PIL import Image

@@ -15,9 +15,9 @@ import numpy as np
 from PIL import Image
 
 from . import keras_runtime
-from .keras_runtime import KerasHandler
 from .base import InputError, WeightsUnavailable
 from .images import read_rgb
+from .keras_runtime import KerasHandler
 
 SIZE = 224
 CLASSES_FILE = Path(__file__).resolve().parent.parent / "imagenet_classes.json"

@@ -5,7 +5,6 @@ import json
 import uuid
 
 import pytest
-
 from azure.storage.blob import BlobServiceClient
 from azure.storage.queue import QueueClient
 

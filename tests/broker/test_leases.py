@@ -1,10 +1,20 @@
 """getnexttask, extendlease and puttaskresult: claims, leases, redelivery, first outcome wins."""
 
 import base64
+import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 from azure.storage.blob import BlobServiceClient, ContentSettings
+
+
+def plant_outcome(azurite, task_id, status, model, body, content_type) -> BlobServiceClient:
+    """Write a task's outbox blob as a finish (or a cancel) would, as if it died right after."""
+    blobs = BlobServiceClient.from_connection_string(azurite.connection_string)
+    outcome = {"status": status, "model": model, "created": 1, "finished": time.time(), "attempts": 1}
+    blobs.get_blob_client("outbox", task_id).upload_blob(body, metadata={"outcome": json.dumps(outcome)},
+                                                         content_settings=ContentSettings(content_type=content_type))
+    return blobs
 
 
 def extend(broker, task, seconds, lease=None):
@@ -159,11 +169,7 @@ def test_crash_between_commit_and_cleanup_is_healed_by_the_next_claim(broker, az
     """The broker wrote the outbox blob and died before deleting the message: nobody gets it again."""
     task_id = broker.submit(model)
     [task] = broker.claim(model, lease=5)
-    blobs = BlobServiceClient.from_connection_string(azurite.connection_string)
-    blobs.get_blob_client("outbox", task_id).upload_blob(
-        b"committed", metadata={"outcome": '{"status":"succeeded","model":"%s","created":1,"finished":%f,'
-                                           '"attempts":1}' % (model, time.time())},
-        content_settings=ContentSettings(content_type="text/plain"))
+    blobs = plant_outcome(azurite, task_id, "succeeded", model, b"committed", "text/plain")
     time.sleep(5.5)
     assert broker.claim(model, wait=2) == []  # the redelivered message was dropped
     assert blobs.get_container_client("inbox").get_blob_client(task_id).exists() is False
@@ -178,11 +184,7 @@ def test_a_cancel_that_died_half_way_costs_a_wasted_run_never_the_outcome(broker
     handed out; its worker is told 410, the cancellation stands, and the put tidies up.
     """
     task_id = broker.submit(model)
-    blobs = BlobServiceClient.from_connection_string(azurite.connection_string)
-    blobs.get_blob_client("outbox", task_id).upload_blob(
-        b"", metadata={"outcome": '{"status":"cancelled","model":"%s","created":1,"finished":%f,'
-                                  '"attempts":0}' % (model, time.time())},
-        content_settings=ContentSettings(content_type="application/json"))
+    plant_outcome(azurite, task_id, "cancelled", model, b"", "application/json")
     [task] = broker.claim(model)
     assert task["task_id"] == task_id
     assert extend(broker, task, 30).status_code == 410
@@ -240,8 +242,6 @@ def test_oversize_result_is_413(start_broker, model):
 
 def test_a_forged_or_altered_token_is_400(broker, model):
     """Tokens are signed: changing any field (or inventing a claim) is refused before storage."""
-    import json
-
     def unb64(text):
         return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 

@@ -102,7 +102,7 @@ def test_a_task_finishing_during_a_read_is_never_404(broker, model):
         [task] = broker.claim(model)
         stop = threading.Event()
 
-        def read():
+        def read(task_id=task_id, stop=stop):
             while not stop.is_set():
                 if broker.session.get(f"{broker.url}/getresult?task_id={task_id}", timeout=30).status_code == 404:
                     not_found.append(task_id)

@@ -9,8 +9,7 @@ import uuid
 
 import pytest
 
-from clients import (BrokerClient, BrokerHTTPError, BrokerUnavailable, Result, TaskCancelled, TaskFailed,
-                     TaskTimeout)
+from clients import BrokerClient, BrokerHTTPError, BrokerUnavailable, Result, TaskCancelled, TaskExpired, TaskFailed, TaskTimeout
 from tests.conftest import CLIENT_KEY, WORKER_KEY
 
 from .proxy import Relay
@@ -67,6 +66,14 @@ def test_cancel_a_queued_task(client, model):
     with pytest.raises(TaskCancelled) as caught:
         client.wait(task_id, timeout=10)
     assert caught.value.task_id == task_id
+
+
+def test_a_task_nobody_starts_in_time_raises_task_expired(start_broker, model):
+    short = start_broker({"BROKER_QUEUED_TTL_SECONDS": "1"})
+    with BrokerClient(short.url) as expiring:
+        with pytest.raises(TaskExpired) as caught:
+            expiring.predict(b"x", model, timeout=30)
+    assert "not started within 1 seconds" in str(caught.value) and caught.value.document["status"] == "expired"
 
 
 def test_cancelling_a_finished_task_says_so(client, echo):

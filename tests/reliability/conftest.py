@@ -16,8 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from devstack.services import Azurite
-from devstack.services import Worker
+from devstack.services import Azurite, Worker
 from tests.conftest import Broker
 
 FIGURES: dict[str, dict] = {}

@@ -70,7 +70,7 @@ class Troublemakers:
         self.threads = [threading.Thread(target=self._loop, args=(step,), daemon=True)
                         for step in (self._replay, self._resubmit, self._watch)]
 
-    def __enter__(self) -> "Troublemakers":
+    def __enter__(self) -> Troublemakers:
         for thread in self.threads:
             thread.start()
         return self

@@ -140,7 +140,8 @@ def hostile_requests(model: str, task_id: str) -> list[tuple[str, str, str, dict
         cases.append((f"getresult wait={bad!r}", "GET", f"/getresult?task_id={task_id}&wait={bad}", {}))
         cases.append((f"extendlease seconds={bad!r}", "POST", f"/extendlease?task_id={task_id}&lease=x&seconds={bad}", {}))
     # params: oversized, deeply nested, not an object, non-standard numbers
-    for label, params in [("huge params", json.dumps({"x": "y" * 5000})), ("params null", "null"), ("params list", "[]"), ("params number", "1e999"),
+    for label, params in [("huge params", json.dumps({"x": "y" * 5000})), ("params null", "null"), ("params list", "[]"),
+                          ("params number", "1e999"),
                           ("params NaN", '{"x": NaN}'), ("params Infinity", '{"x": -Infinity}'),
                           ("params not JSON", "{'x': 1}"), ("params control chars", '{"x": "\x00\x1b[31m"}')]:
         cases.append((label, "POST", f"/predict?model={model}&params={requests.utils.quote(params)}", {"data": b"x"}))
