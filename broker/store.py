@@ -22,18 +22,40 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import hmac
 import json
 import logging
+import math
 import time
 import uuid
 
-from .errors import (IdempotencyConflict, LeaseLost, RecordUnreadable, StorageUnavailable, TaskCancelled, TaskChanging,
-                     TaskExpired, TaskFinished, TaskNotFound)
+from .errors import (
+    IdempotencyConflict,
+    LeaseLost,
+    RecordUnreadable,
+    StorageUnavailable,
+    TaskCancelled,
+    TaskChanging,
+    TaskExpired,
+    TaskFinished,
+    TaskNotFound,
+)
 from .lease import Lease, receipt_hash
-from .records import (Claim, Enqueued, LeaseState, Outcome, Renewal, Submission, Task, TaskMessage, clip_error,
-                      expiry_error, now)
+from .records import (
+    Claim,
+    Enqueued,
+    LeaseState,
+    Outcome,
+    Renewal,
+    Submission,
+    Task,
+    TaskMessage,
+    clip_error,
+    expiry_error,
+    now,
+)
 from .settings import Settings
 from .storage import Blob, Message, MessageGone, ReceiptStale, Storage
 from .wakeups import Wakeups
@@ -47,6 +69,7 @@ CLEANUP_PARALLEL = 32
 SWEEP_PAGE = 1000  # inbox blobs the sweep looks at per listing page
 SWEEP_PAGES = 20  # pages per run at most; the next run goes on from there
 RELEASE_HOLD = 5  # seconds a freed message stays invisible while its state is written
+SEND_TTL_MARGIN = 2  # seconds a task's message outlives the task's queued TTL
 CLAIM_TRIES = 3  # a claim's state write that meets a changed blob reads it again, this many times
 MAX_STATS_MODELS = 100
 JSON = "application/json"
@@ -167,7 +190,9 @@ class TaskStore:
 
     async def _send(self, sub: Submission) -> Message:
         """The task's queue message, living as long as the task may wait queued."""
-        ttl = max(1, int(sub.expires(self.settings.queued_ttl_seconds) - now()))
+        # Rounded up, and a little longer: the message must not die before the task may expire (a
+        # claim that meets it past the TTL expires it; the sweep expires the rest).
+        ttl = max(1, math.ceil(sub.expires(self.settings.queued_ttl_seconds) - now()) + SEND_TTL_MARGIN)
         message = await self.storage.queues.send(sub.model, TaskMessage(sub.task_id, sub.size).dump(), ttl)
         self.wakeups.notify("model:" + sub.model)
         return message
@@ -185,7 +210,13 @@ class TaskStore:
                 if etag:
                     await self.storage.inbox.delete(sub.task_id, etag)
                 return self._same_submission(finished, sub), False
-            await self.storage.outbox.delete(sub.task_id, out.etag)  # an expired leftover
+            # An expired result of an earlier task under this key: clear it and what its finish left
+            # in the inbox (not our blob: it is newer than that outcome), then create ours if that
+            # leftover stood in the way.
+            await self._delete_leftover(out)
+            await self.storage.outbox.delete(sub.task_id, out.etag)
+            if etag is None:
+                etag = await self.storage.inbox.create(sub.task_id, payload, metadata, sub.content_type)
         if etag is not None:
             await self._send_once(sub, metadata, etag)
             return Task(sub.task_id, sub.model, sub.created), True
@@ -339,7 +370,14 @@ class TaskStore:
                 await self._drop(model, message)  # a spare message of a task another claim holds
                 return None
             if again and state and state.holds(at) and state.receipt != receipt_hash(message.receipt):
-                return None  # another claim received this message after us (our receipt is stale) and took it
+                # Another claim wrote its state meanwhile. If it received this message before us, our
+                # receipt is current and its token is stale with the queue: take the lease over (a
+                # fresh receipt proves ours current); else the other claim has it and we back off.
+                try:
+                    updated = await self.storage.queues.update(model, message.id, message.receipt, lease_seconds)
+                except (ReceiptStale, MessageGone):
+                    return None
+                message = dataclasses.replace(message, receipt=updated.receipt, visible_at=updated.visible_at)
             if at >= sub.expires(self.settings.queued_ttl_seconds):
                 await self._expire(sub, state, message)
                 return None
@@ -431,6 +469,8 @@ class TaskStore:
         except MessageGone:
             if not self._past_ttl(inbox):
                 raise LeaseLost() from None
+            if not state.holds(now()):  # nothing holds it any more, and it is past its queued TTL
+                await self._expire_now(lease, inbox, state)
             # The message outlived its time-to-live (the queued TTL) under a running task: from
             # here the lease state alone holds the task, and nothing redelivers it.
             receipt, expires = lease.receipt, None
@@ -438,13 +478,18 @@ class TaskStore:
         await self._write_state(lease, inbox, state)
         return Renewal(lease.renewed(receipt).encode(self.settings.lease_secrets), expires or state.until)
 
+    async def _expire_now(self, lease: Lease, inbox: Blob, state: LeaseState | None) -> None:
+        """End a task past its queued TTL whose lease ran out or is given back: `expired`, and say so."""
+        await self._expire(Submission.from_metadata(lease.task_id, inbox.metadata), state,
+                           Message(lease.msg, lease.receipt))
+        task, _ = await self._get(lease.task_id)
+        raise TaskExpired("the task expired: it is past its queued TTL and no lease holds it", task)
+
     async def _free(self, lease: Lease, inbox: Blob, state: LeaseState, how: str, error: str | None = None) -> str:
         """Give the task back to the queue (how="back") or after a retryable failure ("retry"); the
         message's new receipt. A task past its queued TTL ends `expired` instead."""
         if self._past_ttl(inbox):
-            await self._expire(Submission.from_metadata(lease.task_id, inbox.metadata), state,
-                               Message(lease.msg, lease.receipt))
-            return lease.receipt
+            await self._expire_now(lease, inbox, state)
         try:  # hold the message (proving the receipt current) while the state says how the claim ended
             held = await self.storage.queues.update(lease.model, lease.msg, lease.receipt, RELEASE_HOLD)
         except (ReceiptStale, MessageGone):
@@ -493,11 +538,10 @@ class TaskStore:
             inbox = await self.storage.inbox.head(lease.task_id)
             if inbox is None and at >= lease.created + settings.result_ttl_seconds:
                 raise TaskNotFound()
+            if inbox is not None and Submission.from_metadata(lease.task_id, inbox.metadata).created != lease.created:
+                raise LeaseLost()  # a later task under the same Idempotency-Key: this lease was for one long gone
             if inbox is not None and self._open_task(lease.task_id, inbox).status(at) == "expired":
-                sub = Submission.from_metadata(lease.task_id, inbox.metadata)
-                await self._expire(sub, LeaseState.from_metadata(inbox.metadata), Message(lease.msg, lease.receipt))
-                task, _ = await self._get(lease.task_id)
-                raise TaskExpired("the task expired: its lease had run out, and it was past its queued TTL", task)
+                await self._expire_now(lease, inbox, LeaseState.from_metadata(inbox.metadata))
         first = await self._end(lease.task_id, lease.model, outcome, body, content_type,
                                 Message(lease.msg, lease.receipt))
         if first is None:
@@ -647,7 +691,10 @@ class TaskStore:
         except (KeyError, ValueError, TypeError):  # an unreadable record: its age is the blob's
             return blob.created + self.settings.queued_ttl_seconds <= at
 
-    async def _expire_blob(self, blob: Blob) -> None:
+    async def _expire_blob(self, listed: Blob) -> None:
+        blob = await self.storage.inbox.head(listed.name)  # the listing may be old: a claim may hold it now
+        if blob is None or not self._sweepable(blob, now()):
+            return
         try:
             sub = Submission.from_metadata(blob.name, blob.metadata)
         except (KeyError, ValueError, TypeError):

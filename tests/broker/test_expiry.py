@@ -44,7 +44,7 @@ def test_a_running_task_outlives_the_queued_ttl(start_broker, model):
 def test_a_task_given_back_after_its_ttl_expires(start_broker, model):
     short, task_id, task = held_past_its_ttl(start_broker, model)
     back = extend(short, task, 0)
-    assert back.status_code == 200
+    assert back.status_code == 410 and back.json()["status"] == "expired", back.text
     assert short.status(task_id)["status"] == "expired"
     assert short.claim(model, wait=1) == []
 
