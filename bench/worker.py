@@ -75,10 +75,10 @@ def decode_all(handler, payloads: list[bytes]) -> tuple[list, float, float]:
 
 def worker_threads(before: dict[str, float], after: dict[str, float], images: int) -> dict[str, float]:
     """The worker's CPU seconds per image by thread: the model (the main thread and TensorFlow's), the
-    fetch thread (claims, base64, decoding), the upload threads (encoding, puts) and the rest."""
+    fetch thread (claims, base64, decoding), the report threads (encoding, puts: "uploads") and the rest."""
     groups: dict[str, float] = {"model": 0.0, "fetch": 0.0, "uploads": 0.0, "other": 0.0}
     for name, seconds in after.items():
-        group = ("fetch" if name == "mls:fetch" else "uploads" if name.startswith("mls:upload")
+        group = ("fetch" if name == "mls:fetch" else "uploads" if name.startswith("mls:report")
                  else "other" if name.startswith("mls:") else "model")
         groups[group] += seconds - before.get(name, 0.0)
     return {group: round(seconds / images, 4) for group, seconds in groups.items()}

@@ -1,7 +1,9 @@
 """The fetch thread: long-polls the broker for a batch and decodes it while the model runs the last one.
 
-It claims a new batch only when the model has taken the previous one, so at most one batch waits
-in hand (its leases kept alive by the heartbeat) and other workers are not starved of tasks.
+It claims a new batch only when the model has taken the previous one (`take()`), so at most one
+batch waits in hand (its leases kept alive by the heartbeat) and other workers are not starved of
+tasks. It reports nothing to the broker itself: a task it cannot decode travels in its batch as
+`undecodable`, and tasks claimed after the stop flag went up as `unstarted`, for the worker to settle.
 """
 
 from __future__ import annotations
@@ -10,14 +12,13 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .backoff import Backoff
 from .broker_api import BrokerClient, Refused, Unavailable
-from .handlers.base import Handler, failure_message
+from .handlers.base import Handler
 from .tasks import Ledger, Task
 from .threadnames import name_os_thread
-from .uploads import Uploads
 
 log = logging.getLogger("mlserver.fetch")
 HAND_OVER_POLL = 0.2  # how often a waiting fetch thread looks at the stop flag
@@ -32,15 +33,42 @@ class Claiming:
     lease: int
 
 
+@dataclass
+class Batch:
+    """One claim's tasks as the fetch thread hands them over."""
+
+    tasks: list[Task] = field(default_factory=list)  # decoded, for the model
+    undecodable: list[tuple[Task, Exception]] = field(default_factory=list)  # each fails alone
+    unstarted: list[Task] = field(default_factory=list)  # claimed as the worker stopped: to give back
+
+
 class Fetcher(threading.Thread):
     def __init__(self, client: BrokerClient, handler: Handler, claiming: Claiming, ledger: Ledger,
-                 uploads: Uploads, stop: threading.Event) -> None:
+                 stop: threading.Event) -> None:
         super().__init__(name="fetch", daemon=True)
         self.client, self.handler, self.claiming = client, handler, claiming
-        self.ledger, self.uploads, self.stop = ledger, uploads, stop
-        self.ready: queue.Queue[list[Task]] = queue.Queue()
-        self.room = threading.Semaphore(1)  # released by the model thread when it takes a batch
+        self.ledger, self.stop = ledger, stop
+        self._ready: queue.Queue[Batch] = queue.Queue()
+        self._room = threading.Semaphore(1)  # a claim may be made: the last batch was taken
         self.fatal: Exception | None = None  # why the worker must stop: a refusal, or a bug
+
+    def take(self, timeout: float) -> Batch | None:
+        """The next batch, if one arrives within `timeout` seconds; taking it lets the next claim go."""
+        try:
+            batch = self._ready.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        self._room.release()
+        return batch
+
+    def leftovers(self) -> list[Batch]:
+        """The batches fetched and not taken (on the way out: no further claim follows)."""
+        batches = []
+        while True:
+            try:
+                batches.append(self._ready.get_nowait())
+            except queue.Empty:
+                return batches
 
     def run(self) -> None:
         try:
@@ -59,7 +87,7 @@ class Fetcher(threading.Thread):
                 claims = self.client.claim(self.claiming.model, self.claiming.batch, self.claiming.wait,
                                            self.claiming.lease)
             except Unavailable as exc:
-                self.room.release()
+                self._room.release()
                 delay = backoff.next()
                 log.warning("%s; retrying in %.1f s", exc, delay)
                 self.stop.wait(delay)
@@ -76,33 +104,28 @@ class Fetcher(threading.Thread):
             tasks = [Task.from_claim(claim, self.claiming.lease) for claim in claims]
             self.ledger.add(tasks)
             if self.stop.is_set():
-                self.give_back(tasks)
+                self._ready.put(Batch(unstarted=tasks))
                 return
-            batch = self.decode(tasks)
-            if batch:
-                self.ready.put(batch)
+            if tasks:
+                self._ready.put(self.decode(tasks))
             else:
-                self.room.release()
+                self._room.release()
 
     def _wait_for_room(self) -> bool:
         while not self.stop.is_set():
-            if self.room.acquire(timeout=HAND_OVER_POLL):
+            if self._room.acquire(timeout=HAND_OVER_POLL):
                 return True
         return False
 
-    def decode(self, tasks: list[Task]) -> list[Task]:
-        """Decode each task; one that cannot be decoded fails alone and is left out of the batch."""
-        batch = []
+    def decode(self, tasks: list[Task]) -> Batch:
+        """Decode each task; one that cannot be decoded is set apart, to fail alone."""
+        batch = Batch()
         for task in tasks:
             try:
                 task.decoded = self.handler.decode(task.payload, task.content_type, task.params)
             except Exception as exc:  # noqa: BLE001 - any decode failure is that task's outcome
-                self.uploads.fail(task, failure_message(self.handler, exc), self.handler.is_retryable(exc))
+                batch.undecodable.append((task, exc))
                 continue
             task.payload = b""  # the decoded form is all that is needed from here on
-            batch.append(task)
+            batch.tasks.append(task)
         return batch
-
-    def give_back(self, tasks: list[Task]) -> None:
-        for task in tasks:
-            self.uploads.give_back(task)

@@ -31,7 +31,7 @@ class Heartbeat(threading.Thread):
                     self.renew(task)
 
     def renew(self, task: Task) -> None:
-        # An upload holds the lock while it uses the token; it ends the lease anyway, so skip.
+        # A report holds the lock while it uses the token; it ends the lease anyway, so skip.
         if not task.lock.acquire(blocking=False):
             return
         try:

@@ -1,7 +1,7 @@
 """A claimed task as the worker holds it, and the ledger of every task in hand.
 
 The ledger is what the heartbeat keeps alive and what a shutdown gives back. Each task has a lock
-so a heartbeat never swaps the lease token under an upload that is using it.
+so a heartbeat never swaps the lease token under a report that is using it.
 """
 
 from __future__ import annotations

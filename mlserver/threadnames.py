@@ -1,4 +1,4 @@
-"""Gives the calling thread its Python name at the OS level too ("mls:fetch", "mls:upload_0", ...),
+"""Gives the calling thread its Python name at the OS level too ("mls:fetch", "mls:report_0", ...),
 so `top -H`, `ps -L` and /proc show where a worker's CPU goes. Linux only; elsewhere it does nothing."""
 
 from __future__ import annotations

@@ -1,28 +1,28 @@
 """The worker: claim batches, run the model on them, put the outcomes back; stop cleanly on a signal.
 
 Threads: the fetch thread claims and decodes the next batch while this (the main) thread runs the
-model on the current one; upload threads encode and put results; the heartbeat keeps leases
-alive. On SIGTERM or SIGINT the worker stops claiming, finishes the batch the model is running,
-gives back (extendlease seconds=0) every task it has not started, and exits 0. A second signal
-stops waiting for a long-poll in flight or for a broker that does not answer.
+model on the current one; the reporter's threads encode and put results, failures and give-backs;
+the heartbeat keeps leases alive. This thread decides every task's end; the others carry it out.
+On SIGTERM or SIGINT the worker stops claiming, finishes the batch the model is running, gives
+back (extendlease seconds=0) every task it has not started, and exits 0. A second signal stops
+waiting for a long-poll in flight or for a broker that does not answer.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import signal
 import threading
 import time
 from typing import Any
 
 from .broker_api import BrokerClient
-from .fetcher import Claiming, Fetcher
+from .fetcher import Batch, Claiming, Fetcher
 from .handlers.base import Handler, failure_message
 from .heartbeat import Heartbeat
+from .reporter import Reporter
 from .stats import Stats, StatusLine
 from .tasks import Ledger, Task
-from .uploads import Uploads
 
 log = logging.getLogger("mlserver")
 READY_LINE = "worker ready"
@@ -37,8 +37,8 @@ class Worker:
         self.force = threading.Event()
         self.ledger = Ledger()
         self.stats = Stats(claiming.batch)
-        self.uploads = Uploads(client, handler, self.ledger, self.stats, upload_threads)
-        self.fetcher = Fetcher(client, handler, claiming, self.ledger, self.uploads, self.stop)
+        self.reporter = Reporter(client, handler, self.ledger, self.stats, upload_threads)
+        self.fetcher = Fetcher(client, handler, claiming, self.ledger, self.stop)
         self.heartbeat = Heartbeat(client, self.ledger, self.stats, claiming.lease)
         self.status = StatusLine(self.stats, status_interval)
 
@@ -57,17 +57,27 @@ class Worker:
 
     def _serve(self) -> None:
         while True:
-            try:
-                batch = self.fetcher.ready.get(timeout=TAKE_POLL)
-            except queue.Empty:
+            batch = self.fetcher.take(TAKE_POLL)
+            if batch is None:
                 if self.force.is_set() or (self.stop.is_set() and not self.fetcher.is_alive()):
                     return
                 continue
-            self.fetcher.room.release()
+            self._settle(batch)
             if self.stop.is_set():
-                self.fetcher.give_back(batch)
+                self._give_back(batch.tasks)
             else:
-                self.run_batch(batch)
+                self.run_batch(batch.tasks)
+
+    def _settle(self, batch: Batch) -> None:
+        """What a batch brings that the model will not run: inputs it cannot use, and tasks claimed as
+        the worker stopped."""
+        for task, exc in batch.undecodable:
+            self.reporter.failure(task, exc)
+        self._give_back(batch.unstarted)
+
+    def _give_back(self, tasks: list[Task]) -> None:
+        for task in tasks:
+            self.reporter.give_back(task)
 
     def run_batch(self, batch: list[Task]) -> None:
         live = [task for task in batch if not task.cancelled]
@@ -81,11 +91,11 @@ class Worker:
         # input). Run one such task at a time, alone, once every other outcome is put back and the
         # other retried tasks are given back (keeping their attempt number): if it kills this
         # process too, nothing else is lost with it, and innocent batch-mates never run out of attempts.
-        self.fetcher.give_back(retried[1:])
+        self._give_back(retried[1:])
         if fresh:
             self._run_together(fresh)
         if retried:
-            self.uploads.drain()
+            self.reporter.drain()
             self._run_one(retried[0])
 
     def _run_together(self, live: list[Task]) -> None:
@@ -93,7 +103,7 @@ class Worker:
             outputs = self._predict(live)
         except Exception as exc:  # noqa: BLE001 - a model error for the batch: find the input that causes it
             if len(live) == 1:
-                self._fail(live[0], exc)
+                self.reporter.failure(live[0], exc)
                 return
             log.warning("the model failed on a batch of %d (%s); running its inputs one by one",
                         len(live), failure_message(self.handler, exc))
@@ -107,7 +117,7 @@ class Worker:
         try:
             output = self._predict([task])[0]
         except Exception as exc:  # noqa: BLE001 - this input's own failure
-            self._fail(task, exc)
+            self.reporter.failure(task, exc)
             return
         self._succeed(task, output)
 
@@ -121,20 +131,15 @@ class Worker:
         if task.cancelled:
             self.ledger.remove(task)
         else:
-            self.uploads.succeed(task, output)
-
-    def _fail(self, task: Task, exc: BaseException) -> None:
-        self.uploads.fail(task, failure_message(self.handler, exc), self.handler.is_retryable(exc))
+            self.reporter.result(task, output)
 
     def _wind_down(self) -> None:
         """Give back what was never started, let uploads finish, stop the helpers."""
         self.stop.set()
-        while True:
-            try:
-                self.fetcher.give_back(self.fetcher.ready.get_nowait())
-            except queue.Empty:
-                break
-        self.uploads.close()
+        for batch in self.fetcher.leftovers():
+            self._settle(batch)
+            self._give_back(batch.tasks)
+        self.reporter.close()
         for thread in (self.heartbeat, self.status):
             thread.halt.set()
         totals = self.stats.totals
@@ -151,7 +156,7 @@ class Worker:
             else:
                 log.info("%s again: quitting without waiting for the broker", name)
                 self.force.set()
-                self.uploads.halt.set()
+                self.reporter.halt.set()
 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)

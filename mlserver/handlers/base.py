@@ -3,7 +3,7 @@
 The worker drives a handler in three places, each on its own thread:
   decode(payload, content_type, params) -> input   the fetch thread, while the model runs
   predict([input, ...]) -> [output, ...]           the model thread, one call per batch
-  encode(output, input) -> (bytes, content_type)   the upload threads
+  encode(output, input) -> (bytes, content_type)   the report threads
 `load()` runs once before the first task. Anything `decode` raises fails that task alone; a
 `predict` that raises for a whole batch is retried one input at a time, so only the input that
 breaks the model fails.
@@ -84,9 +84,19 @@ class Handler:
         return isinstance(exc, self.retryable_errors)
 
 
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message, clipped: what a one-line error can quote of it."""
+    return (str(exc).strip().splitlines() or [""])[0][:limit]
+
+
 def failure_message(handler: Handler, exc: BaseException) -> str:
     """One sentence for the client: a TaskError's own words, else what broke, without a traceback."""
     if isinstance(exc, TaskError):
         return str(exc)
-    detail = (str(exc).strip().splitlines() or [""])[0][:300]
+    detail = first_line(exc)
     return f"{handler.name} failed on this input ({type(exc).__name__}{': ' + detail if detail else ''})"
+
+
+def load_failure(what: str, exc: BaseException) -> WeightsUnavailable:
+    """The start-up error for weights or a model that failed to load: what, and the exception's first line."""
+    return WeightsUnavailable(f"{what} ({type(exc).__name__}: {first_line(exc) or 'no details'})")

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from . import keras_runtime, voc
-from .base import BadOption, InputError, WeightsUnavailable
+from .base import BadOption, InputError, WeightsUnavailable, load_failure
 from .images import read_rgb
 from .keras_runtime import KerasHandler
 from .masks import mask_summary, palette_mask, png
@@ -67,8 +67,7 @@ class DeepLabV3Plus(KerasHandler):
         try:  # a preset name, or a local preset directory
             model = keras_hub.models.DeepLabV3ImageSegmenter.from_preset(str(path or weights))
         except Exception as exc:  # noqa: BLE001 - keras-hub and kagglehub raise many kinds for a failed download
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-            raise WeightsUnavailable(f"cannot load the keras-hub preset {weights} ({first})") from None
+            raise load_failure(f"cannot load the keras-hub preset {weights}", exc) from None
         converter = getattr(model.preprocessor, "image_converter", None) if model.preprocessor else None
         return model, converter
 

@@ -58,12 +58,16 @@ class KerasHandler(Handler):
         self._device = start_tensorflow()
         self.retryable_errors = retryable_errors()
         self.model = self.build()
-        for size in sorted({self.batch_size, 1}):
-            self.model.predict_on_batch(np.zeros((size, *self.input_shape()), np.float32))
+        self.warm_up()
 
     def build(self):
         """The Keras model, with self.weights loaded; raise WeightsUnavailable when they cannot be had."""
         raise NotImplementedError
+
+    def warm_up(self) -> None:
+        """Trace the model for the batch sizes it will see, so the first task does not pay for it."""
+        for size in sorted({self.batch_size, 1}):
+            self.model.predict_on_batch(np.zeros((size, *self.input_shape()), np.float32))
 
     def input_shape(self) -> tuple[int, int, int]:
         """One input's (height, width, channels), for the warm-up batch."""

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from . import keras_runtime
-from .base import InputError, WeightsUnavailable
+from . import classification, keras_runtime
+from .base import WeightsUnavailable, load_failure
 from .images import read_rgb
 from .keras_runtime import KerasHandler
 
@@ -57,7 +57,7 @@ class ResNet50(KerasHandler):
             try:
                 return keras.applications.ResNet50(weights="imagenet")
             except Exception as exc:  # noqa: BLE001 - Keras raises a bare Exception for a failed download
-                raise WeightsUnavailable(f"cannot download the ImageNet weights for resnet50 ({_first_line(exc)})") from None
+                raise load_failure("cannot download the ImageNet weights for resnet50", exc) from None
         path = keras_runtime.local_weights(weights)
         if path is None or not path.is_file():
             raise WeightsUnavailable(f"no weights file at {weights}")
@@ -68,9 +68,7 @@ class ResNet50(KerasHandler):
         return model
 
     def decode(self, payload: bytes, content_type: str, params: dict) -> Picture:
-        top_k = params.get("top_k", 5)
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= 20:
-            raise InputError("params.top_k must be an integer from 1 to 20")
+        top_k = classification.top_k(params)
         image = read_rgb(payload, content_type, at_least=SIZE).resize((SIZE, SIZE), Image.Resampling.BILINEAR)
         return Picture(np.asarray(image, dtype=np.uint8), top_k)
 
@@ -79,16 +77,10 @@ class ResNet50(KerasHandler):
         return list(np.asarray(self.model.predict_on_batch(batch)))
 
     def encode(self, output: np.ndarray, item: Picture) -> tuple[bytes, str]:
-        best = np.argsort(-output, kind="stable")[: item.top_k]
-        body = {"model": self.name, "weights": self._weights_label(),
-                "predictions": [{"label": self.labels[i], "index": int(i), "score": float(output[i])} for i in best]}
-        return json.dumps(body).encode(), "application/json"
+        return classification.answer(self.name, self._weights_label(), output, item.top_k, self.labels.__getitem__)
 
     def _weights_label(self) -> str:
         # A local path would tell clients about the worker's file system: the file name is enough.
         weights = self.weights or "imagenet"
         return Path(weights).name if keras_runtime.looks_like_path(weights) else weights
 
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]

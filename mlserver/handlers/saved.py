@@ -26,9 +26,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from . import keras_runtime
-from .base import BadOption, Handler, InputError, WeightsUnavailable
+from . import classification
+from .base import BadOption, InputError, WeightsUnavailable, load_failure
 from .images import read_rgb
+from .keras_runtime import KerasHandler
 from .masks import mask_summary, palette_mask, png
 
 log = logging.getLogger("mlserver")
@@ -42,18 +43,20 @@ MAX_RAW_JSON = 1024 * 1024
 class Item:
     image: Image.Image  # the input at its own size, in the model's colour mode
     pixels: np.ndarray  # height x width x channels, float32, scaled as the model expects
-    params: dict
+    top_k: int  # for a classifier's output
+    output: str  # for a segmenter's: "mask" or "json"
 
 
-class SavedModel(Handler):
+class SavedModel(KerasHandler):
+    """TensorFlow started and out-of-memory retryable as for every Keras handler (KerasHandler.load);
+    `self.model` is a runner, `run(batch) -> [output arrays]`, whatever the saved format."""
+
     name = "saved"
     weights_hint = "give --weights the path of a .keras or .h5 file or a SavedModel directory"
 
-    def load(self) -> None:
-        self._device = keras_runtime.start_tensorflow()
-        self.retryable_errors = keras_runtime.retryable_errors()
+    def build(self):
         path = self._path()
-        self._run, shape = _load(path)
+        run, shape = _load(path)
         self.height, self.width, self.channels = self._input_geometry(shape)
         self.scale = self.options.get("scale", "unit")
         if self.scale not in SCALES:
@@ -65,7 +68,13 @@ class SavedModel(Handler):
         if self.one_at_a_time:
             log.info("the model takes batches of %s: running one image at a time", shape[0])
         self.weights_label = path.name
-        self._run(np.zeros((1, self.height, self.width, self.channels), np.float32))  # trace it once now
+        return run
+
+    def input_shape(self) -> tuple[int, int, int]:
+        return self.height, self.width, self.channels
+
+    def warm_up(self) -> None:
+        self.model(np.zeros((1, *self.input_shape()), np.float32))  # the batch size is learnt on the way
 
     def _path(self) -> Path:
         if not self.weights or self.weights.lower() == "none":
@@ -94,15 +103,17 @@ class SavedModel(Handler):
             raise BadOption(f"the model takes {channels} channels per pixel; the saved handler serves 1 or 3")
         return height, width, channels
 
-    def device(self) -> str:
-        return self._device
-
     def decode(self, payload: bytes, content_type: str, params: dict) -> Item:
+        # Which kind of output the model gives is known only once it ran: check both kinds' params now.
+        top_k = classification.top_k(params)
+        output = params.get("output", "mask")
+        if output not in SEGMENT_OUTPUTS:
+            raise InputError(f"params.output must be one of {', '.join(SEGMENT_OUTPUTS)}")
         image = read_rgb(payload, content_type)
         if self.channels == 1:
             image = image.convert("L")
         fitted = np.asarray(image.resize((self.width, self.height), Image.Resampling.BILINEAR), np.float32)
-        return Item(image, self._scaled(fitted.reshape(self.height, self.width, self.channels)), params)
+        return Item(image, self._scaled(fitted.reshape(self.height, self.width, self.channels)), top_k, output)
 
     def _scaled(self, pixels: np.ndarray) -> np.ndarray:
         if self.scale == "unit":
@@ -118,12 +129,12 @@ class SavedModel(Handler):
     def predict(self, inputs: list[Item]) -> list[list[np.ndarray]]:
         batch = np.stack([item.pixels for item in inputs])
         if self.one_at_a_time or len(inputs) == 1:
-            return [self._outputs(self._run(batch[i:i + 1]), 0) for i in range(len(inputs))]
+            return [self._outputs(self.model(batch[i:i + 1]), 0) for i in range(len(inputs))]
         try:
-            outputs = self._run(batch)
+            outputs = self.model(batch)
         except Exception:
             # Maybe the model cannot take a batch this size: if each image alone works, stay that way.
-            singles = [self._outputs(self._run(batch[i:i + 1]), 0) for i in range(len(inputs))]
+            singles = [self._outputs(self.model(batch[i:i + 1]), 0) for i in range(len(inputs))]
             self.one_at_a_time = True
             log.info("the model failed on a batch of %d but not on single images: running one image at a time",
                      len(inputs))
@@ -136,32 +147,22 @@ class SavedModel(Handler):
 
     def encode(self, output: list[np.ndarray], item: Item) -> tuple[bytes, str]:
         if len(output) == 1 and output[0].ndim == 1:
-            return self._classification(output[0], item.params)
+            return self._classification(output[0], item.top_k)
         if len(output) == 1 and output[0].ndim == 3:
             return self._segmentation(output[0], item)
         return _raw(output)
 
-    def _classification(self, scores: np.ndarray, params: dict) -> tuple[bytes, str]:
-        top_k = params.get("top_k", 5)
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= 20:
-            raise InputError("params.top_k must be an integer from 1 to 20")
+    def _classification(self, scores: np.ndarray, top_k: int) -> tuple[bytes, str]:
         scores = scores.astype(np.float64)
         if not _are_probabilities(scores):
             scores = np.exp(scores - scores.max())
             scores /= scores.sum()
-        best = np.argsort(-scores, kind="stable")[:top_k]
-        body = {"model": self.served_as or self.name, "weights": self.weights_label,
-                "predictions": [{"label": self._label(i), "index": int(i), "score": float(scores[i])}
-                                for i in best]}
-        return json.dumps(body).encode(), "application/json"
+        return classification.answer(self.served_as or self.name, self.weights_label, scores, top_k, self._label)
 
     def _segmentation(self, scores: np.ndarray, item: Item) -> tuple[bytes, str]:
-        output = item.params.get("output", "mask")
-        if output not in SEGMENT_OUTPUTS:
-            raise InputError(f"params.output must be one of {', '.join(SEGMENT_OUTPUTS)}")
         classes = (scores[..., 0] > 0.5) if scores.shape[-1] == 1 else scores.argmax(axis=-1)
         mask = palette_mask(classes, item.image.size)
-        if output == "json":
+        if item.output == "json":
             return json.dumps(mask_summary(mask, self._label)).encode(), "application/json"
         return png(mask), "image/png"
 
@@ -184,8 +185,7 @@ def _load(path: Path):
     except (BadOption, WeightsUnavailable):
         raise
     except Exception as exc:  # noqa: BLE001 - a damaged file raises anything from h5py, zipfile or protobuf
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-        raise WeightsUnavailable(f"cannot load the model at {path} ({type(exc).__name__}: {first})") from None
+        raise load_failure(f"cannot load the model at {path}", exc) from None
     raise BadOption(f"{path} is not a .keras or .h5 file or a TensorFlow SavedModel directory")
 
 

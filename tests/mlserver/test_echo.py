@@ -72,4 +72,4 @@ def test_the_worker_threads_carry_their_names_at_the_os_level(broker, model, sta
     worker = start_worker(model, "--handler", "echo")
     assert result(broker, broker.submit(model, b"named")).content == b"named"  # an upload thread has run
     names = {(task / "comm").read_text().strip() for task in Path(f"/proc/{worker.proc.pid}/task").iterdir()}
-    assert {"mls:fetch", "mls:heartbeat", "mls:status", "mls:upload_0"} <= names, names
+    assert {"mls:fetch", "mls:heartbeat", "mls:status", "mls:report_0"} <= names, names

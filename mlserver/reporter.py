@@ -1,6 +1,9 @@
-"""Puts outcomes back to the broker in the background, so the model never waits on the network.
+"""Tells the broker how each task in hand ended, in the background, so the model never waits on
+the network: a result, a failure, or the task given back unstarted.
 
 Encoding a result (JSON, PNG) happens here too: it is CPU work the accelerator thread need not do.
+Every report is made with the task's current lease, under its lock (the heartbeat swaps the token
+only between reports), and takes the task out of the ledger once made or given up on.
 A put is safe to repeat (the broker answers a repeated put with the same lease the same way), so
 passing faults (no answer, 429, 502-504) are retried with backoff until they succeed or the worker
 is forced to quit. A put the broker keeps failing on (500) is given up after STUCK_TRIES tries, with
@@ -22,24 +25,26 @@ from .stats import Stats
 from .tasks import Ledger, Task
 from .threadnames import name_os_thread
 
-log = logging.getLogger("mlserver.uploads")
+log = logging.getLogger("mlserver.reporter")
 STUCK_TRIES = 4
 
 
-class Uploads:
+class Reporter:
     def __init__(self, client: BrokerClient, handler: Handler, ledger: Ledger, stats: Stats, threads: int = 4) -> None:
         self.client, self.handler, self.ledger, self.stats = client, handler, ledger, stats
-        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="upload",
+        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="report",
                                        initializer=name_os_thread)
         self.halt = threading.Event()  # set when the worker must quit without finishing
         self._pending: set[Future] = set()
         self._pending_lock = threading.Lock()
 
-    def succeed(self, task: Task, output: Any) -> None:
+    def result(self, task: Task, output: Any) -> None:
+        """Encode the model's output for the task and put it."""
         self._submit(self._encode_and_put, task, output)
 
-    def fail(self, task: Task, error: str, retryable: bool) -> None:
-        self._submit(self._put_failure, task, error, retryable)
+    def failure(self, task: Task, exc: BaseException) -> None:
+        """Put the task's failure: one sentence for its client, retryable if the handler says so."""
+        self._submit(self._put_exception, task, exc)
 
     def give_back(self, task: Task) -> None:
         """Return a task that was never started to the queue at once (its attempt number is kept)."""
@@ -60,7 +65,7 @@ class Uploads:
             self._pending.discard(future)
 
     def drain(self) -> None:
-        """Wait until everything handed over so far has been put back (or given up on)."""
+        """Wait until everything handed over so far has been reported (or given up on)."""
         with self._pending_lock:
             pending = set(self._pending)
         wait(pending)
@@ -71,7 +76,7 @@ class Uploads:
     def _guarded(self, job: Callable, task: Task, *args) -> None:
         try:
             job(task, *args)
-        except Exception:  # noqa: BLE001 - a bug in one upload must not take the pool down
+        except Exception:  # noqa: BLE001 - a bug in one report must not take the pool down
             log.exception("unexpected error while finishing task %s", task.task_id)
         finally:
             self.ledger.remove(task)
@@ -80,7 +85,7 @@ class Uploads:
         try:
             body, content_type = self.handler.encode(output, task.decoded)
         except Exception as exc:  # noqa: BLE001 - the encoder's failure is this task's outcome
-            self._put_failure(task, failure_message(self.handler, exc), self.handler.is_retryable(exc))
+            self._put_exception(task, exc)
             return
         try:
             self._send(task, "done", lambda lease: self.client.put_result(task.task_id, lease, body, content_type))
@@ -88,6 +93,9 @@ class Uploads:
             if exc.status != 413:
                 raise
             self._put_failure(task, f"the result ({len(body)} bytes) is larger than the broker accepts", False)
+
+    def _put_exception(self, task: Task, exc: BaseException) -> None:
+        self._put_failure(task, failure_message(self.handler, exc), self.handler.is_retryable(exc))
 
     def _put_failure(self, task: Task, error: str, retryable: bool) -> None:
         log.info("task %s failed%s: %s", task.task_id, " (retryable)" if retryable else "", error)
