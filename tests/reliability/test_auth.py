@@ -1,19 +1,15 @@
 """Keys beyond tests/broker/test_auth.py: every route against near-miss keys on a broker with both key kinds,
-evidence that the comparison is constant-time, and no secret in answers, logs, the demo page or the repository.
+and no secret in answers, logs, the demo page or the repository.
 """
 
 from __future__ import annotations
 
 import re
-import secrets
-import statistics
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
-from broker import auth
 from devstack.services import ACCOUNT_KEY
 from tests.conftest import CLIENT_KEY, WORKER_KEY
 
@@ -78,48 +74,6 @@ def test_keys_unconfigured_close_every_worker_route(start_broker):
         for authorization in (None, f"Bearer {WORKER_KEY}", f"Bearer {CLIENT_KEY}", "Bearer  "):
             response = call(closed, method, path, authorization)
             assert (response.status_code, response.json()) == (503, {"error": "no worker key configured"})
-
-
-# ---- constant time -----------------------------------------------------------------------------------------
-
-def timing_ratio(compare, key: str, rounds: int = 60, calls: int = 20) -> float:
-    """How much longer a guess wrong only in its last character takes than one wrong in its first (min of many)."""
-    early, late = "#" + key[1:], key[:-1] + "#"
-    best = {early: float("inf"), late: float("inf")}
-    for _ in range(rounds):
-        for guess in (early, late):  # interleaved, so load on the machine hits both alike
-            started = time.perf_counter_ns()
-            for _ in range(calls):
-                compare(guess, (key,))
-            best[guess] = min(best[guess], time.perf_counter_ns() - started)
-    return best[late] / best[early]
-
-
-def naive(given: str, keys: tuple[str, ...]) -> bool:
-    return any(given == key for key in keys)
-
-
-def test_key_comparison_takes_as_long_however_much_of_the_key_is_right():
-    key = secrets.token_urlsafe(200_000)[:256 * 1024]
-    control = timing_ratio(naive, key)
-    ratio = timing_ratio(auth.matches, key)
-    record("auth", constant_time_ratio=round(ratio, 3), naive_compare_ratio=round(control, 1))
-    # The harness can tell: a plain == is measurably faster when the first character is already wrong...
-    assert control > 3, control
-    # ...and the broker's comparison is not.
-    assert 0.67 < ratio < 1.5, ratio  # wide enough for a loaded machine; == measures 14-19x
-    assert auth.matches(key, ("other", key)) and not auth.matches(key[:-1] + "#", (key,))
-
-
-def test_http_timing_of_near_and_far_misses_is_reported(keyed):
-    """Over HTTP, timing is noise-bound on a shared machine: reported, not asserted."""
-    times = {"first char wrong": [], "last char wrong": []}
-    guesses = {"first char wrong": "#" + WORKER_KEY[1:], "last char wrong": WORKER_KEY[:-1] + "#"}
-    for _ in range(100):
-        for label, guess in guesses.items():
-            times[label].append(call(keyed, "GET", "/stats", f"Bearer {guess}").elapsed.total_seconds())
-    record("auth", **{f"http_median_ms_{k.replace(' ', '_')}": round(statistics.median(v) * 1000, 2)
-                      for k, v in times.items()})
 
 
 # ---- no secret anywhere ------------------------------------------------------------------------------------
