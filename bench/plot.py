@@ -10,7 +10,7 @@ from pathlib import Path
 from . import common
 
 PNG = Path(__file__).resolve().parent.parent / "docs" / "bench.png"
-DOC = PNG.parent.parent / "README.md"  # its Performance section
+DOC = PNG.parent / "performance.md"  # its Summary section
 BEGIN, END = "<!-- bench:table:begin -->", "<!-- bench:table:end -->"
 
 
@@ -249,7 +249,7 @@ def plot(path: Path = PNG) -> Path | None:
 
 
 def update_doc(rows: list[list], path: Path = DOC) -> None:
-    """Replace the table between the markers in the README, if it has them."""
+    """Replace the table between the markers in docs/performance.md, if it has them."""
     try:
         text = path.read_text()
     except OSError:

@@ -24,7 +24,7 @@ FIGURES_FILE = Path(os.environ.get("RELIABILITY_FIGURES", "/tmp/reliability-figu
 
 
 def record(section: str, **values) -> None:
-    """Keep measured figures for the summary (and the README's Reliability section)."""
+    """Keep measured figures for the summary (and docs/reliability.md)."""
     FIGURES.setdefault(section, {}).update(values)
     FIGURES_FILE.write_text(json.dumps(FIGURES, indent=2, sort_keys=True))
 
