@@ -30,6 +30,7 @@ import logging
 import math
 import time
 import uuid
+from collections.abc import Callable
 
 from .errors import (
     IdempotencyConflict,
@@ -54,7 +55,6 @@ from .records import (
     TaskMessage,
     clip_error,
     expiry_error,
-    now,
 )
 from .settings import Settings
 from .storage import Blob, Message, MessageGone, ReceiptStale, Storage
@@ -100,9 +100,10 @@ def _with(metadata: dict, **records: str) -> dict:
 
 
 class TaskStore:
-    def __init__(self, storage: Storage, settings: Settings) -> None:
+    def __init__(self, storage: Storage, settings: Settings, clock: Callable[[], float] = time.time) -> None:
         self.storage = storage
         self.settings = settings
+        self.now = clock  # the wall clock every TTL and lease deadline is read from (tests move it)
         self.wakeups = Wakeups()
         self._looked_at: dict[str, float] = {}  # model -> when a long-poll here last began a receive
         self._sweep_from: str | None = None  # where the next inbox sweep goes on
@@ -119,7 +120,7 @@ class TaskStore:
     def _finished_task(self, task_id: str, out: Blob) -> Task | None:
         """The finished task, or None once its result is past BROKER_RESULT_TTL_SECONDS."""
         outcome = Outcome.from_metadata(out.metadata)
-        if outcome.finished + self.settings.result_ttl_seconds <= now():
+        if outcome.finished + self.settings.result_ttl_seconds <= self.now():
             return None
         return Task(task_id, outcome.model, outcome.created, outcome.digest, None, outcome, out.content_type)
 
@@ -160,7 +161,7 @@ class TaskStore:
                 if task is None:
                     raise TaskNotFound()
                 remaining = deadline - time.monotonic()
-                if task.ended(now()) or remaining <= 0:
+                if task.ended(self.now()) or remaining <= 0:
                     return task, body
                 woken = await self.wakeups.wait(ticket, min(delay, remaining))
             delay = POLL_FIRST if woken else min(delay * 2, RESULT_POLL_CAP)
@@ -172,7 +173,7 @@ class TaskStore:
         """Store the payload and enqueue the task. Returns (the task, whether this submit created it)."""
         await self.storage.ensure_containers()
         if idempotency_key is None:
-            sub = Submission(uuid.uuid4().hex, model, content_type, params, now(), None, len(payload))
+            sub = Submission(uuid.uuid4().hex, model, content_type, params, self.now(), None, len(payload))
             await self.storage.inbox.put(sub.task_id, payload, sub.metadata(), content_type)
             try:
                 await self._send(sub)
@@ -184,7 +185,7 @@ class TaskStore:
                 raise
             return Task(sub.task_id, model, sub.created), True
         task_id = idempotent_id(self.settings.lease_secrets[0], scope, idempotency_key)
-        sub = Submission(task_id, model, content_type, params, now(),
+        sub = Submission(task_id, model, content_type, params, self.now(),
                          submission_digest(model, content_type, params, payload), len(payload))
         return await self._submit_once(sub, payload)
 
@@ -192,7 +193,7 @@ class TaskStore:
         """The task's queue message, living as long as the task may wait queued."""
         # Rounded up, and a little longer: the message must not die before the task may expire (a
         # claim that meets it past the TTL expires it; the sweep expires the rest).
-        ttl = max(1, math.ceil(sub.expires(self.settings.queued_ttl_seconds) - now()) + SEND_TTL_MARGIN)
+        ttl = max(1, math.ceil(sub.expires(self.settings.queued_ttl_seconds) - self.now()) + SEND_TTL_MARGIN)
         message = await self.storage.queues.send(sub.model, TaskMessage(sub.task_id, sub.size).dump(), ttl)
         self.wakeups.notify("model:" + sub.model)
         return message
@@ -254,13 +255,13 @@ class TaskStore:
         """An idempotent submit's task, never claimed, not marked sent, whose send failed or whose submit
         had ample time to send it. (A plain submit's task has no marker: only its submit knew its id.)"""
         marker = Enqueued.from_metadata(inbox.metadata)
-        if marker is None or marker.msg or task.state is not None or task.ended(now()):
+        if marker is None or marker.msg or task.state is not None or task.ended(self.now()):
             return False
-        return marker.lost or (marker.pending or 0) + 3 * self.settings.storage_timeout_seconds <= now()
+        return marker.lost or (marker.pending or 0) + 3 * self.settings.storage_timeout_seconds <= self.now()
 
     async def _take_over_send(self, inbox: Blob) -> None:
         sub = Submission.from_metadata(inbox.name, inbox.metadata)
-        metadata = _with(inbox.metadata, **Enqueued(pending=now()).metadata())
+        metadata = _with(inbox.metadata, **Enqueued(pending=self.now()).metadata())
         etag = await self.storage.inbox.set_metadata(inbox.name, metadata, inbox.etag)
         if etag is not None:  # else another retry is taking it over right now
             await self._send_once(sub, metadata, etag)
@@ -365,7 +366,7 @@ class TaskStore:
         for again in range(CLAIM_TRIES):
             sub = Submission.from_metadata(task_id, inbox.metadata)
             state = LeaseState.from_metadata(inbox.metadata)
-            at = now()
+            at = self.now()
             if state and state.holds(at) and state.msg != message.id:
                 await self._drop(model, message)  # a spare message of a task another claim holds
                 return None
@@ -404,7 +405,7 @@ class TaskStore:
     async def _give_up(self, sub: Submission, state: LeaseState | None, message: Message, attempts: int,
                        error: str | None) -> None:
         reason = f"gave up after {attempts} attempts: {error or 'no attempt put a result'}"
-        outcome = Outcome("failed", sub.model, sub.created, now(), state.started if state else None,
+        outcome = Outcome("failed", sub.model, sub.created, self.now(), state.started if state else None,
                           attempts, clip_error(reason), sub.digest)
         await self._end(sub.task_id, sub.model, outcome, _error_body(outcome.error), JSON, message)
 
@@ -413,7 +414,7 @@ class TaskStore:
         alone and for good, rather than sinking every claim that meets it."""
         log.warning("task %s: its stored record cannot be read (%s); it fails", task_id, type(exc).__name__)
         error = "the broker could not read this task's stored record; submit it again"
-        outcome = Outcome("failed", model, now(), now(), None, 0, error)
+        outcome = Outcome("failed", model, self.now(), self.now(), None, 0, error)
         try:
             await self._end(task_id, model, outcome, _error_body(error), JSON, message)
         except Exception as failure:  # noqa: BLE001 - its lease runs out and the next claim tries again
@@ -421,7 +422,7 @@ class TaskStore:
 
     async def _expire(self, sub: Submission, state: LeaseState | None, message: Message | None) -> None:
         ttl = self.settings.queued_ttl_seconds
-        outcome = Outcome("expired", sub.model, sub.created, now(), None, state.attempt if state else 0,
+        outcome = Outcome("expired", sub.model, sub.created, self.now(), None, state.attempt if state else 0,
                           expiry_error(ttl, state is not None), sub.digest)
         await self._end(sub.task_id, sub.model, outcome, b"", JSON, message)
 
@@ -454,13 +455,13 @@ class TaskStore:
             raise LeaseLost()
 
     def _past_ttl(self, inbox: Blob) -> bool:
-        return now() >= Submission.from_metadata(inbox.name, inbox.metadata).expires(self.settings.queued_ttl_seconds)
+        return self.now() >= Submission.from_metadata(inbox.name, inbox.metadata).expires(self.settings.queued_ttl_seconds)
 
     async def extend(self, lease: Lease, seconds: int) -> Renewal:
         inbox, state = await self._held(lease)
         if seconds == 0:
             receipt = await self._free(lease, inbox, state, "back")
-            return Renewal(lease.renewed(receipt).encode(self.settings.lease_secrets), now())
+            return Renewal(lease.renewed(receipt).encode(self.settings.lease_secrets), self.now())
         try:
             updated = await self.storage.queues.update(lease.model, lease.msg, lease.receipt, seconds)
             receipt, expires = updated.receipt, updated.visible_at
@@ -469,12 +470,12 @@ class TaskStore:
         except MessageGone:
             if not self._past_ttl(inbox):
                 raise LeaseLost() from None
-            if not state.holds(now()):  # nothing holds it any more, and it is past its queued TTL
+            if not state.holds(self.now()):  # nothing holds it any more, and it is past its queued TTL
                 await self._expire_now(lease, inbox, state)
             # The message outlived its time-to-live (the queued TTL) under a running task: from
             # here the lease state alone holds the task, and nothing redelivers it.
             receipt, expires = lease.receipt, None
-        state.until, state.receipt = now() + seconds, receipt_hash(receipt)
+        state.until, state.receipt = self.now() + seconds, receipt_hash(receipt)
         await self._write_state(lease, inbox, state)
         return Renewal(lease.renewed(receipt).encode(self.settings.lease_secrets), expires or state.until)
 
@@ -508,7 +509,7 @@ class TaskStore:
 
     async def complete(self, lease: Lease, body: bytes, content_type: str) -> str:
         """Commit a success; the status the task has now (succeeded)."""
-        outcome = Outcome("succeeded", lease.model, lease.created, now(), lease.started, lease.attempt,
+        outcome = Outcome("succeeded", lease.model, lease.created, self.now(), lease.started, lease.attempt,
                           None, lease.digest, lease.commit_id("succeeded", content_type, body))
         return await self._finish(lease, outcome, body, content_type)
 
@@ -520,16 +521,16 @@ class TaskStore:
             if lease.attempt < self.settings.max_attempts:
                 await self._free(lease, inbox, state, "retry", error)
                 task, _ = await self._get(lease.task_id)
-                return task.status(now()) if task else "queued"
+                return task.status(self.now()) if task else "queued"
             error = clip_error(f"gave up after {lease.attempt} attempts: {error}")
         body = _error_body(error)
-        outcome = Outcome("failed", lease.model, lease.created, now(), lease.started, lease.attempt,
+        outcome = Outcome("failed", lease.model, lease.created, self.now(), lease.started, lease.attempt,
                           error, lease.digest, lease.commit_id("failed", JSON, body))
         return await self._finish(lease, outcome, body, JSON)
 
     async def _finish(self, lease: Lease, outcome: Outcome, body: bytes, content_type: str) -> str:
         await self.storage.ensure_containers()
-        at = now()
+        at = self.now()
         settings = self.settings
         if at >= lease.created + min(settings.queued_ttl_seconds, settings.result_ttl_seconds):
             # Old enough to have expired queued, or finished and been cleaned away: look before
@@ -577,7 +578,7 @@ class TaskStore:
         if task is None:
             raise TaskNotFound()
         if not task.finished:
-            at = now()
+            at = self.now()
             if task.status(at) == "expired":
                 outcome = Outcome("expired", task.model, task.created, at, None,
                                   task.state.attempt if task.state else 0, task.expiry_error, task.digest)
@@ -631,7 +632,7 @@ class TaskStore:
     async def cleanup(self) -> int:
         """Delete results past their TTL and what is left of their tasks; at most cleanup_batch."""
         await self.storage.ensure_containers()
-        cutoff = now() - self.settings.result_ttl_seconds
+        cutoff = self.now() - self.settings.result_ttl_seconds
         expired: list[Blob] = []
         continuation = None
         while len(expired) < self.settings.cleanup_batch:
@@ -668,7 +669,7 @@ class TaskStore:
         swept = 0
         for _ in range(SWEEP_PAGES):
             blobs, self._sweep_from = await self.storage.inbox.page(self._sweep_from, SWEEP_PAGE, metadata=True)
-            at = now()
+            at = self.now()
             stale = [blob for blob in blobs if self._sweepable(blob, at)][: self.settings.cleanup_batch - swept]
             for start in range(0, len(stale), CLEANUP_PARALLEL):
                 await asyncio.gather(*(self._expire_blob(blob) for blob in stale[start:start + CLEANUP_PARALLEL]))
@@ -693,7 +694,7 @@ class TaskStore:
 
     async def _expire_blob(self, listed: Blob) -> None:
         blob = await self.storage.inbox.head(listed.name)  # the listing may be old: a claim may hold it now
-        if blob is None or not self._sweepable(blob, now()):
+        if blob is None or not self._sweepable(blob, self.now()):
             return
         try:
             sub = Submission.from_metadata(blob.name, blob.metadata)

@@ -1,0 +1,58 @@
+"""The task store in process, on the session's Azurite, with a clock the test moves: TTLs and lease
+deadlines pass at once instead of in real seconds. A lease "running out" is the clock moving past
+it plus its message made visible again (what the queue does when its visibility timeout passes)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+
+import pytest
+
+from broker import settings as broker_settings
+from broker.lease import Lease
+from broker.storage import Storage
+from broker.store import TaskStore
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.at = time.time()
+
+    def __call__(self) -> float:
+        return self.at
+
+    def advance(self, seconds: float) -> None:
+        self.at += seconds
+
+
+async def lapse(store: TaskStore, claim) -> None:
+    """Let the claim's lease run out: past its deadline on the store's clock, its message visible."""
+    lease = Lease.decode(claim.lease, claim.task_id, store.settings.lease_secrets)
+    store.now.advance(3600)
+    await store.storage.queues.update(lease.model, lease.msg, lease.receipt, 0)
+
+
+def token(store: TaskStore, claim) -> Lease:
+    return Lease.decode(claim.lease, claim.task_id, store.settings.lease_secrets)
+
+
+@pytest.fixture
+def run_store(azurite, lease_secret, monkeypatch):
+    """run_store(scenario, **settings): run `async scenario(store)` on a fresh clocked store."""
+    monkeypatch.setenv("BROKER_STORAGE_CONNECTION", azurite.connection_string)
+    monkeypatch.setenv("BROKER_LEASE_SECRET", lease_secret)
+
+    def run(scenario, **overrides):
+        async def go():
+            storage = Storage(azurite.connection_string, 2)
+            try:
+                settings = dataclasses.replace(broker_settings.load(), **overrides)
+                return await scenario(TaskStore(storage, settings, clock=Clock()))
+            finally:
+                await storage.close()
+
+        return asyncio.run(go())
+
+    return run
