@@ -3,13 +3,7 @@
 import pytest
 
 from tests.conftest import CLIENT_KEY, WORKER_KEY
-
-TASK = "0" * 32
-WORKER_ROUTES = [("GET", "/getnexttask?model=m&wait=0"), ("POST", "/getnexttask?model=m&wait=0"),
-                 ("POST", f"/extendlease?task_id={TASK}&lease=x&seconds=5"),
-                 ("POST", f"/puttaskresult?task_id={TASK}&lease=x"), ("GET", "/stats")]
-CLIENT_ROUTES = [("POST", "/predict?model=m"), ("GET", f"/getresult?task_id={TASK}"),
-                 ("GET", f"/status?task_id={TASK}"), ("POST", f"/cancel?task_id={TASK}")]
+from tests.support.routes import CLIENT_ROUTES, WORKER_ROUTES
 
 
 def one_off(key: str) -> str:

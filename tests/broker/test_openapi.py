@@ -5,7 +5,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.broker.test_validation import ROUTES
+from tests.support.routes import METHODS as ROUTES
 
 SPEC = yaml.safe_load((Path(__file__).resolve().parents[2] / "openapi.yaml").read_text())
 

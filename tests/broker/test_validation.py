@@ -2,14 +2,13 @@
 
 import pytest
 
-ROUTES = {"/predict": {"POST"}, "/getresult": {"GET"}, "/status": {"GET"}, "/cancel": {"POST"},
-          "/getnexttask": {"GET", "POST"}, "/extendlease": {"POST"}, "/puttaskresult": {"POST"},
-          "/health": {"GET"}, "/stats": {"GET"}, "/demo": {"GET"}}
+from tests.support.routes import METHODS
+
 BAD_IDS = ["", "0" * 31, "0" * 33, "G" * 32, "A" * 32, "../../etc/passwd", "%00" + "0" * 29, "0" * 32 + "%00",
            "0" * 16 + "%2F" + "0" * 13, "é" * 32, "\u202e" + "0" * 31]
 
 
-@pytest.mark.parametrize("path, methods", ROUTES.items())
+@pytest.mark.parametrize("path, methods", METHODS.items())
 def test_unlisted_methods_are_405(broker, path, methods):
     for method in {"GET", "POST", "PUT", "DELETE", "PATCH"} - methods:
         response = broker.session.request(method, broker.url + path, headers=broker.worker, timeout=30)

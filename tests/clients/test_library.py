@@ -11,8 +11,7 @@ import pytest
 
 from clients import BrokerClient, BrokerHTTPError, BrokerUnavailable, Result, TaskCancelled, TaskExpired, TaskFailed, TaskTimeout
 from tests.conftest import CLIENT_KEY, WORKER_KEY
-
-from .proxy import Relay
+from tests.support.relay import Relay
 
 
 @pytest.fixture

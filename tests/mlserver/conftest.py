@@ -10,7 +10,6 @@ import io
 import os
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -18,6 +17,7 @@ import requests
 from PIL import Image
 
 from devstack.services import Worker
+from tests.support.polling import final_result
 
 FAST = ["--wait", "2", "--status-interval", "1"]
 
@@ -41,12 +41,7 @@ def start_worker(broker, tmp_path):
 
 def result(broker, task_id: str, timeout: float = 120) -> requests.Response:
     """The final getresult answer (not 202), long-polling up to `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        response = broker.get(f"/getresult?task_id={task_id}&wait=20")
-        if response.status_code != 202:
-            return response
-    raise AssertionError(f"task {task_id} did not finish within {timeout} s: {broker.status(task_id)}")
+    return final_result(broker.url, task_id, timeout, broker.session)
 
 
 def run_mlserver(*args: str, env: dict | None = None, timeout: float = 180) -> subprocess.CompletedProcess:
@@ -60,14 +55,6 @@ def mlserver_lines(done: subprocess.CompletedProcess) -> list[str]:
     return [line for line in done.stderr.splitlines() if line.startswith("mlserver:")]
 
 
-def wait_for(condition, timeout: float = 60, interval: float = 0.2, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def image_bytes(mode: str, size: tuple[int, int], fmt: str = "PNG") -> bytes:

@@ -10,8 +10,9 @@ import pytest
 from PIL import Image
 
 from mlserver.handlers import voc
+from tests.support.polling import wait_for
 
-from .conftest import image_bytes, mlserver_lines, result, run_mlserver, wait_for
+from .conftest import image_bytes, mlserver_lines, result, run_mlserver
 
 
 def submit(broker, model, payload, kind, output=None):

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import result, wait_for
+from tests.support.polling import wait_for
+
+from .conftest import result
 
 
 def test_many_tasks_come_back_unchanged_in_batches(broker, model, start_worker):

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import signal
 
-from .conftest import mlserver_lines, result, run_mlserver, wait_for
+from tests.support.polling import wait_for
+
+from .conftest import mlserver_lines, result, run_mlserver
 
 
 def sleeping(ms: int) -> dict:
@@ -114,7 +116,7 @@ def test_a_put_the_broker_keeps_failing_is_given_up_and_the_task_runs_again(brok
     """A front end answering every put 500 (as Azure did for oversized metadata): the worker says so and
     moves on instead of holding the task forever; its lease runs out and the next attempt delivers."""
     from tests.conftest import Broker
-    from tests.reliability.proxy import RecordingProxy
+    from tests.support.recording_proxy import RecordingProxy
 
     with RecordingProxy(broker.url) as proxy:
         proxy.fault = lambda method, path: ((500, {"error": "the broker hit an unexpected error; it has been logged"})

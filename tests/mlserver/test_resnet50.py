@@ -9,8 +9,9 @@ import uuid
 import pytest
 
 from mlserver.handlers.resnet50 import imagenet_labels
+from tests.support.polling import wait_for
 
-from .conftest import image_bytes, mlserver_lines, result, run_mlserver, wait_for
+from .conftest import image_bytes, mlserver_lines, result, run_mlserver
 
 LABELS = imagenet_labels()
 INPUTS = {  # name: (payload, content type)

@@ -18,6 +18,7 @@ import requests
 
 from devstack.services import Azurite, Worker
 from tests.conftest import Broker
+from tests.support import polling
 
 FIGURES: dict[str, dict] = {}
 FIGURES_FILE = Path(os.environ.get("RELIABILITY_FIGURES", "/tmp/reliability-figures.json"))
@@ -109,20 +110,7 @@ def submit_many(broker: Broker, model: str, payloads: list[bytes], params: list[
 
 def final_results(broker: Broker, ids: list[str], timeout: float, threads: int = 8) -> dict[str, requests.Response]:
     """Each task's final getresult answer (not 202, not a passing 503), long-polling; fails after `timeout`."""
-    deadline = time.monotonic() + timeout
-    session = requests.Session()
-
-    def one(task_id: str) -> requests.Response:
-        while time.monotonic() < deadline:
-            response = session.get(f"{broker.url}/getresult?task_id={task_id}&wait=10", timeout=60)
-            if response.status_code not in (202, 503):
-                return response
-            time.sleep(0.2 if response.status_code == 503 else 0)
-        raise AssertionError(f"task {task_id} did not finish within {timeout} s: "
-                             f"{session.get(f'{broker.url}/status?task_id={task_id}', timeout=60).text}")
-
-    with ThreadPoolExecutor(threads) as pool:
-        return dict(zip(ids, pool.map(one, ids)))
+    return polling.final_results(broker.url, ids, timeout, threads)
 
 
 def statuses(broker: Broker, ids: list[str], threads: int = 8) -> dict[str, dict]:

@@ -12,17 +12,12 @@ import pytest
 
 from devstack.services import ACCOUNT_KEY
 from tests.conftest import CLIENT_KEY, WORKER_KEY
+from tests.support.routes import CLIENT_ROUTES, WORKER_ROUTES
 
 from .conftest import WorkerPool, final_results, record
 
 ROOT = Path(__file__).resolve().parents[2]
-TASK = "0" * 32
 SECOND_WORKER_KEY = "second-worker-key-abcdefghij"
-WORKER_ROUTES = [("GET", "/getnexttask?model=m&wait=0"), ("POST", "/getnexttask?model=m&wait=0"),
-                 ("POST", f"/extendlease?task_id={TASK}&lease=x&seconds=5"),
-                 ("POST", f"/puttaskresult?task_id={TASK}&lease=x"), ("GET", "/stats")]
-CLIENT_ROUTES = [("POST", "/predict?model=m"), ("GET", f"/getresult?task_id={TASK}"),
-                 ("GET", f"/status?task_id={TASK}"), ("POST", f"/cancel?task_id={TASK}")]
 
 
 def near_misses(key: str) -> list[str]:

@@ -16,9 +16,9 @@ import pytest
 import requests
 
 from tests.conftest import Broker
+from tests.support.recording_proxy import RecordingProxy
 
 from .conftest import final_results, record, statuses, submit_many
-from .proxy import RecordingProxy
 
 TASKS = 300
 WORKERS = 3

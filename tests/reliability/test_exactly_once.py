@@ -16,9 +16,9 @@ from collections import Counter, defaultdict
 import pytest
 
 from tests.conftest import Broker
+from tests.support.recording_proxy import RecordingProxy
 
 from .conftest import final_results, record, submit_many
-from .proxy import RecordingProxy
 
 TASKS = 60
 LEASE = 5

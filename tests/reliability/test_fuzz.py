@@ -18,14 +18,13 @@ from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis import GenerationMode
 
 from tests.conftest import WORKER_KEY
+from tests.support.routes import TASK_ROUTES
 
 from .conftest import record
 
 SPEC = Path(__file__).resolve().parents[2] / "openapi.yaml"
 EXAMPLES = 400  # per generation mode
 TIMEOUT = 30  # seconds: an answer later than this is a hang
-TASK_ROUTES = [("GET", "/getresult"), ("GET", "/status"), ("POST", "/cancel"),
-               ("POST", "/extendlease"), ("POST", "/puttaskresult")]
 
 
 @pytest.fixture(scope="module")
