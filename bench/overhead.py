@@ -7,7 +7,7 @@ Also measured in turns: one bare HTTP hop to the dev host (a path with no functi
 Starlette and requests, no storage), to split the rest into "four HTTP hops" and "the broker".
 
 `--profile` (on by default) then serves the same cycle from an instrumented dev host
-(bench/profile_host.py): every storage request is logged against the route that sent it, and
+(bench/profilers/host_tracer.py): every storage request is logged against the route that sent it, and
 pyinstrument samples the process. The report gives, per route: storage calls, serial storage
 stages, time on storage vs time in Python. `--compare-root DIR` also times a dev host served
 from DIR (a scratch copy of the repo with a change being tried), in the same interleaved loop.
@@ -53,7 +53,7 @@ class RootHost(DevHost):
 
 
 class ProfiledHost(DevHost):
-    """The dev host under bench.profile_host, writing its trace and profile to `out` on SIGTERM."""
+    """The dev host under bench.profilers.host_tracer, writing its trace and profile to `out` on SIGTERM."""
 
     def __init__(self, out: Path, root: str | None, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -66,7 +66,7 @@ class ProfiledHost(DevHost):
         return env
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "bench.profile_host", str(self.out), *super().command()[3:]]
+        return [sys.executable, "-m", "bench.profilers.host_tracer", str(self.out), *super().command()[3:]]
 
 
 def http_cycle(url: str, client: requests.Session, worker: requests.Session, model: str) -> tuple[float, dict]:

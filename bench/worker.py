@@ -29,7 +29,6 @@ from PIL import Image
 
 from devstack.services import Worker
 
-from . import azurite_profile, host_profile
 from .common import (
     WORKER_KEY,
     Stack,
@@ -45,6 +44,8 @@ from .common import (
     thread_cpu_seconds,
     wait_until,
 )
+from .profilers import azurite as azurite_profile
+from .profilers import host_sampler as host_profile
 
 NAME = "worker"
 

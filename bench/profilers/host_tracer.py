@@ -1,4 +1,4 @@
-"""`python -m bench.profile_host OUT.json [devhost args]`: the broker dev host, instrumented.
+"""`python -m bench.profilers.host_tracer OUT.json [devhost args]`: the broker dev host, instrumented.
 
 Used by `bench.overhead --profile`; it changes nothing in broker/. It
 - records every storage request the Azure SDK sends (method, resource, start, end) against the

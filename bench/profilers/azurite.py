@@ -1,7 +1,7 @@
 """Where Azurite's CPU goes, from a V8 CPU profile (`node --cpu-prof`): self time by package and
 module, so a benchmark can show what part of its storage cost is the emulator's own code.
 
-`python -m bench.azurite_profile FILE.cpuprofile` prints the summary of a saved profile.
+`python -m bench.profilers.azurite FILE.cpuprofile` prints the summary of a saved profile.
 """
 
 from __future__ import annotations
@@ -67,6 +67,9 @@ def newest(directory: Path) -> Path | None:
 
 
 def main(argv: list[str]) -> int:
+    if len(argv) != 1 or not Path(argv[0]).is_file():
+        print("usage: python -m bench.profilers.azurite FILE.cpuprofile (a V8 CPU profile of Azurite)", file=sys.stderr)
+        return 2
     for row in summary(Path(argv[0])):
         print(f"{row['share'] * 100:5.1f} %  {row['seconds']:7.2f} s  {row['area']}")
     return 0
