@@ -19,22 +19,12 @@ import sys
 import time
 
 import requests
-from celery import Celery
 
 from devstack.services import Worker
 
 from . import common
 
-REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
-app = Celery("bench", broker=REDIS_URL, backend=REDIS_URL)
-app.conf.update(task_default_queue="bench", worker_prefetch_multiplier=1, result_expires=600,
-                broker_connection_retry_on_startup=True, task_serializer="json", result_serializer="json")
 PAYLOAD = os.urandom(1024)
-
-
-@app.task(name="bench.echo")
-def echo(payload: str) -> str:
-    return payload
 
 
 class Proc:
@@ -56,7 +46,11 @@ class Proc:
         self.log.close()
 
 
-def start_celery(work) -> tuple[Proc, Proc, Celery]:
+def start_celery(work):
+    """(Redis, a Celery worker serving bench/celery_app.py, a Celery client); celery is imported here,
+    so that reading this benchmark's results (bench.plot) needs none of it."""
+    from celery import Celery
+
     server = shutil.which("redis-server")
     if not server:
         raise SystemExit("redis-server is not installed: apt-get install -y redis-server")
@@ -65,7 +59,7 @@ def start_celery(work) -> tuple[Proc, Proc, Celery]:
     redis = Proc([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                   "--daemonize", "no"], work / "redis.log")
     env = {**os.environ, "BENCH_REDIS_URL": url}
-    worker = Proc([sys.executable, "-m", "celery", "-A", "bench.celery_ref", "worker", "--pool", "solo",
+    worker = Proc([sys.executable, "-m", "celery", "-A", "bench.celery_app", "worker", "--pool", "solo",
                    "--concurrency", "1", "-Q", "bench", "--without-gossip", "--without-mingle",
                    "--without-heartbeat", "--loglevel", "WARNING"], work / "celery.log", env)
     client = Celery("bench", broker=url, backend=url)
@@ -125,6 +119,12 @@ def main(argv=None) -> dict:
     data = {"count": count, "celery_redis": c, "broker": b, "ratio_broker_over_celery": r, "table": text}
     common.save("celery_ref", data)
     return data
+
+
+def summary(d: dict) -> list[list]:
+    """This benchmark's row of the summary table (bench.plot)."""
+    return [["6 peer", "round trip: broker / Celery+Redis", f"{d['broker']['p50_ms']:.1f} ms",
+             f"{d['celery_redis']['p50_ms']:.1f} ms", d["ratio_broker_over_celery"], "report", ""]]
 
 
 if __name__ == "__main__":

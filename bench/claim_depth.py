@@ -161,5 +161,28 @@ def main(argv=None) -> dict:
     return data
 
 
+def summary(d: dict) -> list[list]:
+    """This benchmark's rows of the summary table (bench.plot)."""
+    rows = []
+    base = d["results"][str(d["depths"][0])]
+    for depth in d["depths"][1:]:
+        r = d["results"][str(depth)]
+        rows.append(["2 claim depth", f"queue claim p50, depth {depth} / depth {d['depths'][0]}",
+                     f"{r['queue_claim']['p50_ms']:.1f} ms", f"{base['queue_claim']['p50_ms']:.1f} ms",
+                     r["queue_ratio_vs_30"], "<=1.3", r["goal"]])
+        if "bare_receive" in r:
+            own, own30 = (x["queue_claim"]["p50_ms"] - x["bare_receive"]["p50_ms"] for x in (r, base))
+            rows.append(["2 claim depth", f"broker's own part (getnexttask - bare receive), depth {depth} / "
+                         f"{d['depths'][0]}", f"{own:.1f} ms", f"{own30:.1f} ms", common.ratio(own, own30),
+                         "<=1.3", common.verdict(common.ratio(own, own30), 1.3)])
+            rows.append(["2 claim depth", f"bare SDK receive p50 (Azurite floor), depth {depth} / {d['depths'][0]}",
+                         f"{r['bare_receive']['p50_ms']:.1f} ms", f"{base['bare_receive']['p50_ms']:.1f} ms",
+                         r["bare_receive_ratio_vs_30"], "", ""])
+        rows.append(["2 claim depth", f"list+lease (old design) p50, depth {depth} / {d['depths'][0]}",
+                     f"{r['legacy_list_and_lease']['p50_ms']:.1f} ms",
+                     f"{base['legacy_list_and_lease']['p50_ms']:.1f} ms", r["legacy_ratio_vs_30"], "", ""])
+    return rows
+
+
 if __name__ == "__main__":
     main()

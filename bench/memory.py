@@ -131,5 +131,20 @@ def main(argv=None) -> dict:
     return data
 
 
+def summary(d: dict) -> list[list]:
+    """This benchmark's rows of the summary table (bench.plot)."""
+    h = d["host"]
+    rows = [["7 memory", "dev host peak RSS under load", f"{h['peak_rss_mib']:.0f} MiB", f"idle {h['idle_rss_mib']:.0f} MiB",
+             h["peak_over_idle"], "<=200 MiB", common.verdict(h["peak_rss_mib"], 200)],
+            ["7 memory", f"dev host growth, 2nd half of {h['soak_s']} s soak", f"{h['slope_mib_per_min_second_half']} MiB/min",
+             "middle of soak", h["end_over_middle"], "flat (<=1 MiB/min)",
+             common.verdict(h["slope_mib_per_min_second_half"], 1.0)]]
+    if (w := d.get("resnet50_worker")):
+        rows.append(["7 memory", "ResNet50 worker peak RSS, batch 16", f"{w['peak_rss_mib']:.0f} MiB",
+                     f"bare handler {w['bare_handler_peak_rss_mib']} MiB", w["worker_over_bare"], "<=1536 MiB",
+                     common.verdict(w["peak_rss_mib"], 1536)])
+    return rows
+
+
 if __name__ == "__main__":
     main()

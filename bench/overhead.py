@@ -358,5 +358,24 @@ def main(argv=None) -> dict:
     return data
 
 
+def summary(d: dict, label: str = "broker") -> list[list]:
+    """This benchmark's rows of the summary table (bench.plot); label "variant" for a compare run's."""
+    if label not in d:
+        return []
+    what = "broker" if label == "broker" else d.get("variant_label", "scratch copy")
+    rows = [["3 overhead", f"HTTP cycle / 8 bare SDK ops, SDK tuned ({what})", f"{d[label]['cycle_p50_ms']:.1f} ms",
+             f"{d['bare_p50_ms']:.1f} ms", d[label]["ratio"], "<=1.5 (stretch 1.2)", d[label]["goal"]]]
+    if "bare_default_sdk_p50_ms" in d:
+        r = d[label]["ratio_vs_sdk_defaults"]
+        rows.append(["3 overhead", f"HTTP cycle / 8 bare SDK ops, SDK defaults ({what})",
+                     f"{d[label]['cycle_p50_ms']:.1f} ms", f"{d['bare_default_sdk_p50_ms']:.1f} ms", r,
+                     "<=1.5 (stretch 1.2)", common.verdict(r, 1.5) + (" (stretch too)" if r <= 1.2 else "")])
+    return rows
+
+
+def summary_compare(d: dict) -> list[list]:
+    return summary(d, "variant")
+
+
 if __name__ == "__main__":
     main()

@@ -104,5 +104,20 @@ def main(argv=None) -> dict:
     return data
 
 
+def summary(d: dict) -> list[list]:
+    """This benchmark's rows of the summary table (bench.plot): [benchmark, figure, value, reference,
+    ratio, goal, verdict]."""
+    rows = []
+    ref = d["reference_receive_p50_ms"]
+    for case, r in d["cases"].items():
+        rows.append(["1 pickup", f"{case}: p50 / p95 ms", f"{r['p50_ms']:.1f} / {r['p95_ms']:.1f}",
+                     f"bare receive {ref:.1f} ms", r["p50_over_ref"], "p50<=100, p95<=300", r["goal"]])
+    same = d["cases"].get("same instance")
+    if same:
+        rows.append(["1 pickup", "same instance: p50 ms (stretch)", f"{same['p50_ms']:.1f}", "", "", "p50<=30",
+                     same["stretch_p50_30ms"]])
+    return rows
+
+
 if __name__ == "__main__":
     main()

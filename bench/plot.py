@@ -3,11 +3,12 @@ one figure, docs/bench.png. Benchmarks that have not been run are left out (or m
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 from pathlib import Path
 
-from . import common
+from . import common, throughput
 
 PNG = Path(__file__).resolve().parent.parent / "docs" / "bench.png"
 DOC = PNG.parent / "performance.md"  # its Summary section
@@ -22,106 +23,21 @@ def load(name: str) -> dict | None:
         return None
 
 
-def own_results(throughput: dict) -> list[dict]:
-    """The throughput results of this checkout's broker (a compare run holds the other host's too)."""
-    return [r for r in throughput["results"] if r.get("host", "broker") == "broker"]
+# (results file, the benchmark module that made it, its function giving the summary rows), in table order
+SOURCES = [("pickup", "pickup", "summary"), ("claim_depth", "claim_depth", "summary"),
+           ("overhead", "overhead", "summary"), ("overhead-compare", "overhead", "summary_compare"),
+           ("throughput", "throughput", "summary"), ("throughput-compare", "throughput", "summary_compare"),
+           ("worker", "worker", "summary"), ("celery_ref", "celery_ref", "summary"), ("memory", "memory", "summary"),
+           ("constant_time", "constant_time", "summary")]
 
 
 def summary_rows() -> list[list]:
-    """[benchmark, figure, value, reference, ratio, goal, verdict] for every result on disk."""
+    """[benchmark, figure, value, reference, ratio, goal, verdict] for every result on disk: each
+    benchmark says which rows its own results make."""
     rows = []
-    if (d := load("pickup")):
-        ref = d["reference_receive_p50_ms"]
-        for case, r in d["cases"].items():
-            rows.append(["1 pickup", f"{case}: p50 / p95 ms", f"{r['p50_ms']:.1f} / {r['p95_ms']:.1f}",
-                         f"bare receive {ref:.1f} ms", r["p50_over_ref"], "p50<=100, p95<=300", r["goal"]])
-        same = d["cases"].get("same instance")
-        if same:
-            rows.append(["1 pickup", "same instance: p50 ms (stretch)", f"{same['p50_ms']:.1f}", "", "", "p50<=30",
-                         same["stretch_p50_30ms"]])
-    if (d := load("claim_depth")):
-        base = d["results"][str(d["depths"][0])]
-        for depth in d["depths"][1:]:
-            r = d["results"][str(depth)]
-            rows.append(["2 claim depth", f"queue claim p50, depth {depth} / depth {d['depths'][0]}",
-                         f"{r['queue_claim']['p50_ms']:.1f} ms", f"{base['queue_claim']['p50_ms']:.1f} ms",
-                         r["queue_ratio_vs_30"], "<=1.3", r["goal"]])
-            if "bare_receive" in r:
-                own, own30 = (x["queue_claim"]["p50_ms"] - x["bare_receive"]["p50_ms"] for x in (r, base))
-                rows.append(["2 claim depth", f"broker's own part (getnexttask - bare receive), depth {depth} / "
-                             f"{d['depths'][0]}", f"{own:.1f} ms", f"{own30:.1f} ms", common.ratio(own, own30),
-                             "<=1.3", common.verdict(common.ratio(own, own30), 1.3)])
-                rows.append(["2 claim depth", f"bare SDK receive p50 (Azurite floor), depth {depth} / {d['depths'][0]}",
-                             f"{r['bare_receive']['p50_ms']:.1f} ms", f"{base['bare_receive']['p50_ms']:.1f} ms",
-                             r["bare_receive_ratio_vs_30"], "", ""])
-            rows.append(["2 claim depth", f"list+lease (old design) p50, depth {depth} / {d['depths'][0]}",
-                         f"{r['legacy_list_and_lease']['p50_ms']:.1f} ms",
-                         f"{base['legacy_list_and_lease']['p50_ms']:.1f} ms", r["legacy_ratio_vs_30"], "", ""])
-    for name, label in (("overhead", "broker"), ("overhead-compare", "variant")):
-        if (d := load(name)) and label in d:
-            what = "broker" if label == "broker" else d.get("variant_label", "scratch copy")
-            rows.append(["3 overhead", f"HTTP cycle / 8 bare SDK ops, SDK tuned ({what})",
-                         f"{d[label]['cycle_p50_ms']:.1f} ms", f"{d['bare_p50_ms']:.1f} ms", d[label]["ratio"],
-                         "<=1.5 (stretch 1.2)", d[label]["goal"]])
-            if "bare_default_sdk_p50_ms" in d:
-                r = d[label]["ratio_vs_sdk_defaults"]
-                rows.append(["3 overhead", f"HTTP cycle / 8 bare SDK ops, SDK defaults ({what})",
-                             f"{d[label]['cycle_p50_ms']:.1f} ms", f"{d['bare_default_sdk_p50_ms']:.1f} ms", r,
-                             "<=1.5 (stretch 1.2)", common.verdict(r, 1.5) + (" (stretch too)" if r <= 1.2 else "")])
-    if (d := load("throughput")):
-        for r in own_results(d):
-            rows.append(["4 throughput", f"{r['workers']} worker(s), sleep_ms {r['sleep_ms']}",
-                         f"{r['tasks_per_s']} tasks/s", "1 worker", r["scaling_vs_1_worker"], "report",
-                         r["saturates"]])
-    if (d := load("throughput-compare")):
-        pairs = {}
-        for r in d["results"]:
-            pairs.setdefault((r["workers"], r["sleep_ms"]), {})[r["host"]] = r
-        gains = sorted(p["broker"]["tasks_per_s"] / p["variant"]["tasks_per_s"] for p in pairs.values()
-                       if "variant" in p and "broker" in p and p["variant"]["tasks_per_s"])
-        cpu = sorted(p["broker"]["cpu_ms_per_task"]["dev host"] / p["variant"]["cpu_ms_per_task"]["dev host"]
-                     for p in pairs.values() if "variant" in p and "broker" in p)
-        if gains:
-            label = d.get("variant_label", "scratch copy")
-            rows.append(["4 throughput", f"broker / {label}, tasks/s (median of {len(gains)} configs)",
-                         f"{len(gains)} pairs", f"{label}, same run", round(gains[len(gains) // 2], 3), "report",
-                         f"host CPU/task x{cpu[len(cpu) // 2]:.2f}"])
-    if (d := load("worker")):
-        from .worker import cpu_shares
-
-        for r in d.get("rows", []):
-            rows.append(["5 worker", f"ResNet50 batch {r['batch']} through the broker / bare",
-                         f"{r['broker_images_per_s']} img/s", f"{r['bare_images_per_s']} img/s", r["ratio"], ">=0.85",
-                         common.verdict(r["ratio"], 0.85, higher_is_better=True)])
-        for r in d.get("rows", []):
-            if r.get("steady_ratio"):
-                rows.append(["5 worker", f"batch {r['batch']}, steady state (pipeline fill and drain left out)",
-                             f"{r['steady_images_per_s']} img/s", f"{r['bare_images_per_s']} img/s", r["steady_ratio"],
-                             "report", ""])
-        for r in d.get("rows", []):
-            if "cpu_s_per_image_by_process" in r:
-                shares = cpu_shares(r["bare_cpu_s_per_image"], r["cpu_s_per_image_by_process"])
-                rows.append(["5 worker", f"batch {r['batch']}, CPU per image: bare / (worker + dev host), "
-                             "Azurite's share left out",
-                             f"{sum(r['cpu_s_per_image_by_process'][p] for p in ('worker', 'devhost')) * 1000:.1f} ms",
-                             f"bare {r['bare_cpu_s_per_image'] * 1000:.1f} ms",
-                             shares["cpu_ratio_without_azurite"], ">=0.85",
-                             common.verdict(shares["cpu_ratio_without_azurite"], 0.85, higher_is_better=True)])
-    if (d := load("celery_ref")):
-        rows.append(["6 peer", "round trip: broker / Celery+Redis", f"{d['broker']['p50_ms']:.1f} ms",
-                     f"{d['celery_redis']['p50_ms']:.1f} ms", d["ratio_broker_over_celery"], "report", ""])
-    if (d := load("memory")):
-        h = d["host"]
-        rows.append(["7 memory", "dev host peak RSS under load", f"{h['peak_rss_mib']:.0f} MiB",
-                     f"idle {h['idle_rss_mib']:.0f} MiB", h["peak_over_idle"], "<=200 MiB",
-                     common.verdict(h["peak_rss_mib"], 200)])
-        rows.append(["7 memory", f"dev host growth, 2nd half of {h['soak_s']} s soak",
-                     f"{h['slope_mib_per_min_second_half']} MiB/min", "middle of soak", h["end_over_middle"],
-                     "flat (<=1 MiB/min)", common.verdict(h["slope_mib_per_min_second_half"], 1.0)])
-        if (w := d.get("resnet50_worker")):
-            rows.append(["7 memory", "ResNet50 worker peak RSS, batch 16", f"{w['peak_rss_mib']:.0f} MiB",
-                         f"bare handler {w['bare_handler_peak_rss_mib']} MiB", w["worker_over_bare"], "<=1536 MiB",
-                         common.verdict(w["peak_rss_mib"], 1536)])
+    for results, module, function in SOURCES:
+        if (d := load(results)):
+            rows += getattr(importlib.import_module(f"bench.{module}"), function)(d)
     return rows
 
 
@@ -187,7 +103,7 @@ def plot(path: Path = PNG) -> Path | None:
     ax = axes[3]
     if (d := load("throughput")):
         for sleep in sorted({r["sleep_ms"] for r in d["results"]}):
-            rs = [r for r in own_results(d) if r["sleep_ms"] == sleep]
+            rs = [r for r in throughput.own_results(d) if r["sleep_ms"] == sleep]
             ax.plot([r["workers"] for r in rs], [r["tasks_per_s"] for r in rs], "o-", label=f"sleep_ms {sleep}")
         if (c := load("throughput-compare")):
             for sleep in sorted({r["sleep_ms"] for r in c["results"]}):

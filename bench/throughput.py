@@ -196,5 +196,32 @@ def main(argv=None) -> dict:
     return data
 
 
+def own_results(d: dict) -> list[dict]:
+    """The results of this checkout's broker (a compare run holds the other host's too)."""
+    return [r for r in d["results"] if r.get("host", "broker") == "broker"]
+
+
+def summary(d: dict) -> list[list]:
+    """This benchmark's rows of the summary table (bench.plot)."""
+    return [["4 throughput", f"{r['workers']} worker(s), sleep_ms {r['sleep_ms']}", f"{r['tasks_per_s']} tasks/s",
+             "1 worker", r["scaling_vs_1_worker"], "report", r["saturates"]] for r in own_results(d)]
+
+
+def summary_compare(d: dict) -> list[list]:
+    """One row for a compare run: the median gain over the variant across the configurations."""
+    pairs: dict = {}
+    for r in d["results"]:
+        pairs.setdefault((r["workers"], r["sleep_ms"]), {})[r["host"]] = r
+    gains = sorted(p["broker"]["tasks_per_s"] / p["variant"]["tasks_per_s"] for p in pairs.values()
+                   if "variant" in p and "broker" in p and p["variant"]["tasks_per_s"])
+    cpu = sorted(p["broker"]["cpu_ms_per_task"]["dev host"] / p["variant"]["cpu_ms_per_task"]["dev host"]
+                 for p in pairs.values() if "variant" in p and "broker" in p)
+    if not gains:
+        return []
+    label = d.get("variant_label", "scratch copy")
+    return [["4 throughput", f"broker / {label}, tasks/s (median of {len(gains)} configs)", f"{len(gains)} pairs",
+             f"{label}, same run", round(gains[len(gains) // 2], 3), "report", f"host CPU/task x{cpu[len(cpu) // 2]:.2f}"]]
+
+
 if __name__ == "__main__":
     main()

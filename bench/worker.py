@@ -42,6 +42,7 @@ from .common import (
     save,
     table,
     thread_cpu_seconds,
+    verdict,
     wait_until,
 )
 from .profilers import azurite as azurite_profile
@@ -256,6 +257,30 @@ def main(argv: list[str] | None = None) -> int:
                   [[f"{row['share'] * 100:.1f} %", row["seconds"], row["area"]] for row in result["azurite_profile"]])
     save(NAME, result)
     return 0
+
+
+def summary(d: dict) -> list[list]:
+    """This benchmark's rows of the summary table (bench.plot)."""
+    rows = []
+    for r in d.get("rows", []):
+        rows.append(["5 worker", f"ResNet50 batch {r['batch']} through the broker / bare",
+                     f"{r['broker_images_per_s']} img/s", f"{r['bare_images_per_s']} img/s", r["ratio"], ">=0.85",
+                     verdict(r["ratio"], 0.85, higher_is_better=True)])
+    for r in d.get("rows", []):
+        if r.get("steady_ratio"):
+            rows.append(["5 worker", f"batch {r['batch']}, steady state (pipeline fill and drain left out)",
+                         f"{r['steady_images_per_s']} img/s", f"{r['bare_images_per_s']} img/s", r["steady_ratio"],
+                         "report", ""])
+    for r in d.get("rows", []):
+        if "cpu_s_per_image_by_process" in r:
+            shares = cpu_shares(r["bare_cpu_s_per_image"], r["cpu_s_per_image_by_process"])
+            rows.append(["5 worker", f"batch {r['batch']}, CPU per image: bare / (worker + dev host), "
+                         "Azurite's share left out",
+                         f"{sum(r['cpu_s_per_image_by_process'][p] for p in ('worker', 'devhost')) * 1000:.1f} ms",
+                         f"bare {r['bare_cpu_s_per_image'] * 1000:.1f} ms",
+                         shares["cpu_ratio_without_azurite"], ">=0.85",
+                         verdict(shares["cpu_ratio_without_azurite"], 0.85, higher_is_better=True)])
+    return rows
 
 
 if __name__ == "__main__":
