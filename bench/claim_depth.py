@@ -1,23 +1,19 @@
-"""Claim cost against queue depth: getnexttask at depth 30 and 2,000 (and 10,000 in the full run),
-and, in the same run on the same Azurite, the design this project replaces: list the inbox
-container and lease the first blob that is not leased.
+"""Claim cost against queue depth: getnexttask at depth 30 and 2,000 (and 10,000 in the full run).
 
 Each depth has its own Azurite and dev host (all up at once: Azurite's receive filters and sorts
 every message in the account, so depths sharing one emulator would slow each other down), with its
-queue and its legacy container filled before timing. Claims go round-robin over the depths so
-drift hits them alike; after each timed claim one task is added back (untimed), so the depth stays
-where it was; the legacy claim's lease is released after it is timed, for the same reason. A bare
-SDK receive on the same queue is timed too: the storage floor of a claim at that depth.
+queue filled before timing. Claims go round-robin over the depths so drift hits them alike; after
+each timed claim one task is added back (untimed), so the depth stays where it was. A bare SDK
+receive on the same queue is timed too: the storage floor of a claim at that depth. (The design
+this project replaced, listing an inbox container and leasing its first free blob, was measured
+here until 2026-12-01: 40x slower at depth 2,000 than at 30; docs/performance.md keeps the figures.)
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 
-from azure.storage.blob import BlobServiceClient
-from azure.storage.blob.aio import BlobServiceClient as AsyncBlobServiceClient
 from azure.storage.queue import QueueClient
 
 from . import common
@@ -47,30 +43,6 @@ async def fill_queue(connection: str, model: str, depth: int) -> None:
         await storage.close()
 
 
-async def fill_container(connection: str, container: str, depth: int) -> None:
-    """The old layout: one payload blob per task in an inbox container, names in submission order."""
-    async with AsyncBlobServiceClient.from_connection_string(connection) as service:
-        client = service.get_container_client(container)
-        await client.create_container()
-        gate = asyncio.Semaphore(FILL_PARALLEL)
-
-        async def one(i: int) -> None:
-            async with gate:
-                await client.upload_blob(f"{i:08d}-{uuid.uuid4().hex}", b"x" * 1024)
-
-        await asyncio.gather(*(one(i) for i in range(depth)))
-
-
-def legacy_claim(container) -> tuple[float, object]:
-    """List the container until the first blob not leased, and lease it. Returns (seconds, lease)."""
-    start = time.perf_counter()
-    for blob in container.list_blobs():
-        if blob.lease.status != "locked":
-            lease = container.get_blob_client(blob.name).acquire_lease(lease_duration=60)
-            return time.perf_counter() - start, lease
-    raise RuntimeError("no free blob")
-
-
 def bare_receive(queue) -> float:
     """The storage floor of a claim: one receive on the same queue, straight through the SDK; the
     message is made visible again afterwards (untimed)."""
@@ -95,18 +67,14 @@ def main(argv=None) -> dict:
         for d in depths:
             stacks[d] = common.Stack().__enter__()
         models = {d: common.model_name(f"depth{d}") for d in depths}
-        containers = {d: f"legacy-inbox-{d}" for d in depths}
         start = time.perf_counter()
         for d in depths:
             asyncio.run(fill_queue(stacks[d].connection_string, models[d], d))
-            asyncio.run(fill_container(stacks[d].connection_string, containers[d], d))
             print(f"  filled depth {d} ({time.perf_counter() - start:.0f} s)", flush=True)
         session = common.worker_session()
-        blobs = {d: BlobServiceClient.from_connection_string(stacks[d].connection_string) for d in depths}
-        clients = {d: blobs[d].get_container_client(containers[d]) for d in depths}
         queues = {d: QueueClient.from_connection_string(stacks[d].connection_string, f"tasks-{models[d]}")
                   for d in depths}
-        ours, legacy, bare = ({d: [] for d in depths} for _ in range(3))
+        ours, bare = ({d: [] for d in depths} for _ in range(2))
 
         def claim(d: int) -> float:
             url = stacks[d].url
@@ -121,40 +89,32 @@ def main(argv=None) -> dict:
         for d in depths:  # warm every path once
             claim(d)
             bare_receive(queues[d])
-            _, lease = legacy_claim(clients[d])
-            lease.release()
         for _ in range(claims):
             for d in depths:
                 ours[d].append(claim(d))
                 bare[d].append(bare_receive(queues[d]))
-                seconds, lease = legacy_claim(clients[d])
-                legacy[d].append(seconds)
-                lease.release()
         for d in depths:
-            blobs[d].close()
             queues[d].close()
     finally:
         for stack in stacks.values():
             stack.__exit__(None, None, None)
-    base = {name: common.pct(values[depths[0]], 50) for name, values in (("ours", ours), ("legacy", legacy),
-                                                                         ("bare", bare))}
+    base = {name: common.pct(values[depths[0]], 50) for name, values in (("ours", ours), ("bare", bare))}
     rows, results = [], {}
     for d in depths:
-        o, l_, b = common.summary_ms(ours[d]), common.summary_ms(legacy[d]), common.summary_ms(bare[d])
+        o, b = common.summary_ms(ours[d]), common.summary_ms(bare[d])
         r_ours = common.ratio(common.pct(ours[d], 50), base["ours"])
-        r_legacy = common.ratio(common.pct(legacy[d], 50), base["legacy"])
         r_bare = common.ratio(common.pct(bare[d], 50), base["bare"])
         own = o["p50_ms"] - b["p50_ms"]  # what the broker adds to Azurite's receive at this depth
         own30 = common.pct(ours[depths[0]], 50) * 1000 - base["bare"] * 1000
         results[str(d)] = {"broker_own_p50_ms": round(own, 2), "broker_own_ratio_vs_30": common.ratio(own, own30),
-                           "queue_claim": o, "legacy_list_and_lease": l_, "bare_receive": b,
-                           "queue_ratio_vs_30": r_ours, "legacy_ratio_vs_30": r_legacy, "bare_receive_ratio_vs_30": r_bare,
+                           "queue_claim": o, "bare_receive": b,
+                           "queue_ratio_vs_30": r_ours, "bare_receive_ratio_vs_30": r_bare,
                            "goal": common.verdict(r_ours, GOAL_RATIO) if d != depths[0] else None}
         rows.append([d, o["p50_ms"], r_ours, b["p50_ms"], r_bare, round(own, 2), results[str(d)]["broker_own_ratio_vs_30"],
-                     l_["p50_ms"], r_legacy, results[str(d)]["goal"]])
+                     results[str(d)]["goal"]])
     text = common.table(f"Claim cost vs queue depth ({claims} claims per depth, round-robin, one Azurite per depth), "
                         f"p50 ms", ["depth", "getnexttask", "ratio vs 30", "bare receive", "ratio vs 30",
-                                    "claim - receive", "ratio vs 30", "list+lease (old)", "ratio vs 30",
+                                    "claim - receive", "ratio vs 30",
                                     f"goal <= {GOAL_RATIO}"], rows)
     data = {"depths": depths, "claims_per_depth": claims, "results": results, "table": text, "goal_ratio": GOAL_RATIO}
     common.save("claim_depth", data)
@@ -178,9 +138,6 @@ def summary(d: dict) -> list[list]:
             rows.append(["2 claim depth", f"bare SDK receive p50 (Azurite floor), depth {depth} / {d['depths'][0]}",
                          f"{r['bare_receive']['p50_ms']:.1f} ms", f"{base['bare_receive']['p50_ms']:.1f} ms",
                          r["bare_receive_ratio_vs_30"], "", ""])
-        rows.append(["2 claim depth", f"list+lease (old design) p50, depth {depth} / {d['depths'][0]}",
-                     f"{r['legacy_list_and_lease']['p50_ms']:.1f} ms",
-                     f"{base['legacy_list_and_lease']['p50_ms']:.1f} ms", r["legacy_ratio_vs_30"], "", ""])
     return rows
 
 

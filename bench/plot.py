@@ -81,8 +81,9 @@ def plot(path: Path = PNG) -> Path | None:
         if "bare_receive" in d["results"][str(depths[0])]:
             ax.plot(depths, [d["results"][str(k)]["bare_receive"]["p50_ms"] for k in depths], "^--",
                     label="bare SDK receive (Azurite)")
-        ax.plot(depths, [d["results"][str(k)]["legacy_list_and_lease"]["p50_ms"] for k in depths], "s-",
-                label="list inbox + lease blob (old)")
+        if "legacy_list_and_lease" in d["results"][str(depths[0])]:  # results from before 2026-12-02
+            ax.plot(depths, [d["results"][str(k)]["legacy_list_and_lease"]["p50_ms"] for k in depths], "s-",
+                    label="list inbox + lease blob (old)")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("queue depth")
