@@ -9,6 +9,7 @@ from azure.storage.blob import BlobServiceClient
 from azure.storage.queue import QueueClient
 
 from broker.records import MAX_ERROR_BYTES, clip_error
+from tests.support.polling import run_async
 
 EMOJI_ERROR = "\U0001f525" * 700  # 2800 bytes of UTF-8, 8400 as an escaped JSON string
 
@@ -126,7 +127,6 @@ def test_a_storage_error_on_one_task_releases_it_and_hands_out_the_others(azurit
                                                                           error):
     """One task's payload cannot be read right now (a timeout, a download cut short): the claim answers with
     the rest, and that task is back in the queue at once, its attempt unspent, not failed."""
-    import asyncio
 
     from azure.core.exceptions import IncompleteReadError, ServiceResponseError
 
@@ -157,7 +157,7 @@ def test_a_storage_error_on_one_task_releases_it_and_hands_out_the_others(azurit
         finally:
             await storage.close()
 
-    ids, first, again = asyncio.run(scenario())
+    ids, first, again = run_async(scenario)
     assert [t.task_id for t in first] == [ids[0], ids[2]]
     assert [(t.task_id, t.attempt) for t in again] == [(ids[1], 1)]
 

@@ -7,6 +7,8 @@ import time
 import pytest
 from azure.storage.blob import BlobServiceClient
 
+from tests.support.polling import run_async
+
 
 @pytest.fixture
 def ttl_broker(start_broker):
@@ -37,7 +39,7 @@ def run_cleanup(monkeypatch, azurite, ttl, batch):
                     await task_store.storage.close()
                     del store._stores[key]
 
-    asyncio.run(once())
+    run_async(once)
 
 
 def test_expired_result_reads_404_before_the_timer_runs(ttl_broker, model):

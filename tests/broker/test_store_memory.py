@@ -13,6 +13,7 @@ from broker import settings as broker_settings
 from broker.errors import TaskNotFound
 from broker.storage import Storage
 from broker.store import TaskStore
+from tests.support.polling import run_async
 
 
 def test_reading_and_polling_leave_no_wakeup_behind(azurite, monkeypatch, lease_secret, model):
@@ -41,4 +42,4 @@ def test_reading_and_polling_leave_no_wakeup_behind(azurite, monkeypatch, lease_
         finally:
             await store.storage.close()
 
-    assert asyncio.run(scenario()) == [0, 1, 0]
+    assert run_async(scenario) == [0, 1, 0]

@@ -181,11 +181,10 @@ class InProcess:
 
     def run(self, scenario):
         """Run `async scenario(store)` to its end on a fresh store."""
-        import asyncio
-
         from broker import settings as broker_settings
         from broker.storage import Storage
         from broker.store import TaskStore
+        from tests.support.polling import run_async
 
         async def go():
             storage = Storage(self.connection, 1)
@@ -194,7 +193,7 @@ class InProcess:
             finally:
                 await storage.close()
 
-        return asyncio.run(go())
+        return run_async(go)
 
 
 async def _submit_failing(store, model, key, also_marking: bool):

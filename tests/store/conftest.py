@@ -4,7 +4,6 @@ it plus its message made visible again (what the queue does when its visibility 
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import time
 
@@ -14,6 +13,7 @@ from broker import settings as broker_settings
 from broker.lease import Lease
 from broker.storage import Storage
 from broker.store import TaskStore
+from tests.support.polling import run_async
 
 
 class Clock:
@@ -53,6 +53,6 @@ def run_store(azurite, lease_secret, monkeypatch):
             finally:
                 await storage.close()
 
-        return asyncio.run(go())
+        return run_async(go)
 
     return run

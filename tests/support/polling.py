@@ -39,3 +39,25 @@ def final_results(url: str, ids: list[str], timeout: float, threads: int = 8) ->
     session = requests.Session()
     with ThreadPoolExecutor(threads) as pool:
         return dict(zip(ids, pool.map(lambda t: final_result(url, t, timeout, session, deadline), ids)))
+
+
+def run_async(make_coroutine):
+    """`asyncio.run(make_coroutine())` on a thread of its own: works whatever event loop the test
+    process's main thread may be running (Playwright's sync API leaves one there)."""
+    import asyncio
+    import threading
+
+    outcome: dict = {}
+
+    def target():
+        try:
+            outcome["value"] = asyncio.run(make_coroutine())
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the test's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, name="run_async")
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
