@@ -212,9 +212,16 @@ class TaskMessage:
 
     task_id: str
     size: int = 0  # payload bytes; 0 when not known (a message of an older version)
+    # The submission it was sent for: an Idempotency-Key used again after its task's result expired
+    # makes a new task under the same id, and the old task's message must not deliver the new one.
+    created: float | None = None
 
     def dump(self) -> str:
-        return _dump({"id": self.task_id, "size": self.size})
+        return _dump({"id": self.task_id, "size": self.size, "created": self.created})
+
+    def sent_for(self, sub_created: float) -> bool:
+        """Whether this message belongs to the task submitted at `sub_created` (older messages say nothing)."""
+        return self.created is None or self.created == sub_created
 
     @classmethod
     def parse(cls, content) -> TaskMessage | None:
@@ -224,12 +231,14 @@ class TaskMessage:
             return cls(content) if _is_task_id(content) else None
         try:
             raw = json.loads(content)
-            task_id, size = raw["id"], raw.get("size", 0)
+            task_id, size, created = raw["id"], raw.get("size", 0), raw.get("created")
         except (ValueError, TypeError, KeyError):
             return None
         if not (isinstance(task_id, str) and _is_task_id(task_id) and isinstance(size, int) and size >= 0):
             return None
-        return cls(task_id, size)
+        if created is not None and (isinstance(created, bool) or not isinstance(created, (int, float))):
+            return None
+        return cls(task_id, size, created)
 
 
 def _is_task_id(text: str) -> bool:

@@ -194,7 +194,7 @@ class TaskStore:
         # Rounded up, and a little longer: the message must not die before the task may expire (a
         # claim that meets it past the TTL expires it; the sweep expires the rest).
         ttl = max(1, math.ceil(sub.expires(self.settings.queued_ttl_seconds) - self.now()) + SEND_TTL_MARGIN)
-        message = await self.storage.queues.send(sub.model, TaskMessage(sub.task_id, sub.size).dump(), ttl)
+        message = await self.storage.queues.send(sub.model, TaskMessage(sub.task_id, sub.size, sub.created).dump(), ttl)
         self.wakeups.notify("model:" + sub.model)
         return message
 
@@ -328,13 +328,14 @@ class TaskStore:
                 # spare), or past the claim's byte budget: it stays queued, its attempt unspent.
                 defer.append(message)
             else:
-                chosen.append((message, task.task_id))
+                chosen.append((message, task))
                 seen.add(task.task_id)
                 budget -= task.size
         results = await asyncio.gather(*(self._take(model, m, t, lease_seconds) for m, t in chosen),
                                        return_exceptions=True)
         errors = []
-        for (message, task_id), result in zip(chosen, results):
+        for (message, task), result in zip(chosen, results):
+            task_id = task.task_id
             if not isinstance(result, BaseException):
                 continue
             if unreadable(result):
@@ -350,8 +351,9 @@ class TaskStore:
             raise errors[0]
         return claims
 
-    async def _take(self, model: str, message: Message, task_id: str, lease_seconds: int) -> Claim | None:
+    async def _take(self, model: str, message: Message, sent: TaskMessage, lease_seconds: int) -> Claim | None:
         """Turn a received message into a claimed task, or settle it (drop, expire, give up)."""
+        task_id = sent.task_id
         # On a first delivery an outcome exists only if a cancel or a finish did not get to delete
         # the inbox blob; the first-wins outbox keeps that rare case harmless (its worker's heartbeat
         # and put get 409/410, and the put tidies up), so skip the outbox read.
@@ -365,6 +367,9 @@ class TaskStore:
         payload = inbox.body
         for again in range(CLAIM_TRIES):
             sub = Submission.from_metadata(task_id, inbox.metadata)
+            if not sent.sent_for(sub.created):  # an earlier task's under the same Idempotency-Key
+                await self._drop(model, message)
+                return None
             state = LeaseState.from_metadata(inbox.metadata)
             at = self.now()
             if state and state.holds(at) and state.msg != message.id:
@@ -454,6 +459,14 @@ class TaskStore:
             await self._held(lease)  # it changed: the refusal that says how
             raise LeaseLost()
 
+    @staticmethod
+    def _submitted_at(inbox: Blob, created: float) -> bool:
+        """Whether the inbox blob holds the task submitted at `created` (not a later one under its key)."""
+        try:
+            return Submission.from_metadata(inbox.name, inbox.metadata).created == created
+        except (KeyError, ValueError, TypeError):
+            return False
+
     def _past_ttl(self, inbox: Blob) -> bool:
         return self.now() >= Submission.from_metadata(inbox.name, inbox.metadata).expires(self.settings.queued_ttl_seconds)
 
@@ -532,19 +545,21 @@ class TaskStore:
         await self.storage.ensure_containers()
         at = self.now()
         settings = self.settings
+        incarnation = None
         if at >= lease.created + min(settings.queued_ttl_seconds, settings.result_ttl_seconds):
+            incarnation = lease.created  # old enough that its key may have made a new task since: check again
             # Old enough to have expired queued, or finished and been cleaned away: look before
             # writing (after the write, a claim healing this very write also deletes the inbox
             # blob, so its absence then would prove nothing). Young tasks skip the read.
             inbox = await self.storage.inbox.head(lease.task_id)
             if inbox is None and at >= lease.created + settings.result_ttl_seconds:
                 raise TaskNotFound()
-            if inbox is not None and Submission.from_metadata(lease.task_id, inbox.metadata).created != lease.created:
+            if inbox is not None and not self._submitted_at(inbox, lease.created):
                 raise LeaseLost()  # a later task under the same Idempotency-Key: this lease was for one long gone
             if inbox is not None and self._open_task(lease.task_id, inbox).status(at) == "expired":
                 await self._expire_now(lease, inbox, LeaseState.from_metadata(inbox.metadata))
         first = await self._end(lease.task_id, lease.model, outcome, body, content_type,
-                                Message(lease.msg, lease.receipt))
+                                Message(lease.msg, lease.receipt), incarnation)
         if first is None:
             return outcome.status
         if first.committed_by == outcome.committed_by:  # the same put, repeated
@@ -558,17 +573,28 @@ class TaskStore:
                            "other content)", task)
 
     async def _end(self, task_id: str, model: str, outcome: Outcome, body: bytes, content_type: str,
-                   message: Message | None) -> Outcome | None:
+                   message: Message | None, incarnation: float | None = None) -> Outcome | None:
         """Write the task's outcome unless it has one, then drop its message and payload either way
-        (so a repeat heals a finish that could not tidy up); the outcome that was there first, if any."""
-        first = None
-        if await self.storage.outbox.create(task_id, body, outcome.metadata(), content_type) is None:
+        (so a repeat heals a finish that could not tidy up); the outcome that was there first, if any.
+
+        With `incarnation` (the submission time a late put's lease names), an outcome written while
+        its Idempotency-Key made a new task under the same id is taken back (LeaseLost), and the new
+        task's payload is left alone."""
+        first, inbox_etag = None, None
+        etag = await self.storage.outbox.create(task_id, body, outcome.metadata(), content_type)
+        if etag is None:
             out = await self.storage.outbox.head(task_id)
             if out is None:  # deleted by cleanup in between: it had expired
                 raise TaskNotFound()
             first = Outcome.from_metadata(out.metadata)
+        elif incarnation is not None:
+            inbox = await self.storage.inbox.head(task_id)
+            if inbox is not None and not self._submitted_at(inbox, incarnation):
+                await self.storage.outbox.delete(task_id, etag)
+                raise LeaseLost()
+            inbox_etag = inbox.etag if inbox else None
         await asyncio.gather(self._drop(model, message) if message else _nothing(),
-                             self.storage.inbox.delete(task_id))
+                             self.storage.inbox.delete(task_id, inbox_etag))
         if first is None:
             self.wakeups.notify("task:" + task_id)
         return first

@@ -51,12 +51,12 @@ def test_a_late_put_from_an_earlier_task_under_the_same_key_is_refused(azurite, 
     used again. The first claim's worker puts late: 409, and the new task stays queued."""
 
     async def scenario(store):
-        first, _ = await store.submit(model, b"p", "text/plain", {}, "again")
+        first, _ = await store.submit(model, b"p", "text/plain", {}, "again" + model)
         [claim] = await store.claim(model, 1, 0, 60)
         await store.cancel(first.task_id)
         await asyncio.sleep(1.2)  # past BROKER_RESULT_TTL_SECONDS
         await store.storage.outbox.delete(first.task_id)  # what the cleanup does
-        second, created = await store.submit(model, b"p", "text/plain", {}, "again")
+        second, created = await store.submit(model, b"p", "text/plain", {}, "again" + model)
         assert created and second.task_id == first.task_id
         try:
             await store.complete(lease_of(store, claim), b"late", "text/plain")
@@ -76,13 +76,13 @@ def test_a_key_used_again_after_a_finish_that_left_its_payload_runs_the_new_task
     key's next submit clears both and queues its own task (it is not mistaken for the old one)."""
 
     async def scenario(store):
-        first, _ = await store.submit(model, b"one", "text/plain", {}, "k")
+        first, _ = await store.submit(model, b"one", "text/plain", {}, "k" + model)
         [claim] = await store.claim(model, 1, 0, 60)
         left = await store.storage.inbox.read(first.task_id)
         await store.complete(lease_of(store, claim), b"done", "text/plain")
         await store.storage.inbox.put(first.task_id, left.body, left.metadata, "text/plain")  # the leftover
         await asyncio.sleep(1.2)  # past BROKER_RESULT_TTL_SECONDS, not yet cleaned away
-        second, created = await store.submit(model, b"two", "text/plain", {}, "k")
+        second, created = await store.submit(model, b"two", "text/plain", {}, "k" + model)
         claims = await store.claim(model, 8, 0, 60)
         return created, [(c.task_id, c.payload) for c in claims]
 
@@ -118,7 +118,7 @@ def test_a_task_message_lives_at_least_as_long_as_the_task_may_wait(azurite, lea
 
         store.storage.queues.send = recording
         await store.submit(model, b"p", "text/plain", {})
-        await store.submit(model, b"p", "text/plain", {}, "ttl")
+        await store.submit(model, b"p", "text/plain", {}, "ttl" + model)
         return sent, store.settings.queued_ttl_seconds
 
     sent, ttl = InProcess(azurite, lease_secret, monkeypatch, BROKER_QUEUED_TTL_SECONDS="7").run(scenario)
@@ -141,3 +141,66 @@ def test_a_heartbeat_after_the_lease_and_the_message_ran_out_past_the_ttl_is_410
 async def _answer(value):
     return value
 
+
+
+def test_a_late_put_racing_the_reuse_of_its_key_takes_its_outcome_back(azurite, lease_secret, model, monkeypatch):
+    """The late put passes its check while the old task's leftover payload is there; the key's next
+    submit then clears it and creates the new task before the put's outcome lands. The put takes
+    its outcome back (409), and the new task keeps its payload and runs."""
+
+    async def scenario(store):
+        first, _ = await store.submit(model, b"one", "text/plain", {}, "race" + model)
+        [claim] = await store.claim(model, 1, 0, 60)
+        left = await store.storage.inbox.read(first.task_id)
+        await store.fail(lease_of(store, claim), "boom", retryable=False)
+        await store.storage.inbox.put(first.task_id, left.body, left.metadata, "text/plain")  # a leftover
+        await asyncio.sleep(1.2)  # past BROKER_RESULT_TTL_SECONDS
+        create, box = store.storage.outbox.create, {}
+
+        async def submit_again_first(name, body, metadata, content_type):
+            store.storage.outbox.create = create
+            box["second"] = await store.submit(model, b"two", "text/plain", {}, "race" + model)
+            return await create(name, body, metadata, content_type)
+
+        store.storage.outbox.create = submit_again_first
+        try:
+            await store.complete(lease_of(store, claim), b"late result of one", "text/plain")
+        except LeaseLost:
+            pass
+        else:
+            raise AssertionError("the late put was accepted")
+        second, created = box["second"]
+        claims = await store.claim(model, 8, 0, 60)
+        return created, (await store.status(second.task_id)).status(now()), [c.payload for c in claims]
+
+    run = InProcess(azurite, lease_secret, monkeypatch, BROKER_RESULT_TTL_SECONDS="1").run
+    assert run(scenario) == (True, "running", [b"two"])
+
+
+def test_a_cancelled_tasks_message_does_not_deliver_the_next_task_under_its_key(azurite, lease_secret, model,
+                                                                                 monkeypatch):
+    """A cancel leaves the task's message queued (it holds no receipt). When the key makes a new task
+    under the same id, the old message is dropped, and the new task is delivered by its own."""
+
+    async def scenario(store):
+        sent = []
+        send = store.storage.queues.send
+
+        async def recording(model_name, content, ttl):
+            message = await send(model_name, content, ttl)
+            sent.append(message.id)
+            return message
+
+        store.storage.queues.send = recording
+        first, _ = await store.submit(model, b"one", "text/plain", {}, "again" + model)
+        await store.cancel(first.task_id)
+        await asyncio.sleep(1.2)  # past BROKER_RESULT_TTL_SECONDS
+        second, created = await store.submit(model, b"two", "text/plain", {}, "again" + model)
+        claims = await store.claim(model, 8, 0, 30)
+        if not claims:  # the claim met the old message first and dropped it
+            claims = await store.claim(model, 8, 0, 30)
+        [claim] = claims
+        return created, lease_of(store, claim).msg == sent[1], claim.payload
+
+    run = InProcess(azurite, lease_secret, monkeypatch, BROKER_RESULT_TTL_SECONDS="1").run
+    assert run(scenario) == (True, True, b"two")
