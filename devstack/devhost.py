@@ -28,6 +28,8 @@ import os
 import re
 import socket
 import sys
+import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +43,7 @@ from starlette.routing import Route
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 log = logging.getLogger("devstack.devhost")
+invocations = logging.getLogger("Host.Function")  # one line per function invocation, as the Functions host logs it
 ROUTE_PREFIX = "api"
 DEFAULT_TIMER_SECONDS = 300
 AZURE_MAX_REQUEST_BYTES = 100 * 1024 * 1024  # what the Functions front end accepts at all
@@ -231,6 +234,14 @@ async def read_body(request: Request, limit: int, timeout: float) -> bytes:
     return b"".join(chunks)
 
 
+def executed(name: str, began: float, succeeded: bool) -> None:
+    """The line the Functions host logs after each invocation, so execution time can be summed from
+    the log (bench/idle.py does): Succeeded, or Failed for an exception or a 5xx answer."""
+    duration = round((time.perf_counter() - began) * 1000)
+    invocations.info("Executed 'Functions.%s' (%s, Id=%s, Duration=%dms)", name,
+                     "Succeeded" if succeeded else "Failed", uuid.uuid4(), duration)
+
+
 def _has_body(request: Request) -> bool:
     return request.headers.get("content-length", "0") not in ("", "0") or "transfer-encoding" in request.headers
 
@@ -245,7 +256,7 @@ def build(app: func.FunctionApp, limits: Limits = Limits()) -> tuple[Starlette, 
         if trigger.get_binding_name() == "httpTrigger":
             route = (trigger.route or function.get_function_name()).strip("/").lower()
             methods = {str(getattr(m, "value", m)).upper() for m in (trigger.methods or ["GET", "POST"])}
-            routes[route] = (methods, user_function)
+            routes[route] = (methods, user_function, function.get_function_name())
         elif trigger.get_binding_name() == "timerTrigger":
             timers.append((function.get_function_name(), schedule_seconds(trigger.schedule), user_function))
 
@@ -253,15 +264,17 @@ def build(app: func.FunctionApp, limits: Limits = Limits()) -> tuple[Starlette, 
         entry = routes.get(request.path_params["path"].strip("/").lower())
         if entry is None:
             return error(404, "no function is served at this path")
-        methods, user_function = entry
+        methods, user_function, name = entry
         if request.method not in methods:
             return error(405, "method not allowed")
         gate = getattr(user_function, "gate", None)
+        began = time.perf_counter()
         refused = gate.check(request.method, request.headers) if gate else None
         if refused is not None:  # answered before the body is read; the connection closes if one is coming
             response = to_response(refused, request.method)
             if _has_body(request):
                 response.headers["Connection"] = "close"
+            executed(name, began, response.status_code < 500)
             return response
         try:
             body = await read_body(request, gate.body_limit() if gate else AZURE_MAX_REQUEST_BYTES, limits.body_timeout)
@@ -270,14 +283,18 @@ def build(app: func.FunctionApp, limits: Limits = Limits()) -> tuple[Starlette, 
         except ClientDisconnect:  # the caller went away mid-body (e.g. a killed worker): nobody to answer
             log.info("client disconnected before its request body arrived: %s %s", request.method, request.url.path)
             return Response(status_code=499)
+        began = time.perf_counter()  # the invocation starts once the body is in, as in Azure
         try:
             response = await user_function(to_request(request, body))
         except asyncio.CancelledError:  # the host is stopping and stopped waiting for this request
             log.info("cut short by shutdown: %s %s", request.method, request.url.path)
+            executed(name, began, False)
             return error(503, "the host is shutting down; retry shortly", {"Retry-After": "2"})
         except Exception:  # noqa: BLE001 - the host answers 500, as the Functions host would
             log.exception("function raised")
+            executed(name, began, False)
             return error(500, "the function raised an exception")
+        executed(name, began, response.status_code < 500)
         return to_response(response, request.method)
 
     async def elsewhere(request: Request) -> Response:
@@ -297,10 +314,14 @@ async def run_timers(timers: list) -> None:
     async def every(name: str, period: int, function) -> None:
         while True:
             await asyncio.sleep(period)
+            began = time.perf_counter()
             try:
                 await function(None)
             except Exception:  # noqa: BLE001 - a failed run is retried at the next tick
                 log.exception("timer function %s failed", name)
+                executed(name, began, False)
+            else:
+                executed(name, began, True)
 
     await asyncio.gather(*(every(*timer) for timer in timers))
 

@@ -277,3 +277,20 @@ def test_an_unknown_method_is_405_in_json(guarded):
             code, head, body = _read_response(sock)
         assert code == 405 and head["content-type"].startswith("application/json") and json.loads(body)["error"]
         assert head["x-content-type-options"] == "nosniff"
+
+
+def test_each_invocation_is_logged_as_the_functions_host_logs_it(broker, model):
+    """`Executed 'Functions.<name>' (Succeeded|Failed, Id=<uuid>, Duration=<n>ms)`: execution time can be
+    summed from the log (bench/idle.py), as from the Functions host's."""
+    import re
+
+    before = len(broker.host.log_text())
+    broker.get(f"/getnexttask?model={model}&wait=1", headers=broker.worker)  # held about a second
+    broker.get("/stats")  # refused before the body (no key): still an invocation of the app's code
+    line = re.compile(r"Executed 'Functions\.(\w+)' \((Succeeded|Failed), Id=[0-9a-f-]{36}, Duration=(\d+)ms\)")
+    deadline = time.monotonic() + 10
+    while len(line.findall(broker.host.log_text()[before:])) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    found = line.findall(broker.host.log_text()[before:])
+    assert [(name, outcome) for name, outcome, _ in found] == [("getnexttask", "Succeeded"), ("stats", "Succeeded")]
+    assert int(found[0][2]) >= 900  # the long-poll's second is in its duration
