@@ -1,5 +1,6 @@
-"""The timer function: deletes results past BROKER_RESULT_TTL_SECONDS and their leftovers, and
-expires tasks nobody started within BROKER_QUEUED_TTL_SECONDS (deleting their payloads).
+"""The timer function: deletes results past BROKER_RESULT_TTL_SECONDS and their leftovers, expires
+tasks nobody started within BROKER_QUEUED_TTL_SECONDS (deleting their payloads), drops uploads never
+committed, and deletes uploaded payloads and results that no task reads any more.
 
 Each run handles at most BROKER_CLEANUP_BATCH tasks of each kind; what it does not reach (or an
 interrupted run leaves) the next run takes up, since it starts from what is still in storage.
@@ -25,5 +26,7 @@ async def cleanup(timer: func.TimerRequest) -> None:
     store = get_store(load())
     deleted = await store.cleanup()
     expired = await store.sweep()
-    if deleted or expired:
-        log.info("cleanup deleted %d results past their TTL and expired %d tasks nobody started", deleted, expired)
+    uploads = await store.sweep_uploads()
+    if deleted or expired or uploads:
+        log.info("cleanup deleted %d results past their TTL, expired %d tasks nobody started (or uploads never "
+                 "committed) and deleted %d uploads no task reads", deleted, expired, uploads)

@@ -53,6 +53,28 @@ class IdempotencyConflict(BrokerError):
     pass
 
 
+class UploadPending(BrokerError):
+    """An uploaded task not committed yet: it is no task for anyone but its commit."""
+
+    def __init__(self) -> None:
+        super().__init__("the task's upload is not committed yet: PUT its payload to the upload_url, "
+                         "then POST /commit")
+
+
+class NotUploaded(BrokerError):
+    """A commit (of a payload, or of a worker's result) that finds nothing, or not what was declared,
+    uploaded."""
+
+
+class UploadTooLarge(BrokerError):
+    pass
+
+
+class NotAnUpload(BrokerError):
+    def __init__(self) -> None:
+        super().__init__("this task's payload was sent with the request, not uploaded: there is nothing to commit")
+
+
 class TaskChanging(BrokerError):
     """The task changed between two reads; the same request a moment later will do."""
 

@@ -15,18 +15,16 @@ import azure.functions as func
 
 from . import auth, validate
 from .errors import Rejected
-from .records import iso
+from .records import Grant, iso
 from .respond import ALL_METHODS, claims_response, endpoint, error_response, json_response
 from .settings import Settings
-from .store import get_store
+from .store import get_store, shown_inline
 
 bp = func.Blueprint()
 
 DEMO_PAGE = Path(__file__).resolve().parent / "static" / "demo.html"  # deployed with the broker
 RETRY = {"Retry-After": "1"}
-# Result types a browser may show in place; any other is served as a download. Results never run
-# as active content on the broker's origin, whatever type a worker gave them.
-INLINE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp", "application/json", "text/plain")
+# Results never run as active content on the broker's origin, whatever type a worker gave them.
 RESULT_HEADERS = {"Content-Security-Policy": "sandbox; default-src 'none'"}
 ENDED = {"failed": 422, "cancelled": 410, "expired": 410}
 
@@ -57,8 +55,35 @@ async def predict(req: func.HttpRequest, settings: Settings) -> func.HttpRespons
     key = validate.idempotency_key(req)
     task, _ = await get_store(settings).submit(model, payload, content_type, params, key,
                                                auth.client_scope(req, settings))
+    return _accepted(req, task)
+
+
+def _accepted(req: func.HttpRequest, task) -> func.HttpResponse:
+    """202 with the task's status document and where to follow it (a submit's or a commit's answer)."""
     body = {**task.document(), **_links(req, task.task_id)}
     return json_response(body, 202, {"Location": body["result_url"], **RETRY})
+
+
+@_route("upload")
+@endpoint(("POST",), auth.CLIENT)
+async def upload(req: func.HttpRequest, settings: Settings) -> func.HttpResponse:
+    """Start a submit whose payload the client uploads straight to storage: where, and until when."""
+    model, size, content_type, params = validate.upload(req, settings.max_upload_bytes, settings.models)
+    key = validate.idempotency_key(req)
+    granted = await get_store(settings).begin_upload(model, size, content_type, params, key,
+                                                     auth.client_scope(req, settings))
+    if not isinstance(granted, Grant):  # the Idempotency-Key's task, committed already
+        return _accepted(req, granted)
+    return json_response({"task_id": granted.task_id, "upload_url": granted.url,
+                          "upload_expires_at": iso(granted.expires),
+                          "commit_url": urljoin(req.url, f"commit?task_id={granted.task_id}")}, 201)
+
+
+@_route("commit")
+@endpoint(("POST",), auth.CLIENT)
+async def commit(req: func.HttpRequest, settings: Settings) -> func.HttpResponse:
+    """Queue a task whose payload has been uploaded; answered as a predict is."""
+    return _accepted(req, await get_store(settings).commit_upload(validate.task_id(req)))
 
 
 @_route("getresult")
@@ -70,9 +95,17 @@ async def getresult(req: func.HttpRequest, settings: Settings) -> func.HttpRespo
     form = req.params.get("format", "")
     if form not in ("", "json"):
         raise Rejected(400, "format must be json or left out")
-    task, body = await get_store(settings).result(task_id, wait)
+    store = get_store(settings)
+    task, body = await store.result(task_id, wait)
     document = task.document()
     status = document["status"]
+    if status == "succeeded" and task.outcome.ref:  # uploaded by the worker: fetched from storage directly
+        url, expires = store.result_url(task)
+        found = {"task_id": task_id, "status": status, "content_type": task.result_content_type,
+                 "size": task.outcome.size, "result_url": url, "result_expires_at": iso(expires)}
+        if form == "json":
+            return json_response(found)
+        return json_response(found, 303, {"Location": url})
     if status == "succeeded":
         kind = task.result_content_type or validate.DEFAULT_CONTENT_TYPE
         if form == "json":
@@ -86,7 +119,7 @@ async def getresult(req: func.HttpRequest, settings: Settings) -> func.HttpRespo
 
 def _result_headers(task_id: str, kind: str) -> dict:
     headers = {"Content-Type": kind, **RESULT_HEADERS}
-    if kind.split(";")[0].strip().lower() not in INLINE_TYPES:
+    if not shown_inline(kind):
         headers["Content-Disposition"] = f'attachment; filename="{task_id}"'
     return headers
 
@@ -115,7 +148,17 @@ async def getnexttask(req: func.HttpRequest, settings: Settings) -> func.HttpRes
     claims = await get_store(settings).claim(model, max_tasks, wait, lease)
     if not claims:
         return func.HttpResponse(status_code=204)
-    return claims_response(claims)
+    return claims_response(claims, settings.inline_bytes)
+
+
+@_route("watch")
+@endpoint(("GET",), auth.WORKER)
+async def watch(req: func.HttpRequest, settings: Settings) -> func.HttpResponse:
+    """Where an idle worker watches for work without holding a request open: a read URL for a blob whose
+    etag changes whenever a task of the model is queued."""
+    model = validate.model(req.params.get("model"), settings.models)
+    url, expires = await get_store(settings).watch(model)
+    return json_response({"model": model, "signal_url": url, "expires_at": iso(expires)})
 
 
 @_route("extendlease")
@@ -126,7 +169,10 @@ async def extendlease(req: func.HttpRequest, settings: Settings) -> func.HttpRes
     lease = validate.lease(req, task_id, settings.lease_secrets)
     seconds = validate.integer(req, "seconds", 0, 3600)
     renewal = await get_store(settings).extend(lease, seconds)
-    return json_response({"lease": renewal.lease, "lease_expires_at": iso(renewal.expires)})
+    body = {"lease": renewal.lease, "lease_expires_at": iso(renewal.expires)}
+    if renewal.result_upload_url:
+        body["result_upload_url"] = renewal.result_upload_url
+    return json_response(body)
 
 
 @_route("puttaskresult")
@@ -138,6 +184,11 @@ async def puttaskresult(req: func.HttpRequest, settings: Settings) -> func.HttpR
     outcome = req.params.get("status", "succeeded")
     body = req.get_body()
     store = get_store(settings)
+    if outcome == "succeeded" and req.params.get("uploaded", "") in ("1", "true"):
+        if body:
+            raise Rejected(400, "an uploaded result's put has no body: the result is at the claim's result_upload_url")
+        kind = validate.content_type(req.headers.get("content-type"))
+        return json_response({"task_id": task_id, "status": await store.complete_uploaded(lease, kind)})
     if outcome == "succeeded":
         if len(body) > settings.max_payload_bytes:
             raise validate.too_large(settings.max_payload_bytes)

@@ -67,10 +67,11 @@ class Lease:
     created: float
     started: float
     digest: str | None = None
+    upload: bool = False  # the payload lives in `uploads` (records.payload_blob): the task's end deletes it there
 
     def encode(self, secrets: tuple[bytes, ...]) -> str:
         body = json.dumps([self.task_id, self.model, self.msg, self.receipt, self.claim, self.attempt,
-                           self.created, self.started, self.digest], separators=(",", ":")).encode()
+                           self.created, self.started, self.digest, self.upload], separators=(",", ":")).encode()
         return f"{_b64(body)}.{_b64(_mac(secrets[0], body))}"
 
     def renewed(self, receipt: str) -> Lease:
@@ -101,4 +102,4 @@ class Lease:
         return (all(isinstance(v, str) for v in (self.task_id, self.model, self.msg, self.receipt))
                 and _count(self.claim) and _count(self.attempt)
                 and _timestamp(self.created) and _timestamp(self.started)
-                and (self.digest is None or isinstance(self.digest, str)))
+                and (self.digest is None or isinstance(self.digest, str)) and isinstance(self.upload, bool))

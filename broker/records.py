@@ -7,6 +7,11 @@ A task lives in two blobs named by its id:
 - the outbox blob, written once when the task ends, holds the result (or the error as JSON);
   its metadata holds the outcome (`outcome`). Its existence is the one "finished" marker.
 
+Large payloads and results live in the `uploads` container instead, written by the client or the
+worker through a SAS URL (`payload_blob`, `result_blob`): the inbox blob is then empty and its
+`upload` record names the read-only snapshot taken at the commit; the outbox blob is empty and its
+outcome names the result's snapshot. A snapshot cannot be changed by anyone holding a write URL.
+
 Metadata values must be ASCII header values, so each record is compact JSON with non-ASCII
 escaped. Azure allows 8 KB of metadata per blob in all, and a header field read back may be at
 most 8 KiB, so every record is bounded in stored bytes, not characters: params at most 4096
@@ -56,6 +61,32 @@ def clip_error(message: str) -> str:
         if used > budget:
             return message[:end] + "…"
     return message
+
+
+def stamp(created: float) -> str:
+    """A task's submission time as it appears in the names of its uploaded blobs (an Idempotency-Key
+    used again after its task's result expired makes a new task under the same id: new names)."""
+    return f"{created:.6f}"
+
+
+def payload_blob(task_id: str, created: float) -> str:
+    """The blob in `uploads` a client writes an uploaded payload to."""
+    return f"payloads/{task_id}/{stamp(created)}"
+
+
+def result_blob(task_id: str, created: float, claim: int) -> str:
+    """The blob in `uploads` the worker holding `claim` writes a large result to (one per claim, so
+    attempts never write over each other)."""
+    return f"results/{task_id}/{stamp(created)}/{claim}"
+
+
+def upload_owner(name: str) -> tuple[str, str] | None:
+    """(task id, stamp) of a blob in `uploads` named by payload_blob or result_blob; None for any other name."""
+    parts = name.split("/")
+    if ((len(parts) == 3 and parts[0] == "payloads") or (len(parts) == 4 and parts[0] == "results")) \
+            and _is_task_id(parts[1]):
+        return parts[1], parts[2]
+    return None
 
 
 def expiry_error(ttl: int, started: bool) -> str:
@@ -123,6 +154,30 @@ class Enqueued:
         return cls(**_known(cls, json.loads(raw))) if raw else None
 
 
+@dataclass(frozen=True)
+class Upload:
+    """A payload uploaded through a SAS URL (POST /upload) rather than sent in the request.
+
+    Before the commit, `until` is when the client's upload URL runs out, and the task does not exist
+    for anyone but the commit; the commit takes a read-only snapshot of the upload (`snapshot`),
+    clears `until`, and queues the task."""
+
+    until: float | None = None
+    snapshot: str | None = None
+
+    @property
+    def committed(self) -> bool:
+        return self.until is None
+
+    def metadata(self) -> dict:
+        return {"upload": _dump(asdict(self))}
+
+    @classmethod
+    def from_metadata(cls, metadata: dict) -> Upload | None:
+        raw = metadata.get("upload")
+        return cls(**_known(cls, json.loads(raw))) if raw else None
+
+
 @dataclass
 class LeaseState:
     """Which claim holds the task now, through which token, until when; kept beside the submission.
@@ -175,9 +230,12 @@ class Outcome:
     error: str | None = None
     digest: str | None = None
     committed_by: str | None = None  # Lease.commit_id of the put that committed it
+    ref: str | None = None  # a result uploaded by the worker: its blob in `uploads` (result_blob) ...
+    snapshot: str | None = None  # ... and the snapshot of it that is the result
+    size: int | None = None  # the result's bytes, when uploaded
 
     def metadata(self) -> dict:
-        return {"outcome": _dump(asdict(self))}
+        return {"outcome": _dump({k: v for k, v in asdict(self).items() if v is not None})}
 
     @classmethod
     def from_metadata(cls, metadata: dict) -> Outcome:
@@ -186,23 +244,40 @@ class Outcome:
 
 @dataclass(frozen=True)
 class Claim:
-    """A task handed to a worker: what it runs, and the lease it holds it under."""
+    """A task handed to a worker: what it runs, and the lease it holds it under.
+
+    The payload comes inline (`payload`) when it is small, else as a read URL (`payload_url`);
+    `result_upload_url` is where this claim may write a large result."""
 
     task_id: str
     model: str
     params: dict
     content_type: str
-    payload: bytes
+    payload: bytes | None
     lease: str  # the signed token (lease.Lease, encoded)
     lease_expires: float
     attempt: int
+    size: int = 0
+    payload_url: str | None = None
+    result_upload_url: str | None = None
 
 
 @dataclass(frozen=True)
 class Renewal:
-    """A lease after a heartbeat or a give-back: its new token, and until when it holds."""
+    """A lease after a heartbeat or a give-back: its new token, until when it holds, and (for a
+    heartbeat) a fresh result upload URL lasting as long."""
 
     lease: str
+    expires: float
+    result_upload_url: str | None = None
+
+
+@dataclass(frozen=True)
+class Grant:
+    """An upload handed out by POST /upload: the task it will be, and where and until when to write it."""
+
+    task_id: str
+    url: str
     expires: float
 
 
@@ -261,6 +336,7 @@ class Task:
     result_content_type: str | None = None
     expires: float | None = None
     expiry_error: str | None = field(default=None, compare=False)
+    upload: Upload | None = None  # its payload was uploaded (or is being: not a task yet until committed)
 
     def status(self, at: float) -> str:
         if self.outcome:

@@ -33,6 +33,9 @@ DEFAULTS = {
     "BROKER_QUEUED_TTL_SECONDS": "86400",
     "BROKER_MODELS": "",
     "BROKER_MAX_CLAIM_BYTES": str(32 * 1024 * 1024),
+    "BROKER_INLINE_BYTES": str(1024 * 1024),
+    "BROKER_MAX_UPLOAD_BYTES": str(8 * 1024**3),
+    "BROKER_UPLOAD_SECONDS": "900",
 }
 MIN_SECRET_CHARS = 32
 
@@ -75,6 +78,9 @@ class Settings:
     models: tuple[str, ...] = ()  # the model names served; empty: any
     max_claim_bytes: int = 32 * 1024 * 1024
     secrets: tuple[str, ...] = ()  # BROKER_LEASE_SECRET, checked when first used
+    inline_bytes: int = 1024 * 1024  # payloads up to this ride inside a claim; larger ones go by URL
+    max_upload_bytes: int = 8 * 1024**3  # an uploaded payload or result at most
+    upload_seconds: int = 900  # how long an upload URL lets a client write, and a result URL read
 
     @property
     def lease_secrets(self) -> tuple[bytes, ...]:
@@ -117,6 +123,9 @@ def load() -> Settings:
         models=_models(),
         max_claim_bytes=_int("BROKER_MAX_CLAIM_BYTES", 1, 1024 * 1024 * 1024),
         secrets=_keys("BROKER_LEASE_SECRET"),
+        inline_bytes=_int("BROKER_INLINE_BYTES", 1024, 64 * 1024 * 1024),
+        max_upload_bytes=_int("BROKER_MAX_UPLOAD_BYTES", 1, 4 * 1024**4),
+        upload_seconds=_int("BROKER_UPLOAD_SECONDS", 60, 7 * 86400),
     )
 
 

@@ -10,6 +10,10 @@ unless it changed" and "delete it if it is still there" idiom is spelled once, h
 - every call turns a timeout or a 5xx into the domain error `StorageUnavailable` (the HTTP edge
   answers it 503), and an answer the HTTP client cannot parse into `RecordUnreadable`.
 
+It also signs the URLs through which clients and workers move bytes without the app (`Signer`):
+SAS for one blob (or one snapshot of it), with only the permissions and lifetime asked for, signed
+with the account key when the connection string has one.
+
 One blob and one queue service client per event loop, reused. Retries are short and few on
 purpose: a request to the broker must answer (503 if need be) rather than hang while storage is
 away, and the caller retries.
@@ -21,6 +25,7 @@ import asyncio
 import functools
 import logging
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import aiohttp
 from azure.core import MatchConditions
@@ -32,7 +37,7 @@ from azure.core.exceptions import (
     ServiceRequestError,
     ServiceResponseError,
 )
-from azure.storage.blob import ContentSettings
+from azure.storage.blob import ContentSettings, generate_blob_sas
 from azure.storage.blob.aio import BlobServiceClient, ContainerClient
 from azure.storage.blob.aio import LinearRetry as BlobRetry
 from azure.storage.queue import QueueMessage
@@ -40,9 +45,12 @@ from azure.storage.queue._shared.policies_async import LinearRetry as QueueRetry
 from azure.storage.queue.aio import QueueClient, QueueServiceClient
 
 from .errors import RecordUnreadable, StorageUnavailable
+from .settings import SettingsError
 
 INBOX = "inbox"
 OUTBOX = "outbox"
+UPLOADS = "uploads"  # what clients and workers write through SAS URLs: large payloads and results
+SIGNALS = "signals"  # one empty blob per model, touched when a task of it is queued (idle workers watch it)
 QUEUE_PREFIX = "tasks-"
 
 
@@ -95,6 +103,7 @@ class Blob:
     created: float
     size: int = 0
     body: bytes | None = None
+    snapshot: str | None = None
 
 
 @dataclass(frozen=True)
@@ -111,7 +120,7 @@ def _blob(properties, body: bytes | None = None) -> Blob:
     created = properties.creation_time or properties.last_modified
     return Blob(properties.name, dict(properties.metadata or {}), properties.etag,
                 settings.content_type if settings else None, created.timestamp() if created else 0.0,
-                properties.size or 0, body)
+                properties.size or 0, body, getattr(properties, "snapshot", None))
 
 
 def _message(message: QueueMessage) -> Message:
@@ -120,18 +129,53 @@ def _message(message: QueueMessage) -> Message:
                    visible.timestamp() if visible else None)
 
 
-class Container:
-    """One blob container, its blobs named by task id."""
+class Signer:
+    """Signs SAS URLs for single blobs with the account key of the connection string."""
 
-    def __init__(self, client: ContainerClient) -> None:
+    def __init__(self, account: str, key: str | None) -> None:
+        self.account, self.key = account, key
+
+    def sign(self, url: str, container: str, name: str, permission: str, expires: float,
+             snapshot: str | None = None, content_type: str | None = None, disposition: str | None = None) -> str:
+        if not self.key:
+            raise SettingsError("the storage connection has no account key to sign upload and download URLs with")
+        token = generate_blob_sas(self.account, container, name, snapshot=snapshot, account_key=self.key,
+                                  permission=permission, expiry=datetime.fromtimestamp(expires, UTC),
+                                  content_type=content_type, content_disposition=disposition)
+        return f"{url}{'&' if '?' in url else '?'}{token}"
+
+
+class Container:
+    """One blob container, its blobs named by task id (in `uploads`: by a path under it)."""
+
+    def __init__(self, client: ContainerClient, signer: Signer | None = None) -> None:
         self.client = client
+        self.signer = signer
+
+    def url(self, name: str, permission: str, expires: float, snapshot: str | None = None,
+            content_type: str | None = None, disposition: str | None = None) -> str:
+        """A SAS URL for one blob (or one snapshot of it): `permission` ("r", "cw") until `expires`
+        (a Unix time); a read may name the Content-Type and Content-Disposition storage answers with."""
+        blob = self.client.get_blob_client(name, snapshot=snapshot)
+        return self.signer.sign(blob.url, self.client.container_name, name, permission, expires, snapshot,
+                                content_type, disposition)
 
     @_storage_call
-    async def head(self, name: str) -> Blob | None:
+    async def head(self, name: str, snapshot: str | None = None) -> Blob | None:
         try:
-            return _blob(await self.client.get_blob_client(name).get_blob_properties())
+            return _blob(await self.client.get_blob_client(name, snapshot=snapshot).get_blob_properties())
         except ResourceNotFoundError:
             return None
+
+    @_storage_call
+    async def snapshot(self, name: str) -> Blob | None:
+        """A read-only snapshot of the blob as it is now (nothing a write SAS allows can change or
+        delete it), with its size and content type; None if the blob has no committed content."""
+        try:
+            taken = await self.client.get_blob_client(name).create_snapshot()
+        except ResourceNotFoundError:
+            return None
+        return await self.head(name, taken["snapshot"])
 
     @_storage_call
     async def read(self, name: str) -> Blob | None:
@@ -171,17 +215,32 @@ class Container:
 
     @_storage_call
     async def delete(self, name: str, etag: str | None = None) -> None:
-        """Delete the blob if it is there (and unchanged since `etag`, given one)."""
+        """Delete the blob if it is there (and unchanged since `etag`, given one), with its snapshots."""
         kwargs = dict(etag=etag, match_condition=MatchConditions.IfNotModified) if etag else {}
         try:
-            await self.client.get_blob_client(name).delete_blob(**kwargs)
+            await self.client.get_blob_client(name).delete_blob(delete_snapshots="include", **kwargs)
         except (ResourceNotFoundError, ResourceModifiedError):
             pass
 
     @_storage_call
-    async def page(self, continuation: str | None, size: int, metadata: bool = False) -> tuple[list[Blob], str | None]:
-        """One page of the listing from `continuation`, and where the next page starts (None: the end)."""
-        pages = self.client.list_blobs(include=["metadata"] if metadata else None,
+    async def delete_snapshot(self, name: str, snapshot: str) -> None:
+        try:
+            await self.client.get_blob_client(name, snapshot=snapshot).delete_blob()
+        except ResourceNotFoundError:
+            pass
+
+    @_storage_call
+    async def touch(self, name: str) -> None:
+        """Write the blob empty (a new etag: what a watcher of it waits for)."""
+        await self.client.get_blob_client(name).upload_blob(b"", overwrite=True)
+
+    @_storage_call
+    async def page(self, continuation: str | None, size: int, metadata: bool = False,
+                   uncommitted: bool = False) -> tuple[list[Blob], str | None]:
+        """One page of the listing from `continuation`, and where the next page starts (None: the end).
+        `uncommitted` lists blobs that have only staged blocks too (an upload never finished)."""
+        include = (["metadata"] if metadata else []) + (["uncommittedblobs"] if uncommitted else [])
+        pages = self.client.list_blobs(include=include or None,
                                        results_per_page=size).by_page(continuation_token=continuation)
         async for page in pages:
             return [_blob(properties) async for properties in page], pages.continuation_token or None
@@ -291,8 +350,10 @@ class Storage:
             connection, retry_policy=BlobRetry(backoff=0.3, retry_total=2, random_jitter_range=0.2), **options)
         queues = QueueServiceClient.from_connection_string(
             connection, retry_policy=QueueRetry(backoff=0.3, retry_total=2, random_jitter_range=0.2), **options)
-        self.inbox = Container(self.blobs.get_container_client(INBOX))
-        self.outbox = Container(self.blobs.get_container_client(OUTBOX))
+        credential = self.blobs.credential
+        signer = Signer(self.blobs.account_name, getattr(credential, "account_key", None))
+        self.inbox, self.outbox, self.uploads, self.signals = (
+            Container(self.blobs.get_container_client(name), signer) for name in (INBOX, OUTBOX, UPLOADS, SIGNALS))
         self.queues = Queues(queues)
         self._containers_ready = False
 
@@ -300,7 +361,7 @@ class Storage:
     async def ensure_containers(self) -> None:
         if self._containers_ready:
             return
-        await asyncio.gather(self.inbox.ensure(), self.outbox.ensure())
+        await asyncio.gather(*(c.ensure() for c in (self.inbox, self.outbox, self.uploads, self.signals)))
         self._containers_ready = True
 
     @_storage_call

@@ -15,7 +15,16 @@ Semantics (docs/API.md):
 - finish = write the outbox blob with If-None-Match: * (the first outcome wins), then delete the
   message and the inbox blob; a crash in between is healed by the next claim or a repeated put;
 - a task not started within BROKER_QUEUED_TTL_SECONDS of its submit reads `expired`, and whoever
-  meets it next (a claim, a put, a cancel, the sweep) writes that outcome and deletes its payload.
+  meets it next (a claim, a put, a cancel, the sweep) writes that outcome and deletes its payload;
+- upload = the inbox blob, empty, with an `upload` record saying until when the client may write
+  its payload into `uploads` (records.payload_blob) through a SAS URL; no message, and no task for
+  anyone else, until the commit takes a read-only snapshot of what was written, marks it in the
+  record and sends the message (as an idempotent submit does: a lost send is taken over);
+- a claim hands a large payload (over BROKER_INLINE_BYTES, or uploaded) out as a read URL, and every
+  claim a write URL for a large result (records.result_blob); a put of an uploaded result takes a
+  snapshot of it and commits that, first outcome winning as ever;
+- a task queued (submitted, committed, given back, failed retryably) touches its model's signal
+  blob, at most every TOUCH_INTERVAL per instance, so that idle workers watching it wake up.
 """
 
 from __future__ import annotations
@@ -35,6 +44,8 @@ from collections.abc import Callable
 from .errors import (
     IdempotencyConflict,
     LeaseLost,
+    NotAnUpload,
+    NotUploaded,
     RecordUnreadable,
     StorageUnavailable,
     TaskCancelled,
@@ -42,19 +53,27 @@ from .errors import (
     TaskExpired,
     TaskFinished,
     TaskNotFound,
+    UploadPending,
+    UploadTooLarge,
 )
 from .lease import Lease, receipt_hash
 from .records import (
     Claim,
     Enqueued,
+    Grant,
     LeaseState,
     Outcome,
     Renewal,
     Submission,
     Task,
     TaskMessage,
+    Upload,
     clip_error,
     expiry_error,
+    payload_blob,
+    result_blob,
+    stamp,
+    upload_owner,
 )
 from .settings import Settings
 from .storage import Blob, Message, MessageGone, ReceiptStale, Storage
@@ -73,6 +92,13 @@ SEND_TTL_MARGIN = 2  # seconds a task's message outlives the task's queued TTL
 CLAIM_TRIES = 3  # a claim's state write that meets a changed blob reads it again, this many times
 MAX_STATS_MODELS = 100
 JSON = "application/json"
+URL_GRACE = 300  # seconds a worker's payload URL outlives the lease it was handed out with
+UPLOAD_GRACE = 300  # an upload not committed is swept this long after its URL ran out
+WATCH_SECONDS = 3600  # how long a signal URL handed to an idle worker stays valid
+TOUCH_INTERVAL = 0.5  # an instance touches a model's signal blob at most this often
+# Result types a browser may show in place; any other is served as a download. Results never run
+# as active content on the broker's origin (nor, through a download URL, on storage's).
+INLINE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp", "application/json", "text/plain")
 
 
 def idempotent_id(secret: bytes, scope: str, key: str) -> str:
@@ -82,11 +108,16 @@ def idempotent_id(secret: bytes, scope: str, key: str) -> str:
     return uuid.UUID(bytes=digest[:16], version=4).hex
 
 
-def submission_digest(model: str, content_type: str, params: dict, payload: bytes) -> str:
-    """What two submits with one Idempotency-Key must agree on."""
-    canonical = json.dumps([model, content_type, params, hashlib.sha256(payload).hexdigest()],
-                           sort_keys=True, separators=(",", ":"))
+def submission_digest(model: str, content_type: str, params: dict, payload: bytes | None, size: int = 0) -> str:
+    """What two submits with one Idempotency-Key must agree on. An upload (payload None) is known by
+    its declared size: its bytes are not in the request."""
+    content = hashlib.sha256(payload).hexdigest() if payload is not None else f"upload:{size}"
+    canonical = json.dumps([model, content_type, params, content], sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
+
+def shown_inline(content_type: str) -> bool:
+    return content_type.split(";")[0].strip().lower() in INLINE_TYPES
 
 
 def unreadable(exc: BaseException) -> bool:
@@ -106,7 +137,9 @@ class TaskStore:
         self.now = clock  # the wall clock every TTL and lease deadline is read from (tests move it)
         self.wakeups = Wakeups()
         self._looked_at: dict[str, float] = {}  # model -> when a long-poll here last began a receive
+        self._touched: dict[str, float] = {}  # model -> when this instance last touched its signal blob
         self._sweep_from: str | None = None  # where the next inbox sweep goes on
+        self._uploads_from: str | None = None  # where the next sweep of `uploads` goes on
 
     # ---- reading -------------------------------------------------------------------------
 
@@ -115,7 +148,7 @@ class TaskStore:
         state = LeaseState.from_metadata(inbox.metadata)
         ttl = self.settings.queued_ttl_seconds
         return Task(task_id, sub.model, sub.created, sub.digest, state, expires=sub.expires(ttl),
-                    expiry_error=expiry_error(ttl, state is not None))
+                    expiry_error=expiry_error(ttl, state is not None), upload=Upload.from_metadata(inbox.metadata))
 
     def _finished_task(self, task_id: str, out: Blob) -> Task | None:
         """The finished task, or None once its result is past BROKER_RESULT_TTL_SECONDS."""
@@ -134,13 +167,18 @@ class TaskStore:
         return out, inbox
 
     async def _get(self, task_id: str, with_result: bool = False) -> tuple[Task | None, bytes | None]:
+        """The task and (with_result) its result's bytes; None for a task nobody knows. An upload not
+        committed yet is no task: UploadPending."""
         # The outbox first: a finished task (what callers mostly ask about) costs one read.
         read_outbox = self.storage.outbox.read if with_result else self.storage.outbox.head
         out = await read_outbox(task_id)
         if out is None:
             inbox = await self.storage.inbox.head(task_id)
             if inbox is not None:
-                return self._open_task(task_id, inbox), None
+                task = self._open_task(task_id, inbox)
+                if task.upload and not task.upload.committed:
+                    raise UploadPending()
+                return task, None
             out = await read_outbox(task_id)  # it may have finished between the two reads
             if out is None:
                 return None, None
@@ -194,15 +232,32 @@ class TaskStore:
         # Rounded up, and a little longer: the message must not die before the task may expire (a
         # claim that meets it past the TTL expires it; the sweep expires the rest).
         ttl = max(1, math.ceil(sub.expires(self.settings.queued_ttl_seconds) - self.now()) + SEND_TTL_MARGIN)
-        message = await self.storage.queues.send(sub.model, TaskMessage(sub.task_id, sub.size, sub.created).dump(), ttl)
+        message, _ = await asyncio.gather(
+            self.storage.queues.send(sub.model, TaskMessage(sub.task_id, sub.size, sub.created).dump(), ttl),
+            self._touch(sub.model))
         self.wakeups.notify("model:" + sub.model)
         return message
 
-    async def _submit_once(self, sub: Submission, payload: bytes) -> tuple[Task, bool]:
+    async def _touch(self, model: str) -> None:
+        """Touch the model's signal blob (idle workers watch its etag), unless this instance did within
+        TOUCH_INTERVAL: a worker woken by a touch long-polls, and finds what came right after it.
+        Best effort: a sleeping worker also looks for work now and then (mlserver's --idle-check)."""
+        at = time.monotonic()
+        if at - self._touched.get(model, float("-inf")) < TOUCH_INTERVAL:
+            return
+        self._touched[model] = at
+        try:
+            await self.storage.signals.touch(model)
+        except Exception as exc:  # noqa: BLE001 - a wake-up missed is a wake-up delayed, not a task lost
+            log.warning("could not touch the signal blob of model %s: %s", model, type(exc).__name__)
+
+    async def _create_once(self, sub: Submission, payload: bytes, metadata: dict) -> tuple[str | None, Task | None, Blob | None]:
+        """Create the inbox blob of an idempotent submit's task, unless its key made it already:
+        (our blob's etag, None, None), or (None, the task as it stands, None) once it has finished,
+        or (None, None, the existing inbox blob)."""
         # The outbox is read after the create, not beside it: a finish writes the outbox blob before it
         # deletes the inbox blob, so a create that succeeds because the task just finished sees its
         # outcome here, and takes its blob back instead of running the task again.
-        metadata = _with(sub.metadata(), **Enqueued(pending=sub.created).metadata())
         etag = await self.storage.inbox.create(sub.task_id, payload, metadata, sub.content_type)
         out = await self.storage.outbox.head(sub.task_id)
         if out is not None:
@@ -210,7 +265,7 @@ class TaskStore:
             if finished is not None:
                 if etag:
                     await self.storage.inbox.delete(sub.task_id, etag)
-                return self._same_submission(finished, sub), False
+                return None, self._same_submission(finished, sub), None
             # An expired result of an earlier task under this key: clear it and what its finish left
             # in the inbox (not our blob: it is newer than that outcome), then create ours if that
             # leftover stood in the way.
@@ -219,18 +274,103 @@ class TaskStore:
             if etag is None:
                 etag = await self.storage.inbox.create(sub.task_id, payload, metadata, sub.content_type)
         if etag is not None:
-            await self._send_once(sub, metadata, etag)
-            return Task(sub.task_id, sub.model, sub.created), True
+            return etag, None, None
         inbox = await self.storage.inbox.head(sub.task_id)
         if inbox is None:  # it finished between our two reads: read it again as a finished task
             task, _ = await self._get(sub.task_id)
             if task is None:
                 raise TaskChanging("the task changed while it was being read; retry the submit")
-            return self._same_submission(task, sub), False
+            return None, self._same_submission(task, sub), None
+        return None, None, inbox
+
+    async def _submit_once(self, sub: Submission, payload: bytes) -> tuple[Task, bool]:
+        metadata = _with(sub.metadata(), **Enqueued(pending=sub.created).metadata())
+        etag, task, inbox = await self._create_once(sub, payload, metadata)
+        if task is not None:
+            return task, False
+        if etag is not None:
+            await self._send_once(sub, metadata, etag)
+            return Task(sub.task_id, sub.model, sub.created), True
         task = self._same_submission(self._open_task(sub.task_id, inbox), sub)
         if self._send_was_lost(task, inbox):
             await self._take_over_send(inbox)
         return task, False
+
+    # ---- uploading -----------------------------------------------------------------------
+
+    async def begin_upload(self, model: str, size: int, content_type: str, params: dict,
+                           idempotency_key: str | None = None, scope: str = "") -> Grant | Task:
+        """Make room for a payload the client uploads itself: a Grant (where and until when to write
+        it), or, when the Idempotency-Key's task was committed already, that task."""
+        await self.storage.ensure_containers()
+        until = self.now() + self.settings.upload_seconds  # when the sweep may take it (the URL's own end is storage's clock)
+        if idempotency_key is None:
+            sub = Submission(uuid.uuid4().hex, model, content_type, params, self.now(), None, size)
+            await self.storage.inbox.put(sub.task_id, b"", _with(sub.metadata(), **Upload(until).metadata()),
+                                         content_type)
+            return self._grant(sub)
+        task_id = idempotent_id(self.settings.lease_secrets[0], scope, idempotency_key)
+        sub = Submission(task_id, model, content_type, params, self.now(),
+                         submission_digest(model, content_type, params, None, size), size)
+        etag, task, inbox = await self._create_once(sub, b"", _with(sub.metadata(), **Upload(until).metadata()))
+        if task is not None:
+            return task
+        if etag is not None:
+            return self._grant(sub)
+        task = self._same_submission(self._open_task(task_id, inbox), sub)
+        if task.upload is None or task.upload.committed:
+            return task
+        # Asked again before its commit: a fresh URL to the same blob (blocks staged so far stay).
+        if await self.storage.inbox.set_metadata(task_id, _with(inbox.metadata, **Upload(until).metadata()),
+                                                 inbox.etag) is None:
+            raise TaskChanging("the upload changed while it was being read; ask again")
+        return self._grant(Submission.from_metadata(task_id, inbox.metadata))
+
+    def _grant(self, sub: Submission) -> Grant:
+        expires = time.time() + self.settings.upload_seconds
+        return Grant(sub.task_id, self.storage.uploads.url(payload_blob(sub.task_id, sub.created), "cw", expires), expires)
+
+    async def commit_upload(self, task_id: str) -> Task:
+        """Queue an uploaded task: what the client wrote becomes its payload (a read-only snapshot).
+        Committing again answers the task as it stands."""
+        for _ in range(CLAIM_TRIES):
+            inbox = await self.storage.inbox.head(task_id)
+            if inbox is None:
+                task, _ = await self._get(task_id)  # committed before, and finished since
+                if task is None:
+                    raise TaskNotFound()
+                return task
+            sub = Submission.from_metadata(task_id, inbox.metadata)
+            upload = Upload.from_metadata(inbox.metadata)
+            if upload is None:
+                raise NotAnUpload()
+            if upload.committed:
+                task = self._open_task(task_id, inbox)
+                if self._send_was_lost(task, inbox):
+                    await self._take_over_send(inbox)
+                return task
+            snapshot = await self._seal(payload_blob(task_id, sub.created), sub.size)
+            metadata = _with(inbox.metadata, **Upload(None, snapshot).metadata(),
+                             **Enqueued(pending=self.now()).metadata())
+            etag = await self.storage.inbox.set_metadata(task_id, metadata, inbox.etag)
+            if etag is None:  # another commit (or a fresh grant) came between: look again
+                await self.storage.uploads.delete_snapshot(payload_blob(task_id, sub.created), snapshot)
+                continue
+            await self._send_once(sub, metadata, etag)
+            return Task(task_id, sub.model, sub.created, sub.digest, upload=Upload(None, snapshot))
+        raise TaskChanging("the upload changed while it was being committed; commit again")
+
+    async def _seal(self, name: str, size: int) -> str:
+        """A read-only snapshot of the uploaded blob `name`, which must hold exactly `size` bytes."""
+        blob = await self.storage.uploads.snapshot(name)
+        if blob is None:
+            raise NotUploaded("nothing has been uploaded for this task yet: PUT the payload to its upload_url "
+                              "(and, for blocks, the block list), then commit")
+        if blob.size != size:
+            await self.storage.uploads.delete_snapshot(name, blob.snapshot)
+            raise NotUploaded(f"the upload holds {blob.size} bytes, but {size} were declared: upload the whole "
+                              "payload again, then commit")
+        return blob.snapshot
 
     async def _send_once(self, sub: Submission, metadata: dict, etag: str) -> None:
         """Send the task's message and mark it sent; if the blob changed meanwhile, keep the message
@@ -318,19 +458,20 @@ class TaskStore:
         a record that cannot be read fails that task alone."""
         chosen, drop, defer = [], [], []
         seen: set[str] = set()
-        budget = self.settings.max_claim_bytes
+        budget = self.settings.max_claim_bytes  # inline payload bytes; larger payloads go as URLs
         for message in messages:
             task = TaskMessage.parse(message.content)
+            inline = task.size if task is not None and self._inline(task) else 0
             if task is None:
                 drop.append(message)  # not a task message
-            elif task.task_id in seen or defer or (chosen and task.size > budget):
+            elif task.task_id in seen or defer or (chosen and inline > budget):
                 # A second message of one task in this batch (the next claim tells whether it is a
                 # spare), or past the claim's byte budget: it stays queued, its attempt unspent.
                 defer.append(message)
             else:
                 chosen.append((message, task))
                 seen.add(task.task_id)
-                budget -= task.size
+                budget -= inline
         results = await asyncio.gather(*(self._take(model, m, t, lease_seconds) for m, t in chosen),
                                        return_exceptions=True)
         errors = []
@@ -358,7 +499,9 @@ class TaskStore:
         # the inbox blob; the first-wins outbox keeps that rare case harmless (its worker's heartbeat
         # and put get 409/410, and the put tidies up), so skip the outbox read.
         first_delivery = message.dequeue_count <= 1
-        inbox, out = await asyncio.gather(self.storage.inbox.read(task_id),
+        # A small payload is downloaded to go inside the claim; a large one only named (a URL).
+        read_inbox = self.storage.inbox.read if self._inline(sent) else self.storage.inbox.head
+        inbox, out = await asyncio.gather(read_inbox(task_id),
                                           _nothing() if first_delivery else self.storage.outbox.head(task_id))
         if out is not None or inbox is None:  # finished (maybe healed now), cancelled or expired
             await asyncio.gather(self._drop(model, message),
@@ -385,11 +528,11 @@ class TaskStore:
                     return None
                 message = dataclasses.replace(message, receipt=updated.receipt, visible_at=updated.visible_at)
             if at >= sub.expires(self.settings.queued_ttl_seconds):
-                await self._expire(sub, state, message)
+                await self._expire(inbox, message)
                 return None
             attempt, givebacks, error = state.next_attempt() if state else (1, 0, None)
             if attempt > self.settings.max_attempts:
-                await self._give_up(sub, state, message, attempt - 1, error)
+                await self._give_up(inbox, message, attempt - 1, error)
                 return None
             claimed = LeaseState(message.id, at + lease_seconds, at, attempt, givebacks, error,
                                  claim=(state.claim if state else 0) + 1, receipt=receipt_hash(message.receipt))
@@ -403,16 +546,36 @@ class TaskStore:
         else:
             await self._release(model, message)
             return None
-        lease = Lease(task_id, model, message.id, message.receipt, claimed.claim, attempt, sub.created, at, sub.digest)
+        upload = Upload.from_metadata(inbox.metadata)
+        lease = Lease(task_id, model, message.id, message.receipt, claimed.claim, attempt, sub.created, at, sub.digest,
+                      upload is not None)
+        expires = message.visible_at or claimed.until
+        payload_url = None
+        if upload is not None:
+            payload, payload_url = None, self.storage.uploads.url(payload_blob(task_id, sub.created), "r",
+                                                                  time.time() + lease_seconds + URL_GRACE, upload.snapshot)
+        elif payload is None:  # too large to go inline
+            payload_url = self.storage.inbox.url(task_id, "r", time.time() + lease_seconds + URL_GRACE)
         return Claim(task_id, model, sub.params, sub.content_type, payload, lease.encode(self.settings.lease_secrets),
-                     message.visible_at or claimed.until, attempt)
+                     expires, attempt, sub.size, payload_url, self._result_url(lease, lease_seconds))
 
-    async def _give_up(self, sub: Submission, state: LeaseState | None, message: Message, attempts: int,
-                       error: str | None) -> None:
+    def _inline(self, sent: TaskMessage) -> bool:
+        """Whether a claim carries this task's payload itself (else a URL to it)."""
+        return sent.size <= self.settings.inline_bytes
+
+    def _result_url(self, lease: Lease, lease_seconds: int) -> str:
+        """Where the worker holding `lease` may write a large result: for its lease, and the time an
+        upload may take after it."""
+        expires = time.time() + lease_seconds + self.settings.upload_seconds
+        return self.storage.uploads.url(result_blob(lease.task_id, lease.created, lease.claim), "cw", expires)
+
+    async def _give_up(self, inbox: Blob, message: Message, attempts: int, error: str | None) -> None:
+        sub, state = Submission.from_metadata(inbox.name, inbox.metadata), LeaseState.from_metadata(inbox.metadata)
         reason = f"gave up after {attempts} attempts: {error or 'no attempt put a result'}"
         outcome = Outcome("failed", sub.model, sub.created, self.now(), state.started if state else None,
                           attempts, clip_error(reason), sub.digest)
-        await self._end(sub.task_id, sub.model, outcome, _error_body(outcome.error), JSON, message)
+        await self._end(sub.task_id, sub.model, outcome, _error_body(outcome.error), JSON, message,
+                        uploaded=_uploaded(inbox))
 
     async def _give_up_unreadable(self, model: str, message: Message, task_id: str, exc: BaseException) -> None:
         """A task whose stored record cannot be read (written by hand, or by a broken version) fails
@@ -425,11 +588,12 @@ class TaskStore:
         except Exception as failure:  # noqa: BLE001 - its lease runs out and the next claim tries again
             log.warning("task %s: could not record its failure either (%s)", task_id, type(failure).__name__)
 
-    async def _expire(self, sub: Submission, state: LeaseState | None, message: Message | None) -> None:
+    async def _expire(self, inbox: Blob, message: Message | None) -> None:
+        sub, state = Submission.from_metadata(inbox.name, inbox.metadata), LeaseState.from_metadata(inbox.metadata)
         ttl = self.settings.queued_ttl_seconds
         outcome = Outcome("expired", sub.model, sub.created, self.now(), None, state.attempt if state else 0,
                           expiry_error(ttl, state is not None), sub.digest)
-        await self._end(sub.task_id, sub.model, outcome, b"", JSON, message)
+        await self._end(sub.task_id, sub.model, outcome, b"", JSON, message, uploaded=_uploaded(inbox))
 
     # ---- holding a lease -----------------------------------------------------------------
 
@@ -484,18 +648,18 @@ class TaskStore:
             if not self._past_ttl(inbox):
                 raise LeaseLost() from None
             if not state.holds(self.now()):  # nothing holds it any more, and it is past its queued TTL
-                await self._expire_now(lease, inbox, state)
+                await self._expire_now(lease, inbox)
             # The message outlived its time-to-live (the queued TTL) under a running task: from
             # here the lease state alone holds the task, and nothing redelivers it.
             receipt, expires = lease.receipt, None
         state.until, state.receipt = self.now() + seconds, receipt_hash(receipt)
         await self._write_state(lease, inbox, state)
-        return Renewal(lease.renewed(receipt).encode(self.settings.lease_secrets), expires or state.until)
+        return Renewal(lease.renewed(receipt).encode(self.settings.lease_secrets), expires or state.until,
+                       self._result_url(lease, seconds))
 
-    async def _expire_now(self, lease: Lease, inbox: Blob, state: LeaseState | None) -> None:
+    async def _expire_now(self, lease: Lease, inbox: Blob) -> None:
         """End a task past its queued TTL whose lease ran out or is given back: `expired`, and say so."""
-        await self._expire(Submission.from_metadata(lease.task_id, inbox.metadata), state,
-                           Message(lease.msg, lease.receipt))
+        await self._expire(inbox, Message(lease.msg, lease.receipt))
         task, _ = await self._get(lease.task_id)
         raise TaskExpired("the task expired: it is past its queued TTL and no lease holds it", task)
 
@@ -503,7 +667,7 @@ class TaskStore:
         """Give the task back to the queue (how="back") or after a retryable failure ("retry"); the
         message's new receipt. A task past its queued TTL ends `expired` instead."""
         if self._past_ttl(inbox):
-            await self._expire_now(lease, inbox, state)
+            await self._expire_now(lease, inbox)
         try:  # hold the message (proving the receipt current) while the state says how the claim ended
             held = await self.storage.queues.update(lease.model, lease.msg, lease.receipt, RELEASE_HOLD)
         except (ReceiptStale, MessageGone):
@@ -515,7 +679,7 @@ class TaskStore:
             state.error = error
         await self._write_state(lease, inbox, state)
         await self._quietly(self._release(lease.model, held))  # else it is visible again in RELEASE_HOLD s
-        self.wakeups.notify("model:" + lease.model)
+        await self._touch(lease.model)
         return held.receipt
 
     # ---- finishing -----------------------------------------------------------------------
@@ -524,7 +688,30 @@ class TaskStore:
         """Commit a success; the status the task has now (succeeded)."""
         outcome = Outcome("succeeded", lease.model, lease.created, self.now(), lease.started, lease.attempt,
                           None, lease.digest, lease.commit_id("succeeded", content_type, body))
-        return await self._finish(lease, outcome, body, content_type)
+        return (await self._finish(lease, outcome, body, content_type))[0]
+
+    async def complete_uploaded(self, lease: Lease, content_type: str) -> str:
+        """Commit as the success the result this claim's worker uploaded (a read-only snapshot of it)."""
+        name = result_blob(lease.task_id, lease.created, lease.claim)
+        result = await self.storage.uploads.snapshot(name)
+        if result is None:
+            raise NotUploaded("no result has been uploaded for this claim: PUT it to the claim's "
+                              "result_upload_url first")
+        if result.size > self.settings.max_upload_bytes:
+            await self.storage.uploads.delete(name)
+            raise UploadTooLarge(f"the uploaded result is larger than the limit of {self.settings.max_upload_bytes} bytes")
+        # What the worker wrote is known by its etag: the same put repeated names the same bytes.
+        outcome = Outcome("succeeded", lease.model, lease.created, self.now(), lease.started, lease.attempt,
+                          None, lease.digest, lease.commit_id("succeeded", content_type, result.etag.encode()),
+                          name, result.snapshot, result.size)
+        try:
+            status, committed = await self._finish(lease, outcome, b"", content_type)
+        except BaseException:
+            await self._quietly(self.storage.uploads.delete_snapshot(name, result.snapshot))
+            raise
+        if not committed:  # a repeated put: the snapshot its first time took is the result
+            await self._quietly(self.storage.uploads.delete_snapshot(name, result.snapshot))
+        return status
 
     async def fail(self, lease: Lease, error: str, retryable: bool) -> str:
         """Commit a failure, or queue the task again for a retryable one; the status the task has now."""
@@ -539,9 +726,10 @@ class TaskStore:
         body = _error_body(error)
         outcome = Outcome("failed", lease.model, lease.created, self.now(), lease.started, lease.attempt,
                           error, lease.digest, lease.commit_id("failed", JSON, body))
-        return await self._finish(lease, outcome, body, JSON)
+        return (await self._finish(lease, outcome, body, JSON))[0]
 
-    async def _finish(self, lease: Lease, outcome: Outcome, body: bytes, content_type: str) -> str:
+    async def _finish(self, lease: Lease, outcome: Outcome, body: bytes, content_type: str) -> tuple[str, bool]:
+        """Commit the outcome a worker puts: (the task's status now, whether this put committed it)."""
         await self.storage.ensure_containers()
         at = self.now()
         settings = self.settings
@@ -557,13 +745,13 @@ class TaskStore:
             if inbox is not None and not self._submitted_at(inbox, lease.created):
                 raise LeaseLost()  # a later task under the same Idempotency-Key: this lease was for one long gone
             if inbox is not None and self._open_task(lease.task_id, inbox).status(at) == "expired":
-                await self._expire_now(lease, inbox, LeaseState.from_metadata(inbox.metadata))
+                await self._expire_now(lease, inbox)
         first = await self._end(lease.task_id, lease.model, outcome, body, content_type,
-                                Message(lease.msg, lease.receipt), incarnation)
+                                Message(lease.msg, lease.receipt), incarnation, lease.upload)
         if first is None:
-            return outcome.status
+            return outcome.status, True
         if first.committed_by == outcome.committed_by:  # the same put, repeated
-            return first.status
+            return first.status, False
         task, _ = await self._get(lease.task_id)
         if first.status == "cancelled":
             raise TaskCancelled("the task was cancelled", task)
@@ -573,9 +761,10 @@ class TaskStore:
                            "other content)", task)
 
     async def _end(self, task_id: str, model: str, outcome: Outcome, body: bytes, content_type: str,
-                   message: Message | None, incarnation: float | None = None) -> Outcome | None:
+                   message: Message | None, incarnation: float | None = None, uploaded: bool = False) -> Outcome | None:
         """Write the task's outcome unless it has one, then drop its message and payload either way
         (so a repeat heals a finish that could not tidy up); the outcome that was there first, if any.
+        `uploaded`: the payload is in `uploads` too (records.payload_blob), and goes as well.
 
         With `incarnation` (the submission time a late put's lease names), an outcome written while
         its Idempotency-Key made a new task under the same id is taken back (LeaseLost), and the new
@@ -594,7 +783,8 @@ class TaskStore:
                 raise LeaseLost()
             inbox_etag = inbox.etag if inbox else None
         await asyncio.gather(self._drop(model, message) if message else _nothing(),
-                             self.storage.inbox.delete(task_id, inbox_etag))
+                             self.storage.inbox.delete(task_id, inbox_etag),
+                             self.storage.uploads.delete(payload_blob(task_id, outcome.created)) if uploaded else _nothing())
         if first is None:
             self.wakeups.notify("task:" + task_id)
         return first
@@ -612,7 +802,7 @@ class TaskStore:
                 state = task.state if task.state and task.state.holds(at) else None
                 outcome = Outcome("cancelled", task.model, task.created, at, state.started if state else None,
                                   task.state.attempt if task.state else 0, None, task.digest)
-            await self._end(task_id, task.model, outcome, b"", JSON, None)
+            await self._end(task_id, task.model, outcome, b"", JSON, None, uploaded=task.upload is not None)
             task, _ = await self._get(task_id)
             if task is None:
                 raise TaskNotFound()
@@ -651,6 +841,22 @@ class TaskStore:
         depths = await asyncio.gather(*(self.storage.queues.depth(name) for name in names))
         return dict(zip(names, depths)), more
 
+    async def watch(self, model: str) -> tuple[str, float]:
+        """A read URL (and its expiry) for the model's signal blob, whose etag changes whenever a task of
+        the model is queued: what an idle worker watches instead of holding a long-poll open."""
+        await self.storage.ensure_containers()
+        await self.storage.signals.create(model, b"", {}, "application/octet-stream")  # there to be read
+        expires = time.time() + WATCH_SECONDS
+        return self.storage.signals.url(model, "r", expires), expires
+
+    def result_url(self, task: Task) -> tuple[str, float]:
+        """A read URL (and its expiry) for a result the worker uploaded: served as its content type, and
+        as a download unless it is a type browsers show safely."""
+        kind = task.result_content_type or "application/octet-stream"
+        expires = time.time() + self.settings.upload_seconds
+        disposition = None if shown_inline(kind) else f'attachment; filename="{task.task_id}"'
+        return self.storage.uploads.url(task.outcome.ref, "r", expires, task.outcome.snapshot, kind, disposition), expires
+
     async def health(self) -> None:
         await self.storage.ensure_containers()
         await self.storage.ping()
@@ -675,7 +881,11 @@ class TaskStore:
 
     async def _delete_leftover(self, out: Blob) -> None:
         """Delete what a finish left of an expired result's task in the inbox, and not a task submitted
-        again since with the same Idempotency-Key (which reuses the blob name)."""
+        again since with the same Idempotency-Key (which reuses the blob name); and its uploaded result."""
+        with contextlib.suppress(KeyError, ValueError, TypeError):
+            ref = Outcome.from_metadata(out.metadata).ref
+            if ref:
+                await self.storage.uploads.delete(ref)
         inbox = await self.storage.inbox.head(out.name)
         if inbox is None:
             return
@@ -705,6 +915,40 @@ class TaskStore:
                 break
         return swept
 
+    async def sweep_uploads(self) -> int:
+        """Delete what clients and workers wrote into `uploads` that no task will read: a payload whose
+        task is gone, a result that is not its ended task's outcome (another attempt's, or one a worker
+        died writing). Goes on from where the last run stopped, like the inbox sweep."""
+        await self.storage.ensure_containers()
+        swept = 0
+        for _ in range(SWEEP_PAGES):
+            blobs, self._uploads_from = await self.storage.uploads.page(self._uploads_from, SWEEP_PAGE, uncommitted=True)
+            owners: dict[tuple[str, str] | None, list[Blob]] = {}
+            for blob in blobs:
+                owners.setdefault(upload_owner(blob.name), []).append(blob)
+            groups = list(owners.items())
+            for start in range(0, len(groups), CLEANUP_PARALLEL):
+                counts = await asyncio.gather(*(self._sweep_owner(owner, group)
+                                                for owner, group in groups[start:start + CLEANUP_PARALLEL]))
+                swept += sum(counts)
+            if self._uploads_from is None or swept >= self.settings.cleanup_batch:
+                break
+        return swept
+
+    async def _sweep_owner(self, owner: tuple[str, str] | None, blobs: list[Blob]) -> int:
+        keep: set[str] = set()
+        if owner is not None:
+            task_id, made = owner
+            out, inbox = await self._read_both(task_id)
+            with contextlib.suppress(KeyError, ValueError, TypeError):
+                if inbox is not None and stamp(Submission.from_metadata(task_id, inbox.metadata).created) == made:
+                    return 0  # its task is still open: its payload and any attempt's result may still be used
+                if out is not None:
+                    keep.add(Outcome.from_metadata(out.metadata).ref or "")
+        gone = [blob for blob in blobs if blob.name not in keep]
+        await asyncio.gather(*(self.storage.uploads.delete(blob.name) for blob in gone))
+        return len(gone)
+
     def _unsent(self, blob: Blob) -> bool:
         """An idempotent submit's task whose message was never sent, and nobody retried it."""
         try:
@@ -713,10 +957,14 @@ class TaskStore:
             return False
 
     def _sweepable(self, blob: Blob, at: float) -> bool:
+        """A task past its queued TTL, or an upload never committed whose URL ran out a while ago."""
         try:
-            return self._open_task(blob.name, blob).status(at) == "expired"
+            task = self._open_task(blob.name, blob)
         except (KeyError, ValueError, TypeError):  # an unreadable record: its age is the blob's
             return blob.created + self.settings.queued_ttl_seconds <= at
+        if task.upload is not None and not task.upload.committed:
+            return task.upload.until + UPLOAD_GRACE <= at
+        return task.status(at) == "expired"
 
     async def _expire_blob(self, listed: Blob) -> None:
         blob = await self.storage.inbox.head(listed.name)  # the listing may be old: a claim may hold it now
@@ -724,10 +972,19 @@ class TaskStore:
             return
         try:
             sub = Submission.from_metadata(blob.name, blob.metadata)
+            upload = Upload.from_metadata(blob.metadata)
         except (KeyError, ValueError, TypeError):
             await self.storage.inbox.delete(blob.name, blob.etag)  # nobody can use it, nobody can read it
             return
-        await self._expire(sub, LeaseState.from_metadata(blob.metadata), None)
+        if upload is not None and not upload.committed:  # never a task: no outcome, just gone
+            await self.storage.uploads.delete(payload_blob(blob.name, sub.created))
+            await self.storage.inbox.delete(blob.name, blob.etag)
+            return
+        await self._expire(blob, None)
+
+
+def _uploaded(inbox: Blob) -> bool:
+    return Upload.from_metadata(inbox.metadata) is not None
 
 
 def _error_body(error: str) -> bytes:

@@ -122,6 +122,32 @@ def base64_payload(value, limit: int) -> bytes:
         raise Rejected(400, "payload is not valid base64") from None
 
 
+def _body_model(req: func.HttpRequest, wrapper: dict, served: tuple[str, ...]) -> str:
+    """The model named in the query or in a JSON body (the same one, if both)."""
+    query_model, body_model = req.params.get("model"), wrapper.get("model")
+    if body_model is not None and not isinstance(body_model, str):
+        raise Rejected(400, "model must be a string")
+    if query_model and body_model and query_model != body_model:
+        raise Rejected(400, "the model in the query and the model in the body differ")
+    return model(query_model or body_model, served)
+
+
+def upload(req: func.HttpRequest, max_bytes: int, served: tuple[str, ...] = ()) -> tuple[str, int, str, dict]:
+    """(model, size, content type, params) of an upload request: `{"size", "content_type", "params"}`."""
+    wrapper = json_object(req.get_body(), "JSON body") if req.get_body() else {}
+    name = _body_model(req, wrapper, served)
+    size = wrapper.get("size")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise Rejected(400, "the JSON body needs \"size\": the payload's length in bytes, a positive integer")
+    if size > max_bytes:
+        raise Rejected(413, f"the payload is larger than the upload limit of {max_bytes} bytes")
+    kind = wrapper.get("content_type")
+    if kind is not None and not isinstance(kind, str):
+        raise Rejected(400, "content_type must be a string")
+    extra = params(wrapper["params"]) if wrapper.get("params") is not None else params(req.params.get("params"))
+    return name, size, content_type(kind), extra
+
+
 def submission(req: func.HttpRequest, max_bytes: int, served: tuple[str, ...] = ()) -> tuple[str, bytes, str, dict]:
     """(model, payload, content type, params) of a predict request, in either body form."""
     header_type = req.headers.get("content-type", "")
@@ -131,12 +157,7 @@ def submission(req: func.HttpRequest, max_bytes: int, served: tuple[str, ...] = 
     if header_type.split(";")[0].strip().lower() == "application/json" and not raw:
         wrapper = json_object(body, "JSON body")
         payload = base64_payload(wrapper.get("payload"), max_bytes)
-        body_model = wrapper.get("model")
-        if body_model is not None and not isinstance(body_model, str):
-            raise Rejected(400, "model must be a string")
-        if query_model and body_model and query_model != body_model:
-            raise Rejected(400, "the model in the query and the model in the body differ")
-        name = model(query_model or body_model, served)
+        name = _body_model(req, wrapper, served)
         kind = wrapper.get("content_type")
         if kind is not None and not isinstance(kind, str):
             raise Rejected(400, "content_type must be a string")

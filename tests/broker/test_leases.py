@@ -33,7 +33,7 @@ def test_batch_claim_is_in_submission_order_and_fields_are_complete(broker, mode
     assert [t["task_id"] for t in tasks] == ids
     first = tasks[0]
     assert set(first) == {"task_id", "model", "params", "content_type", "payload", "lease", "lease_expires_at",
-                          "attempt"}
+                          "attempt", "size", "result_upload_url"}
     assert first["attempt"] == 1 and first["lease_expires_at"].endswith("Z") and first["model"] == model
     assert base64.b64decode(first["payload"]) == b"p0"
     assert all(c.isalnum() or c in "-_." for c in first["lease"])  # URL-safe
@@ -84,7 +84,7 @@ def test_heartbeat_renews_the_token(broker, model):
     task_id = broker.submit(model)
     [task] = broker.claim(model, lease=5)
     renewed = extend(broker, task, 30)
-    assert renewed.status_code == 200 and set(renewed.json()) == {"lease", "lease_expires_at"}
+    assert renewed.status_code == 200 and set(renewed.json()) == {"lease", "lease_expires_at", "result_upload_url"}
     assert renewed.json()["lease"] != task["lease"]
     time.sleep(6)  # past the first lease: the heartbeat kept it
     assert broker.claim(model, wait=0) == []
