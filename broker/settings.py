@@ -125,7 +125,7 @@ def load() -> Settings:
         secrets=_keys("BROKER_LEASE_SECRET"),
         inline_bytes=_int("BROKER_INLINE_BYTES", 1024, 64 * 1024 * 1024),
         max_upload_bytes=_int("BROKER_MAX_UPLOAD_BYTES", 1, 4 * 1024**4),
-        upload_seconds=_int("BROKER_UPLOAD_SECONDS", 60, 7 * 86400),
+        upload_seconds=_int("BROKER_UPLOAD_SECONDS", 1, 7 * 86400),
     )
 
 

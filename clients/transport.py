@@ -9,9 +9,9 @@ from __future__ import annotations
 import re
 
 import requests
-from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
+from . import blobs
 from .errors import BrokerHTTPError, BrokerUnavailable
 
 POOL_SIZE = 16  # the CLI waits on several tasks at once, one long-poll each
@@ -21,17 +21,7 @@ def session(base_url: str, retries: int, backoff: float) -> requests.Session:
     retry = Retry(total=retries, connect=retries, read=retries, status=retries, other=0,
                   status_forcelist=(503,), allowed_methods=None, backoff_factor=backoff, backoff_max=10,
                   respect_retry_after_header=True, raise_on_status=False)
-    adapter = HTTPAdapter(max_retries=retry, pool_connections=2, pool_maxsize=POOL_SIZE)
-    http = requests.Session()
-    # The environment's proxy and CA settings are read once; ~/.netrc never: requests would put a
-    # matching entry's credentials (a `default` entry matches every host) in place of the key.
-    settings = http.merge_environment_settings(base_url, {}, None, None, None)
-    http.trust_env = False
-    http.proxies.update(settings["proxies"])
-    http.verify = settings["verify"]
-    http.mount("http://", adapter)
-    http.mount("https://", adapter)
-    return http
+    return blobs.pinned_session(base_url, POOL_SIZE, retry)
 
 
 def reason(exc: Exception) -> str:

@@ -65,6 +65,15 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--wait", type=int, default=10, metavar="S",
                         help="seconds one long-poll waits for a task, 0-60; a stop waits at most this "
                              "long for a poll in flight (default 10)")
+    parser.add_argument("--idle-after", type=float, default=30, metavar="S",
+                        help="seconds without work after which the worker stops long-polling (a billed "
+                             "Functions execution) and watches storage for work instead; 0 never (default 30)")
+    parser.add_argument("--watch-interval", type=float, default=0.5, metavar="S",
+                        help="while idle, how often storage is looked at for work (a blob read each time; "
+                             "default 0.5)")
+    parser.add_argument("--idle-check", type=float, default=60, metavar="S",
+                        help="while idle, how often the broker is asked anyway, for work no signal announced "
+                             "(a task whose lease ran out) (default 60)")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                         help="a handler option, repeatable (deeplabv3plus: input_size=N)")
     parser.add_argument("--labels", metavar="FILE",
@@ -89,6 +98,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         (not 0 <= args.wait <= 60, "--wait must be from 0 to 60 seconds"),
         (args.status_interval <= 0, "--status-interval must be positive"),
         (not 1 <= args.upload_threads <= 64, "--upload-threads must be from 1 to 64"),
+        (args.idle_after < 0, "--idle-after must be 0 (never) or a number of seconds"),
+        (not 0.05 <= args.watch_interval <= 60, "--watch-interval must be from 0.05 to 60 seconds"),
+        (not 1 <= args.idle_check <= 3600, "--idle-check must be from 1 to 3600 seconds"),
         (any("=" not in option for option in args.option), "--option takes KEY=VALUE"),
     ]
     for failed, message in problems:
@@ -133,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     log.info("device: %s", handler.device())
 
     client = BrokerClient(args.broker_url, key, pool_size=args.upload_threads + 2)
-    worker = Worker(client, handler, Claiming(args.model, args.batch, args.wait, args.lease),
+    worker = Worker(client, handler, Claiming(args.model, args.batch, args.wait, args.lease, args.idle_after,
+                                              args.watch_interval, args.idle_check),
                     args.status_interval, args.upload_threads)
     fatal = worker.run()
     client.close()

@@ -10,8 +10,9 @@ answer was lost is healed by its lease running out).
 from __future__ import annotations
 
 import requests
-from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
+
+from .blobs import pinned_session
 
 CONNECT_TIMEOUT = 10
 READ_MARGIN = 30  # beyond a long-poll's own wait, for a slow broker or a cold start
@@ -50,20 +51,6 @@ class LeaseLost(Refused):
     """409: another attempt holds or finished the task."""
 
 
-def pinned_session(url: str) -> requests.Session:
-    """A session with the environment's proxy and CA settings for `url` read once, not per request.
-
-    With `trust_env` requests would also look for ~/.netrc on every request, and a matching entry
-    (a `default` one matches every host) would replace the worker key with its own credentials.
-    """
-    session = requests.Session()
-    settings = session.merge_environment_settings(url, {}, None, None, None)
-    session.trust_env = False
-    session.proxies.update(settings["proxies"])
-    session.verify = settings["verify"]
-    return session
-
-
 def _retry() -> Retry:
     return Retry(total=4, connect=4, read=0, status=4, other=0, allowed_methods=None,
                  status_forcelist=(429, 502, 503, 504), backoff_factor=0.3, backoff_jitter=0.3, backoff_max=5,
@@ -75,18 +62,23 @@ class BrokerClient:
 
     def __init__(self, url: str, key: str | None, pool_size: int = 8) -> None:
         self.url = url.rstrip("/")
-        self.session = pinned_session(self.url)
-        adapter = HTTPAdapter(max_retries=_retry(), pool_connections=1, pool_maxsize=pool_size)
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
+        self.session = pinned_session(self.url, pool_size, _retry())
         if key:
             self.session.headers["Authorization"] = f"Bearer {key}"
 
-    def claim(self, model: str, max_tasks: int, wait: int, lease: int) -> list[dict]:
-        """Long-poll for up to `max_tasks` tasks; an empty list when none came within `wait` seconds."""
+    def claim(self, model: str, max_tasks: int, wait: int, lease: int) -> tuple[list[dict], int | None]:
+        """Long-poll for up to `max_tasks` tasks: (the tasks, the broker's inline limit for results);
+        no tasks when none came within `wait` seconds."""
         response = self._call("GET", "getnexttask", {"model": model, "max_tasks": max_tasks, "wait": wait,
                                                      "lease": lease}, read_timeout=wait + READ_MARGIN)
-        return response.json()["tasks"] if response.status_code == 200 else []
+        if response.status_code != 200:
+            return [], None
+        body = response.json()
+        return body["tasks"], body.get("inline_bytes")
+
+    def watch(self, model: str) -> dict:
+        """Where to watch for the model's work while idle: {"signal_url", "expires_at"}."""
+        return self._call("GET", "watch", {"model": model}).json()
 
     def extend(self, task_id: str, lease: str, seconds: int) -> dict:
         """Heartbeat (seconds > 0) or give the task back at once (seconds = 0); returns the new lease."""
@@ -95,6 +87,11 @@ class BrokerClient:
     def put_result(self, task_id: str, lease: str, body: bytes, content_type: str) -> dict:
         return self._call("POST", "puttaskresult", {"task_id": task_id, "lease": lease}, data=body,
                           headers={"Content-Type": content_type}).json()
+
+    def put_uploaded(self, task_id: str, lease: str, content_type: str) -> dict:
+        """Commit as the result what this claim wrote to its result_upload_url."""
+        return self._call("POST", "puttaskresult", {"task_id": task_id, "lease": lease, "uploaded": "1"},
+                          data=b"", headers={"Content-Type": content_type}).json()
 
     def put_failure(self, task_id: str, lease: str, error: str, retryable: bool) -> dict:
         return self._call("POST", "puttaskresult", {"task_id": task_id, "lease": lease, "status": "failed"},

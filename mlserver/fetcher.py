@@ -2,8 +2,11 @@
 
 It claims a new batch only when the model has taken the previous one (`take()`), so at most one
 batch waits in hand (its leases kept alive by the heartbeat) and other workers are not starved of
-tasks. It reports nothing to the broker itself: a task it cannot decode travels in its batch as
-`undecodable`, and tasks claimed after the stop flag went up as `unstarted`, for the worker to settle.
+tasks. A payload too large to come inside the claim it downloads from storage (the claim's
+`payload_url`). It reports nothing to the broker itself: a task it cannot fetch or decode travels
+in its batch as `undecodable`, and tasks claimed after the stop flag went up as `unstarted`, for
+the worker to settle. When there has been no work for a while it lets the watcher (watcher.py)
+wait for some instead of long-polling.
 """
 
 from __future__ import annotations
@@ -14,11 +17,13 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from . import blobs
 from .backoff import Backoff
 from .broker_api import BrokerClient, Refused, Unavailable
-from .handlers.base import Handler
+from .handlers.base import Handler, TaskError
 from .tasks import Ledger, Task
 from .threadnames import name_os_thread
+from .watcher import Watcher
 
 log = logging.getLogger("mlserver.fetch")
 HAND_OVER_POLL = 0.2  # how often a waiting fetch thread looks at the stop flag
@@ -31,6 +36,9 @@ class Claiming:
     batch: int
     wait: int
     lease: int
+    idle_after: float = 30  # seconds without work before watching storage instead of long-polling (0: never)
+    watch_interval: float = 0.5
+    idle_check: float = 60
 
 
 @dataclass
@@ -51,6 +59,9 @@ class Fetcher(threading.Thread):
         self._ready: queue.Queue[Batch] = queue.Queue()
         self._room = threading.Semaphore(1)  # a claim may be made: the last batch was taken
         self.fatal: Exception | None = None  # why the worker must stop: a refusal, or a bug
+        self.watcher = Watcher(client, claiming.model, stop, claiming.idle_after, claiming.watch_interval,
+                               claiming.idle_check)
+        self._storage = None  # the session payloads are downloaded through, made on first use
 
     def take(self, timeout: float) -> Batch | None:
         """The next batch, if one arrives within `timeout` seconds; taking it lets the next claim go."""
@@ -82,10 +93,14 @@ class Fetcher(threading.Thread):
     def _run(self) -> None:
         backoff = Backoff(first=1.0, cap=30.0)
         while self._wait_for_room():
+            wait = self.watcher.wait_for_work() if self.watcher.asleep() else self.claiming.wait
+            if self.stop.is_set():
+                self._room.release()
+                continue
             asked = time.monotonic()
             try:
-                claims = self.client.claim(self.claiming.model, self.claiming.batch, self.claiming.wait,
-                                           self.claiming.lease)
+                claims, inline_bytes = self.client.claim(self.claiming.model, self.claiming.batch, wait,
+                                                         self.claiming.lease)
             except Unavailable as exc:
                 self._room.release()
                 delay = backoff.next()
@@ -99,9 +114,11 @@ class Fetcher(threading.Thread):
             if backoff.failures:
                 log.info("the broker answers again")
                 backoff.reset()
-            if not claims and time.monotonic() - asked < MIN_EMPTY_POLL:
+            if claims:
+                self.watcher.worked()
+            elif time.monotonic() - asked < MIN_EMPTY_POLL and not self.watcher.asleep():
                 self.stop.wait(MIN_EMPTY_POLL)  # --wait 0, or a poll cut short: do not spin
-            tasks = [Task.from_claim(claim, self.claiming.lease) for claim in claims]
+            tasks = [Task.from_claim(claim, self.claiming.lease, inline_bytes) for claim in claims]
             self.ledger.add(tasks)
             if self.stop.is_set():
                 self._ready.put(Batch(unstarted=tasks))
@@ -118,10 +135,13 @@ class Fetcher(threading.Thread):
         return False
 
     def decode(self, tasks: list[Task]) -> Batch:
-        """Decode each task; one that cannot be decoded is set apart, to fail alone."""
+        """Fetch and decode each task; one that cannot be fetched or decoded is set apart, to fail alone
+        (retryably, for a payload storage would not give: another attempt may fare better)."""
         batch = Batch()
         for task in tasks:
             try:
+                if task.payload_url:
+                    task.payload = self._download(task)
                 task.decoded = self.handler.decode(task.payload, task.content_type, task.params)
             except Exception as exc:  # noqa: BLE001 - any decode failure is that task's outcome
                 batch.undecodable.append((task, exc))
@@ -129,3 +149,16 @@ class Fetcher(threading.Thread):
             task.payload = b""  # the decoded form is all that is needed from here on
             batch.tasks.append(task)
         return batch
+
+    def _download(self, task: Task) -> bytes | bytearray:
+        if self._storage is None:
+            self._storage = blobs.pinned_session(task.payload_url)
+        try:
+            return blobs.download(task.payload_url, task.size or None, session=self._storage)
+        except blobs.TransferError as exc:
+            raise TaskError(f"could not download the payload: {exc}", retryable=True) from None
+
+    def close(self) -> None:
+        self.watcher.close()
+        if self._storage is not None:
+            self._storage.close()

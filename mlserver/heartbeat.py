@@ -37,6 +37,7 @@ class Heartbeat(threading.Thread):
         try:
             answer = self.client.extend(task.task_id, task.lease, task.lease_seconds)
             task.lease = answer["lease"]
+            task.result_upload_url = answer.get("result_upload_url") or task.result_upload_url
             task.schedule_renewal()
         except Cancelled as exc:
             task.cancelled = True

@@ -2,6 +2,8 @@
 the network: a result, a failure, or the task given back unstarted.
 
 Encoding a result (JSON, PNG) happens here too: it is CPU work the accelerator thread need not do.
+A result larger than the broker's inline limit is written straight to storage through the claim's
+`result_upload_url` (in blocks, in parallel), then committed with a put that carries no bytes.
 Every report is made with the task's current lease, under its lock (the heartbeat swaps the token
 only between reports), and takes the task out of the ledger once made or given up on.
 A put is safe to repeat (the broker answers a repeated put with the same lease the same way), so
@@ -18,6 +20,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any
 
+from . import blobs
 from .backoff import Backoff
 from .broker_api import BrokerClient, Cancelled, Refused, Unavailable
 from .handlers.base import Handler, failure_message
@@ -37,6 +40,8 @@ class Reporter:
         self.halt = threading.Event()  # set when the worker must quit without finishing
         self._pending: set[Future] = set()
         self._pending_lock = threading.Lock()
+        self._storage = None  # the session results are uploaded through, made on first use
+        self._storage_lock = threading.Lock()
 
     def result(self, task: Task, output: Any) -> None:
         """Encode the model's output for the task and put it."""
@@ -72,6 +77,8 @@ class Reporter:
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
+        if self._storage is not None:
+            self._storage.close()
 
     def _guarded(self, job: Callable, task: Task, *args) -> None:
         try:
@@ -87,8 +94,30 @@ class Reporter:
         except Exception as exc:  # noqa: BLE001 - the encoder's failure is this task's outcome
             self._put_exception(task, exc)
             return
+        if len(body) > task.inline_bytes and task.result_upload_url:
+            self._upload_and_put(task, body, content_type)
+            return
         try:
             self._send(task, "done", lambda lease: self.client.put_result(task.task_id, lease, body, content_type))
+        except Refused as exc:
+            if exc.status != 413:
+                raise
+            self._put_failure(task, f"the result ({len(body)} bytes) is larger than the broker accepts", False)
+
+    def _upload_and_put(self, task: Task, body: bytes, content_type: str) -> None:
+        """Write the result to storage, then commit it (the put names no bytes: the upload is the result)."""
+        if task.cancelled:
+            return
+        with self._storage_lock:
+            if self._storage is None:
+                self._storage = blobs.pinned_session(task.result_upload_url, 16)
+        try:
+            blobs.upload(task.result_upload_url, body, content_type, session=self._storage)
+        except blobs.TransferError as exc:
+            self._put_failure(task, f"could not upload the result ({len(body)} bytes): {exc}", True)
+            return
+        try:
+            self._send(task, "done", lambda lease: self.client.put_uploaded(task.task_id, lease, content_type))
         except Refused as exc:
             if exc.status != 413:
                 raise

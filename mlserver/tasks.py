@@ -22,6 +22,10 @@ class Task:
     content_type: str
     params: dict
     attempt: int
+    payload_url: str | None = None  # a large payload: downloaded by the fetch thread into `payload`
+    size: int = 0
+    result_upload_url: str | None = None  # where a large result goes (renewed by heartbeats)
+    inline_bytes: int = 1024 * 1024  # results larger than this go through result_upload_url
     claimed_at: float = field(default_factory=time.monotonic)
     renew_at: float = 0.0
     cancelled: bool = False  # the client cancelled it: do no more work, put nothing
@@ -33,11 +37,14 @@ class Task:
         self.schedule_renewal()
 
     @classmethod
-    def from_claim(cls, claim: dict, lease_seconds: int) -> Task:
+    def from_claim(cls, claim: dict, lease_seconds: int, inline_bytes: int | None = None) -> Task:
         return cls(task_id=claim["task_id"], lease=claim["lease"], lease_seconds=lease_seconds,
                    payload=base64.b64decode(claim.get("payload") or ""),
                    content_type=claim.get("content_type") or "application/octet-stream",
-                   params=claim.get("params") or {}, attempt=int(claim.get("attempt") or 1))
+                   params=claim.get("params") or {}, attempt=int(claim.get("attempt") or 1),
+                   payload_url=claim.get("payload_url"), size=int(claim.get("size") or 0),
+                   result_upload_url=claim.get("result_upload_url"),
+                   inline_bytes=inline_bytes or cls.inline_bytes)
 
     def schedule_renewal(self) -> None:
         # Renew at half the lease: one missed heartbeat (a slow or failed request) still leaves time.

@@ -140,6 +140,7 @@ class Worker:
             self._settle(batch)
             self._give_back(batch.tasks)
         self.reporter.close()
+        self.fetcher.close()
         for thread in (self.heartbeat, self.status):
             thread.halt.set()
         totals = self.stats.totals

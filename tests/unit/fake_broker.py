@@ -52,7 +52,7 @@ class FakeBroker:
 
     # ---- the worker's client interface -------------------------------------------------------------
 
-    def claim(self, model: str, max_tasks: int, wait: int, lease: int) -> list[dict]:
+    def claim(self, model: str, max_tasks: int, wait: int, lease: int) -> tuple[list[dict], int]:
         with self._lock:
             taken, self.queue = self.queue[:max_tasks], self.queue[max_tasks:]
             claims = []
@@ -66,7 +66,7 @@ class FakeBroker:
                 self.claims.append(taken)
         if not claims:
             time.sleep(min(wait, 0.05))
-        return claims
+        return claims, 1024 * 1024
 
     def extend(self, task_id: str, lease: str, seconds: int) -> dict:
         with self._lock:

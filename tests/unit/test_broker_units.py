@@ -128,3 +128,11 @@ def test_a_key_is_compared_with_every_configured_key_in_constant_time(monkeypatc
     compared.clear()
     assert not auth.matches("#irst-key", keys) and len(compared) == 3
     assert not auth.matches("", ("",))  # no key is never a key
+
+
+def test_the_blob_transfer_module_is_the_same_in_both_distributions():
+    """clients/blobs.py and mlserver/blobs.py ship byte for byte the same (each package installs alone)."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    assert (root / "clients" / "blobs.py").read_bytes() == (root / "mlserver" / "blobs.py").read_bytes()
