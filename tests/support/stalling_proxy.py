@@ -1,0 +1,59 @@
+"""A forward HTTP proxy on 127.0.0.1 (what HTTP_PROXY names) that passes requests to storage as they
+come, except those a test says to stall: it holds them, never answering, and marks that one arrived.
+
+It lets a test catch a worker in the middle of writing a result to storage (a block PUT in flight)
+and kill it there. The storage behind it is the real Azurite.
+"""
+
+from __future__ import annotations
+
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import requests
+
+HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "content-length", "host"}
+
+
+class StallingProxy:
+    def __init__(self, stall: callable) -> None:
+        """`stall(method, url)` says which requests to hold forever."""
+        self.stall = stall
+        self.stalled = threading.Event()
+        self.release = threading.Event()
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def _forward(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                if proxy.stall(self.command, self.path):
+                    proxy.stalled.set()
+                    proxy.release.wait(120)  # never answered while the test runs
+                    return
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
+                answer = requests.request(self.command, self.path, data=body, headers=headers, timeout=60,
+                                          allow_redirects=False)
+                self.send_response(answer.status_code)
+                for name, value in answer.headers.items():
+                    if name.lower() not in HOP_BY_HOP:
+                        self.send_header(name, value)
+                self.send_header("Content-Length", str(len(answer.content)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(answer.content)
+
+            do_GET = do_PUT = do_HEAD = do_POST = do_DELETE = _forward
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
