@@ -116,8 +116,8 @@ class Fetcher(threading.Thread):
                 backoff.reset()
             if claims:
                 self.watcher.worked()
-            elif time.monotonic() - asked < MIN_EMPTY_POLL and not self.watcher.asleep():
-                self.stop.wait(MIN_EMPTY_POLL)  # --wait 0, or a poll cut short: do not spin
+            elif time.monotonic() - asked < MIN_EMPTY_POLL:
+                self.stop.wait(MIN_EMPTY_POLL)  # --wait 0, a look while idle, or a poll cut short: do not spin
             tasks = [Task.from_claim(claim, self.claiming.lease, inline_bytes) for claim in claims]
             self.ledger.add(tasks)
             if self.stop.is_set():

@@ -25,7 +25,8 @@ from .broker_api import BrokerClient, Refused, Unavailable
 log = logging.getLogger("mlserver.watch")
 REFRESH_BEFORE = 120  # seconds before the signal URL runs out that a new one is asked for
 WAKE_WAIT = 2  # seconds the long-poll after a wake-up waits for the task that caused it
-LOOK_FAILURES = 10  # the signal blob unreadable this many times in a row: give up watching, long-poll
+LOOK_FAILURES = 10  # the signal unreadable this many times in a row: long-poll instead, for RETRY_WATCH s
+RETRY_WATCH = 600
 
 
 class Watcher:
@@ -39,6 +40,8 @@ class Watcher:
         self._url_expires = 0.0
         self._baseline: str | None = None  # the signal blob's etag when this sleep began (or last woke)
         self._session = None
+        self._failures = 0  # looks at the signal that failed in a row
+        self._retry_at = 0.0  # watching failed: long-poll until then
         self.sleeps = 0  # times the worker fell asleep (its status line may show it)
 
     def worked(self) -> None:
@@ -48,49 +51,41 @@ class Watcher:
 
     def asleep(self) -> bool:
         """Whether the next claim should wait for a signal first instead of long-polling."""
-        return self.enabled and time.monotonic() - self._last_work >= self.idle_after
+        if not self.enabled or time.monotonic() < self._retry_at:
+            return False
+        return time.monotonic() - self._last_work >= self.idle_after
 
     def wait_for_work(self) -> int:
         """Sleep until the signal changes or a periodic look is due; returns how long the claim that
         follows may long-poll: WAKE_WAIT after a change, 0 for a look (or the look that begins a sleep)."""
-        try:
-            self._ensure_url()
+        deadline = time.monotonic() + self.check_every
+        while not self.stop.is_set():
+            try:
+                self._ensure_url()
+                current = self._look()
+                self._failures = 0
+            except Refused as exc:  # a broker without /watch, or one that refuses it: long-poll as before
+                self._give_up(f"the broker does not offer it ({exc})", forever=True)
+                return 0
+            except (Unavailable, blobs.TransferError) as exc:
+                self._failures += 1
+                if self._failures >= LOOK_FAILURES:
+                    self._give_up(f"its signal cannot be read ({exc})")
+                    return 0
+                if self.stop.wait(self.interval) or time.monotonic() >= deadline:
+                    return 0
+                continue
             if self._baseline is None:  # falling asleep: the etag first, then a claim that closes the gap
-                self._baseline = self._look()
+                self._baseline = current
                 self.sleeps += 1
                 log.info("no work for %.0f s: watching storage instead of long-polling", self.idle_after)
                 return 0
-            deadline = time.monotonic() + self.check_every
-            failures = 0
-            while not self.stop.wait(self.interval):
-                if time.monotonic() >= self._url_expires - REFRESH_BEFORE:
-                    return 0  # a look now; the next wait asks for a new URL
-                try:
-                    current = self._look()
-                    failures = 0
-                except blobs.TransferError as exc:
-                    failures += 1
-                    if failures >= LOOK_FAILURES:
-                        self._give_up(f"its signal blob cannot be read ({exc})")
-                        return 0
-                    continue
-                if current != self._baseline:
-                    self._baseline = current
-                    return WAKE_WAIT
-                if time.monotonic() >= deadline:
-                    return 0
-            return 0
-        except Refused as exc:  # a broker without /watch, or one that refuses it: long-poll as before
-            self._give_up(f"the broker does not offer it ({exc})")
-            return 0
-        except Unavailable as exc:
-            log.warning("cannot ask the broker where to watch (%s); looking again shortly", exc)
-            self.stop.wait(self.interval)
-            return 0
-        except blobs.TransferError as exc:
-            log.warning("cannot read the signal blob (%s); looking again shortly", exc)
-            self.stop.wait(self.interval)
-            return 0
+            if current != self._baseline:
+                self._baseline = current
+                return WAKE_WAIT
+            if time.monotonic() >= deadline or self.stop.wait(self.interval):
+                return 0
+        return 0
 
     def _ensure_url(self) -> None:
         if self._url is not None and time.monotonic() < self._url_expires - REFRESH_BEFORE:
@@ -105,9 +100,16 @@ class Watcher:
     def _look(self) -> str | None:
         return blobs.etag(self._url, self._session)
 
-    def _give_up(self, why: str) -> None:
-        log.warning("not watching storage while idle: %s; long-polling instead", why)
-        self.enabled = False
+    def _give_up(self, why: str, forever: bool = False) -> None:
+        """Long-poll instead of watching: for good, or for RETRY_WATCH seconds (then try again)."""
+        self._failures = 0
+        self._baseline = None
+        if forever:
+            self.enabled = False
+            log.warning("not watching storage while idle: %s; long-polling instead", why)
+        else:
+            self._retry_at = time.monotonic() + RETRY_WATCH
+            log.warning("not watching storage while idle: %s; long-polling instead for %d s", why, RETRY_WATCH)
 
     def close(self) -> None:
         if self._session is not None:

@@ -1,8 +1,10 @@
-"""A forward HTTP proxy on 127.0.0.1 (what HTTP_PROXY names) that passes requests to storage as they
-come, except those a test says to stall: it holds them, never answering, and marks that one arrived.
+"""A forward HTTP proxy on 127.0.0.1 (what HTTP_PROXY names) that passes requests on as they come
+(to storage, or to the broker: for an IP address requests cannot tell them apart by port in
+NO_PROXY), except those a test says to stall (held, never answered; `stalled` marks that one came)
+or to refuse (answered 403 as storage answers a URL it does not accept).
 
 It lets a test catch a worker in the middle of writing a result to storage (a block PUT in flight)
-and kill it there. The storage behind it is the real Azurite.
+and kill it there, or keep a worker from reading its signal blob. What is behind it is real.
 """
 
 from __future__ import annotations
@@ -15,10 +17,10 @@ import requests
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "content-length", "host"}
 
 
-class StallingProxy:
-    def __init__(self, stall: callable) -> None:
-        """`stall(method, url)` says which requests to hold forever."""
-        self.stall = stall
+class StorageProxy:
+    def __init__(self, stall=lambda method, url: False, refuse=lambda method, url: False) -> None:
+        """`stall(method, url)` says which requests to hold, `refuse(method, url)` which to answer 403."""
+        self.stall, self.refuse = stall, refuse
         self.stalled = threading.Event()
         self.release = threading.Event()
         proxy = self
@@ -33,6 +35,12 @@ class StallingProxy:
                 if proxy.stall(self.command, self.path):
                     proxy.stalled.set()
                     proxy.release.wait(120)  # never answered while the test runs
+                    return
+                if proxy.refuse(self.command, self.path):
+                    self.send_response(403)
+                    self.send_header("x-ms-error-code", "AuthorizationFailure")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
                     return
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
                 answer = requests.request(self.command, self.path, data=body, headers=headers, timeout=60,

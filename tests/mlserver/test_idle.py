@@ -1,0 +1,50 @@
+"""An idle worker holds no Functions execution open: it watches storage (the model's signal blob) and
+only calls the broker when a task is queued, or for its rare periodic look."""
+
+from __future__ import annotations
+
+import re
+import time
+
+from tests.support.polling import wait_for
+from tests.support.storage_proxy import StorageProxy
+
+from .conftest import result
+
+CLAIM = re.compile(r"Executed 'Functions\.getnexttask' \(\w+, Id=[0-9a-f-]+, Duration=(\d+)ms\)")
+
+
+def test_an_idle_worker_stops_long_polling_and_wakes_when_a_task_comes(broker, model, start_worker):
+    worker = start_worker(model, "--handler", "echo", "--idle-after", "2", "--watch-interval", "0.2",
+                          "--idle-check", "600")
+    wait_for(lambda: "watching storage instead of long-polling" in worker.log_text(), timeout=30,
+             what="the worker falling asleep")
+    time.sleep(1)  # the claim that closes the gap as it falls asleep has been made by now
+    before = len(broker.host.log_text())
+    time.sleep(3)
+    asleep = CLAIM.findall(broker.host.log_text()[before:])
+    assert asleep == [], asleep  # three seconds idle, no claim at all (a long-poll would be one every 2 s)
+
+    task_id = broker.submit(model, b"wake up", "text/plain")
+    answer = result(broker, task_id, timeout=30)
+    assert answer.status_code == 200 and answer.content == b"wake up"
+    assert CLAIM.findall(broker.host.log_text()[before:])  # woken, it claimed
+
+    # Taking work keeps it awake (long-polling) for --idle-after again, then it sleeps again.
+    wait_for(lambda: worker.log_text().count("watching storage instead of long-polling") >= 2, timeout=30,
+             what="the worker falling asleep again")
+    second = broker.submit(model, b"again", "text/plain")
+    assert result(broker, second, timeout=30).content == b"again"
+
+
+def test_a_worker_that_cannot_watch_long_polls_as_before(broker, model, start_worker):
+    """The signal blob unreachable (storage not reachable from the worker): it says so and long-polls."""
+    proxy = StorageProxy(refuse=lambda method, url: "/signals/" in url)
+    try:
+        worker = start_worker(model, "--handler", "echo", "--idle-after", "1", "--watch-interval", "0.05",
+                              env={"HTTP_PROXY": proxy.url})
+        wait_for(lambda: "long-polling instead" in worker.log_text(), timeout=60, what="the worker giving up watching")
+        task_id = broker.submit(model, b"still served", "text/plain")
+        assert result(broker, task_id, timeout=30).content == b"still served"
+    finally:
+        proxy.close()
