@@ -18,7 +18,7 @@ from . import progress
 from .client import DEFAULT_URL, BrokerClient
 from .errors import BrokerError, BrokerHTTPError, TaskCancelled, TaskExpired, TaskFailed, TaskTimeout
 from .outputs import Outputs
-from .payload import extension_for, read_payload
+from .payload import extension_for, guess_content_type, read_payload
 from .result import Result
 
 PARALLEL_WAITS = 8  # long-polls held open at once; the other tasks wait their turn
@@ -124,8 +124,10 @@ def predict(args, client: BrokerClient) -> int:
     params = parse_params(args.params)
     inputs = []
     for name in args.files:
-        try:
-            inputs.append((name, *read_payload(name)))
+        try:  # large files stay on disk: they are uploaded from there, a block at a time
+            large = os.path.getsize(name) > client.upload_above
+            inputs.append((name, name, guess_content_type(name)) if large and os.access(name, os.R_OK)
+                          else (name, *read_payload(name)))
         except OSError as exc:
             return fail(f"cannot read {name}: {exc.strerror or exc}")
     outputs = Outputs(args.out, len(inputs), args.model)
@@ -135,7 +137,8 @@ def predict(args, client: BrokerClient) -> int:
     try:
         for name, payload, content_type in inputs:
             try:
-                task_id = client.submit(payload, args.model, content_type, params)
+                task_id = client.submit(payload, args.model, content_type, params,
+                                        on_upload=lambda done, total, name=name: shown.uploading(name, done, total))
             except BrokerHTTPError as exc:
                 if exc.status in (401, 403):
                     raise  # the same for every file: stop now

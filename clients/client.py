@@ -1,4 +1,10 @@
-"""BrokerClient: submit a job to the broker, wait for it, get its result. Needs only `requests`."""
+"""BrokerClient: submit a job to the broker, wait for it, get its result. Needs only `requests`.
+
+A payload over `upload_above` bytes (4 MiB by default) does not go through the broker: the client
+asks for an upload URL (POST /upload), writes the payload straight to storage in blocks, in
+parallel, then commits the task (POST /commit). A result the worker uploaded the same way comes
+from storage too (getresult answers 303 to it). Either way the caller sees the same calls.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +14,14 @@ import time
 import uuid
 from collections.abc import Callable
 
-from . import transport
-from .errors import BrokerHTTPError, TaskCancelled, TaskExpired, TaskFailed, TaskTimeout
-from .payload import read_payload
+from . import blobs, transport
+from .errors import BrokerHTTPError, BrokerUnavailable, TaskCancelled, TaskExpired, TaskFailed, TaskTimeout
+from .payload import guess_for, payload_size, read_payload
 from .result import Result
 
 DEFAULT_URL = "http://127.0.0.1:7071/api"
 MAX_WAIT = 60  # the broker holds a getresult at most this long (API.md)
+UPLOAD_ABOVE = 4 * 1024 * 1024  # payloads larger than this go straight to storage
 
 
 class BrokerClient:
@@ -25,11 +32,15 @@ class BrokerClient:
     """
 
     def __init__(self, base_url: str = DEFAULT_URL, key: str | None = None, timeout: float = 30,
-                 retries: int = 4, backoff: float = 0.5) -> None:
+                 retries: int = 4, backoff: float = 0.5, upload_above: int = UPLOAD_ABOVE,
+                 transfer_threads: int = blobs.THREADS) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.headers = {"Authorization": f"Bearer {key}"} if key else {}
         self.http = transport.session(self.base_url, retries, backoff)
+        self.upload_above = upload_above
+        self.transfer_threads = transfer_threads
+        self._storage = None  # the session for storage URLs (never given the key), made on first use
 
     @classmethod
     def from_env(cls, **kwargs) -> BrokerClient:
@@ -39,6 +50,13 @@ class BrokerClient:
 
     def close(self) -> None:
         self.http.close()
+        if self._storage is not None:
+            self._storage.close()
+
+    def storage(self, url: str):
+        if self._storage is None:
+            self._storage = blobs.pinned_session(url, self.transfer_threads + 2)
+        return self._storage
 
     def __enter__(self) -> BrokerClient:
         return self
@@ -54,17 +72,41 @@ class BrokerClient:
         return response
 
     def submit(self, data_or_path, model: str, content_type: str | None = None, params: dict | None = None,
-               idempotency_key: str | None = None) -> str:
+               idempotency_key: str | None = None, on_upload: blobs.Progress | None = None) -> str:
         """Queue a job; returns its task id. The content type is guessed from a file name when not given.
 
-        A path that cannot be read raises the usual OSError (FileNotFoundError, ...) before anything is sent.
+        A payload over `upload_above` bytes is uploaded straight to storage (`on_upload(done, total)`
+        hears its progress). A path that cannot be read raises the usual OSError (FileNotFoundError,
+        ...) before anything is sent.
         """
+        key = idempotency_key or uuid.uuid4().hex  # every retry of this submit is the same submit
+        size = payload_size(data_or_path)
+        if size is not None and size > self.upload_above:
+            return self._upload(data_or_path, size, model, content_type, params, key, on_upload)
         payload, guessed = read_payload(data_or_path)
         query = {"model": model, "raw": "1"}  # raw: a JSON payload is the payload, not the broker's wrapper
         if params:
             query["params"] = json.dumps(params, separators=(",", ":"))
-        headers = {"Content-Type": content_type or guessed, "Idempotency-Key": idempotency_key or uuid.uuid4().hex}
+        headers = {"Content-Type": content_type or guessed, "Idempotency-Key": key}
         return self._call("POST", "predict", (202,), params=query, data=payload, headers=headers).json()["task_id"]
+
+    def _upload(self, source, size: int, model: str, content_type: str | None, params: dict | None, key: str,
+                on_upload: blobs.Progress | None) -> str:
+        kind = content_type or guess_for(source)
+        body = {"size": size, "content_type": kind, **({"params": params} if params else {})}
+        granted = self._call("POST", "upload", (201, 202), params={"model": model}, json=body,
+                             headers={"Idempotency-Key": key})
+        grant = granted.json()
+        if granted.status_code == 202:  # this key's task was committed already: nothing to send again
+            return grant["task_id"]
+        source = bytes(source) if isinstance(source, memoryview) else source
+        try:
+            blobs.upload(grant["upload_url"], source, kind, session=self.storage(grant["upload_url"]),
+                         threads=self.transfer_threads, progress=on_upload)
+        except blobs.TransferError as exc:
+            raise BrokerUnavailable(f"could not upload the payload to storage: {exc}") from None
+        self._call("POST", "commit", (202,), params={"task_id": grant["task_id"]})
+        return grant["task_id"]
 
     def status(self, task_id: str) -> dict:
         return self._call("GET", "status", params={"task_id": task_id}).json()
@@ -80,11 +122,20 @@ class BrokerClient:
 
     def _poll(self, task_id: str, wait: int) -> tuple[Result | None, dict, float]:
         """(result or None, status document, Retry-After) after holding up to `wait` seconds."""
-        response = self._call("GET", "getresult", (200, 202, 410, 422), hold=wait,
-                              params={"task_id": task_id, "wait": wait})
+        response = self._call("GET", "getresult", (200, 202, 303, 410, 422), hold=wait,
+                              params={"task_id": task_id, "wait": wait}, allow_redirects=False)
         if response.status_code == 200:
             kind = response.headers.get("Content-Type", "application/octet-stream")
             return Result(task_id, response.content, kind), {"task_id": task_id, "status": "succeeded"}, 0
+        if response.status_code == 303:  # uploaded by the worker: storage serves it (never given our key)
+            link = response.json()
+            try:
+                content = blobs.download(link["result_url"], link.get("size"), session=self.storage(link["result_url"]),
+                                         threads=self.transfer_threads)
+            except blobs.TransferError as exc:
+                raise BrokerUnavailable(f"could not download the result of task {task_id} from storage: {exc}") from None
+            return Result(task_id, bytes(content), link.get("content_type") or "application/octet-stream"), \
+                {"task_id": task_id, "status": "succeeded"}, 0
         document = response.json()
         if response.status_code == 422:
             raise TaskFailed(task_id, document.get("error") or "no reason given", document)
@@ -122,7 +173,8 @@ class BrokerClient:
                 time.sleep(pause if deadline is None else max(0.0, min(pause, deadline - time.monotonic())))
 
     def predict(self, data_or_path, model: str, content_type: str | None = None, params: dict | None = None,
-                idempotency_key: str | None = None, timeout: float | None = 300) -> Result:
+                idempotency_key: str | None = None, timeout: float | None = 300,
+                on_upload: blobs.Progress | None = None) -> Result:
         """Submit and wait: the finished task's Result, or TaskFailed / TaskCancelled / TaskExpired / TaskTimeout."""
-        task_id = self.submit(data_or_path, model, content_type, params, idempotency_key)
+        task_id = self.submit(data_or_path, model, content_type, params, idempotency_key, on_upload)
         return self.wait(task_id, timeout)

@@ -25,6 +25,22 @@ def extension_for(content_type: str) -> str:
     return EXTENSIONS.get(kind) or mimetypes.guess_extension(kind) or ".bin"
 
 
+def payload_size(data_or_path) -> int | None:
+    """The payload's bytes without reading it: for bytes and paths (None for a file object)."""
+    if isinstance(data_or_path, (bytes, bytearray, memoryview)):
+        return memoryview(data_or_path).nbytes
+    if isinstance(data_or_path, (str, os.PathLike)):
+        return os.path.getsize(data_or_path)
+    return None
+
+
+def guess_for(data_or_path) -> str:
+    """The content type a payload's file name suggests (octet-stream for bytes)."""
+    if isinstance(data_or_path, (str, os.PathLike)):
+        return guess_content_type(data_or_path)
+    return OCTET_STREAM
+
+
 def read_payload(data_or_path) -> tuple[bytes, str]:
     """(bytes, guessed content type) from bytes, a path (str or PathLike) or a binary file object.
 

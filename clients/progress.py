@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 from typing import TextIO
 
 DONE = ("succeeded", "failed", "cancelled", "expired", "timed out", "error")
@@ -21,12 +22,29 @@ class Lines:
         self.stream = stream
         self.states: dict[str, str] = {}
         self.lock = threading.Lock()
+        self.upload_began: dict[str, float] = {}
+        self.upload_steps: dict[str, int] = {}
 
     def update(self, name: str, state: str, task_id: str = "") -> None:
         with self.lock:
             if self.states.get(name) != state:
                 self.states[name] = state
                 self._say(f"{name}: {state}" + (f" (task {task_id})" if task_id else ""))
+
+    def uploading(self, name: str, done: int, total: int) -> None:
+        """Progress of a payload going straight to storage: a line at each tenth (and the rate)."""
+        with self.lock:
+            began = self.upload_began.setdefault(name, time.monotonic())
+            step = 10 * done // max(total, 1)
+            if self.upload_steps.get(name) == step:
+                return
+            self.upload_steps[name] = step
+            self._upload_line(name, done, total, began)
+
+    def _upload_line(self, name: str, done: int, total: int, began: float) -> None:
+        rate = done / max(time.monotonic() - began, 1e-6) / 1e6
+        self._say(f"{name}: uploading {100 * done // max(total, 1)}% ({done / 1e6:.1f} of {total / 1e6:.1f} MB, "
+                  f"{rate:.1f} MB/s)")
 
     def finished(self, name: str, state: str, message: str) -> None:
         """A task's end; a failure's message is the one error line for that input."""
@@ -58,6 +76,12 @@ class Bar(Lines):
         with self.lock:
             self.states[name] = state
             self._draw()
+
+    def _upload_line(self, name: str, done: int, total: int, began: float) -> None:
+        rate = done / max(time.monotonic() - began, 1e-6) / 1e6
+        self.stream.write(f"\r\x1b[K{name}: uploading {100 * done // max(total, 1)}% "
+                          f"({done / 1e6:.1f} of {total / 1e6:.1f} MB, {rate:.1f} MB/s)")
+        self.stream.flush()
 
     def _draw(self) -> None:
         counts = self.counts()

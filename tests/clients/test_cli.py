@@ -177,3 +177,13 @@ def test_status_result_and_cancel(broker, echo, model, tmp_path):
     assert one_error_line(too_late) == f"error: task {finished} already succeeded and cannot be cancelled (HTTP 409)"
     unknown = cli("status", "not-an-id", url=broker.url, cwd=tmp_path)
     assert one_error_line(unknown) == "error: task_id must be 32 lowercase hexadecimal characters (HTTP 400)"
+
+
+def test_predict_a_large_file_uploads_it_with_progress(broker, echo, tmp_path):
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(6 * 1024 * 1024))
+    done = cli("predict", "big.bin", "--model", echo, "--out", "echoed.bin", url=broker.url, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "echoed.bin").read_bytes() == big.read_bytes()
+    assert "big.bin: uploading 100% (6.3 of 6.3 MB" in done.stderr, done.stderr
+    assert "big.bin: succeeded -> echoed.bin" in done.stderr

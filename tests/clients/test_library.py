@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
 import uuid
@@ -197,3 +199,18 @@ def test_the_library_imports_neither_the_broker_nor_azure():
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert "requests" in loaded
     assert not [name for name in loaded if name.split(".")[0] in ("broker", "azure", "mlserver")]
+
+
+def test_a_large_payload_goes_straight_to_storage_and_its_result_comes_back_from_there(broker, echo):
+    """Over upload_above the client uploads to storage and commits; the echo worker's result, over the
+    broker's inline limit, comes back through storage too. Neither passes through the broker."""
+    payload = os.urandom(5 * 1024 * 1024 + 3)
+    seen = []
+    log_before = len(broker.host.log_text())
+    with BrokerClient(broker.url, transfer_threads=3) as client:
+        result = client.predict(payload, echo, content_type="application/x-big", timeout=120,
+                                on_upload=lambda done, total: seen.append((done, total)))
+    assert result.content == payload and result.content_type == "application/x-big"
+    assert seen[-1] == (len(payload), len(payload))
+    calls = re.findall(r"Executed 'Functions\.(\w+)'", broker.host.log_text()[log_before:])
+    assert "upload" in calls and "commit" in calls and "predict" not in calls
