@@ -231,8 +231,10 @@ async def demo(req: func.HttpRequest, settings: Settings) -> func.HttpResponse:
         page = DEMO_PAGE.read_bytes()
     except OSError:
         return error_response(404, "the demo page is not deployed with this app")
+    storage = get_store(settings).storage.blob_origin  # large files go to and come from there directly
     return func.HttpResponse(page, status_code=200, mimetype="text/html", charset="utf-8",
                              headers={"Cache-Control": "no-cache",
-                                      "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; "
+                                      "Content-Security-Policy": f"default-src 'self'; connect-src 'self' {storage}; "
+                                                                 "img-src 'self' data: blob:; "
                                                                  "style-src 'self' 'unsafe-inline'; "
                                                                  "script-src 'self' 'unsafe-inline'"})

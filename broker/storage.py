@@ -26,6 +26,7 @@ import functools
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from urllib.parse import urlsplit
 
 import aiohttp
 from azure.core import MatchConditions
@@ -356,6 +357,13 @@ class Storage:
             Container(self.blobs.get_container_client(name), signer) for name in (INBOX, OUTBOX, UPLOADS, SIGNALS))
         self.queues = Queues(queues)
         self._containers_ready = False
+
+    @property
+    def blob_origin(self) -> str:
+        """The Blob service's origin (scheme://host[:port]), where SAS URLs point: a page that uses them
+        must be allowed to connect there."""
+        parts = urlsplit(self.blobs.url)
+        return f"{parts.scheme}://{parts.netloc}"
 
     @_storage_call
     async def ensure_containers(self) -> None:

@@ -120,7 +120,19 @@ class Azurite(Service):
                 self.blob_port = int(match.group(2))
             else:
                 self.queue_port = int(match.group(2))
+        self.allow_browsers()
         return self
+
+    def allow_browsers(self) -> None:
+        """CORS rules on the Blob service, so that a page (the demo) can PUT a large file to an upload URL
+        and GET a result from a download URL, as a deployment sets them in Azure (README). Any origin:
+        this is a local emulator, and the URLs carry their own authorisation."""
+        from azure.storage.blob import BlobServiceClient, CorsRule
+
+        rule = CorsRule(["*"], ["GET", "HEAD", "PUT", "OPTIONS"], allowed_headers=["*"], exposed_headers=["*"],
+                        max_age_in_seconds=3600)
+        with BlobServiceClient.from_connection_string(self.connection_string) as service:
+            service.set_service_properties(cors=[rule])
 
     def restart(self, down_seconds: float = 0) -> None:
         """Stop, stay down a while, and start again on the same ports (and data, if on disk)."""

@@ -181,3 +181,20 @@ def test_works_on_a_phone_sized_screen(broker, echo, open_page, chromium):
     for selector in ("#file", "#model", "#submit", "#result img"):
         box = page.locator(selector).bounding_box()
         assert box["x"] >= 0 and box["x"] + box["width"] <= 360, selector
+
+
+def test_a_large_file_goes_to_storage_and_its_large_result_comes_back_from_there(broker, echo, open_page):
+    """Over 4 MiB the page asks for an upload URL, PUTs the file to storage in blocks (CORS on the Blob
+    service allows it), commits, and fetches the worker's uploaded result from storage."""
+    content = os.urandom(9 * 1024 * 1024)  # two blocks of at most 8 MiB
+    page = open_page(broker)
+    log_before = len(broker.host.log_text())
+    status = run(page, "big.bin", content, "application/octet-stream", echo)
+    task_id = re.search(r"[0-9a-f]{32}", status).group(0)
+    assert page.text_content("#result p") == f"Result: application/octet-stream, {len(content)} bytes"
+    with page.expect_download() as download:
+        page.locator("#result a[download]").click()
+    assert Path(download.value.path()).read_bytes() == content
+    calls = re.findall(r"Executed 'Functions\.(\w+)'", broker.host.log_text()[log_before:])
+    assert "upload" in calls and "commit" in calls and "predict" not in calls
+    assert broker.get(f"/getresult?task_id={task_id}", allow_redirects=False).status_code == 303
