@@ -28,7 +28,7 @@ SOURCES = [("pickup", "pickup", "summary"), ("claim_depth", "claim_depth", "summ
            ("overhead", "overhead", "summary"), ("overhead-compare", "overhead", "summary_compare"),
            ("throughput", "throughput", "summary"), ("throughput-compare", "throughput", "summary_compare"),
            ("worker", "worker", "summary"), ("celery_ref", "celery_ref", "summary"), ("memory", "memory", "summary"),
-           ("constant_time", "constant_time", "summary")]
+           ("constant_time", "constant_time", "summary"), ("large", "large", "summary"), ("idle", "idle", "summary")]
 
 
 def summary_rows() -> list[list]:
