@@ -24,9 +24,18 @@ SCHEDULE = "0 */5 * * * *"  # every five minutes (NCRONTAB, with seconds)
 @bp.timer_trigger(arg_name="timer", schedule=SCHEDULE, run_on_startup=False, use_monitor=True)
 async def cleanup(timer: func.TimerRequest) -> None:
     store = get_store(load())
-    deleted = await store.cleanup()
-    expired = await store.sweep()
-    uploads = await store.sweep_uploads()
+    deleted = await _run(store.cleanup)
+    expired = await _run(store.sweep)
+    uploads = await _run(store.sweep_uploads)
     if deleted or expired or uploads:
         log.info("cleanup deleted %d results past their TTL, expired %d tasks nobody started (or uploads never "
                  "committed) and deleted %d uploads no task reads", deleted, expired, uploads)
+
+
+async def _run(part) -> int:
+    """One part of the run; a part that fails (storage away) does not keep the others from running."""
+    try:
+        return await part()
+    except Exception as exc:  # noqa: BLE001 - the next run (five minutes on) tries again
+        log.warning("cleanup: %s failed (%s: %s); the next run tries again", part.__name__, type(exc).__name__, exc)
+        return 0

@@ -70,6 +70,11 @@ class UploadTooLarge(BrokerError):
     pass
 
 
+class UploadLapsed(BrokerError):
+    def __init__(self) -> None:
+        super().__init__("the upload's time ran out before its commit: start again (POST /upload)")
+
+
 class NotAnUpload(BrokerError):
     def __init__(self) -> None:
         super().__init__("this task's payload was sent with the request, not uploaded: there is nothing to commit")

@@ -8,6 +8,7 @@ otherwise answer 404).
 from __future__ import annotations
 
 import base64
+import time
 from pathlib import Path
 from urllib.parse import urljoin
 
@@ -70,8 +71,9 @@ async def upload(req: func.HttpRequest, settings: Settings) -> func.HttpResponse
     """Start a submit whose payload the client uploads straight to storage: where, and until when."""
     model, size, content_type, params = validate.upload(req, settings.max_upload_bytes, settings.models)
     key = validate.idempotency_key(req)
-    granted = await get_store(settings).begin_upload(model, size, content_type, params, key,
-                                                     auth.client_scope(req, settings))
+    store = get_store(settings)
+    store.check_signing()
+    granted = await store.begin_upload(model, size, content_type, params, key, auth.client_scope(req, settings))
     if not isinstance(granted, Grant):  # the Idempotency-Key's task, committed already
         return _accepted(req, granted)
     return json_response({"task_id": granted.task_id, "upload_url": granted.url,
@@ -145,7 +147,9 @@ async def getnexttask(req: func.HttpRequest, settings: Settings) -> func.HttpRes
     wait = validate.integer(req, "wait", 0, 60, default=20)
     lease = validate.integer(req, "lease", 5, 3600, default=60)
     settings.check_lease_secret()  # before claiming anything it could not sign a token for
-    claims = await get_store(settings).claim(model, max_tasks, wait, lease)
+    store = get_store(settings)
+    store.check_signing()  # nor a URL for
+    claims = await store.claim(model, max_tasks, wait, lease)
     if not claims:
         return func.HttpResponse(status_code=204)
     return claims_response(claims, settings.inline_bytes)
@@ -157,8 +161,11 @@ async def watch(req: func.HttpRequest, settings: Settings) -> func.HttpResponse:
     """Where an idle worker watches for work without holding a request open: a read URL for a blob whose
     etag changes whenever a task of the model is queued."""
     model = validate.model(req.params.get("model"), settings.models)
-    url, expires = await get_store(settings).watch(model)
-    return json_response({"model": model, "signal_url": url, "expires_at": iso(expires)})
+    store = get_store(settings)
+    store.check_signing()
+    url, expires = await store.watch(model)
+    return json_response({"model": model, "signal_url": url, "expires_at": iso(expires),
+                          "expires_in": round(expires - time.time())})
 
 
 @_route("extendlease")

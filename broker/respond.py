@@ -36,6 +36,7 @@ from .errors import (
     TaskExpired,
     TaskFinished,
     TaskNotFound,
+    UploadLapsed,
     UploadPending,
     UploadTooLarge,
 )
@@ -53,6 +54,7 @@ STATUS: dict[type, int] = {
     UploadPending: 404,
     NotUploaded: 400,
     UploadTooLarge: 413,
+    UploadLapsed: 410,
     NotAnUpload: 409,
     LeaseLost: 409,
     TaskFinished: 409,

@@ -40,8 +40,9 @@ DEFAULTS = {
 MIN_SECRET_CHARS = 32
 
 
-class SettingsError(ValueError):
-    """A setting holds a value the broker cannot use."""
+class SettingsError(Exception):
+    """A setting holds a value the broker cannot use (not a ValueError: nothing may take it for a
+    record that failed to parse)."""
 
 
 def _get(name: str) -> str:

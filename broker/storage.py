@@ -39,7 +39,7 @@ from azure.core.exceptions import (
     ServiceResponseError,
 )
 from azure.storage.blob import ContentSettings, generate_blob_sas
-from azure.storage.blob.aio import BlobServiceClient, ContainerClient
+from azure.storage.blob.aio import BlobLeaseClient, BlobServiceClient, ContainerClient
 from azure.storage.blob.aio import LinearRetry as BlobRetry
 from azure.storage.queue import QueueMessage
 from azure.storage.queue._shared.policies_async import LinearRetry as QueueRetry
@@ -136,10 +136,15 @@ class Signer:
     def __init__(self, account: str, key: str | None) -> None:
         self.account, self.key = account, key
 
+    def check(self) -> None:
+        """Raise the SettingsError that says why URLs cannot be signed, if they cannot."""
+        if not self.key:
+            raise SettingsError("the storage connection has no account key to sign upload and download URLs with "
+                                "(use a connection string with AccountKey)")
+
     def sign(self, url: str, container: str, name: str, permission: str, expires: float,
              snapshot: str | None = None, content_type: str | None = None, disposition: str | None = None) -> str:
-        if not self.key:
-            raise SettingsError("the storage connection has no account key to sign upload and download URLs with")
+        self.check()
         token = generate_blob_sas(self.account, container, name, snapshot=snapshot, account_key=self.key,
                                   permission=permission, expiry=datetime.fromtimestamp(expires, UTC),
                                   content_type=content_type, content_disposition=disposition)
@@ -171,12 +176,23 @@ class Container:
     @_storage_call
     async def snapshot(self, name: str) -> Blob | None:
         """A read-only snapshot of the blob as it is now (nothing a write SAS allows can change or
-        delete it), with its size and content type; None if the blob has no committed content."""
+        delete it), with its size, etag and content type; None if the blob has no committed content.
+
+        Read from a listing, not a HEAD: whoever holds a write URL can set the blob's metadata, up
+        to a header the HTTP client refuses to parse, and a listing leaves metadata out."""
+        blob = self.client.get_blob_client(name)
         try:
-            taken = await self.client.get_blob_client(name).create_snapshot()
+            taken = await blob.create_snapshot()
         except ResourceNotFoundError:
             return None
-        return await self.head(name, taken["snapshot"])
+        try:
+            async for listed in self.client.list_blobs(name_starts_with=name, include=["snapshots"]):
+                if listed.name == name and listed.snapshot == taken["snapshot"]:
+                    return _blob(listed)
+        except BaseException:
+            await self.delete_snapshot(name, taken["snapshot"])
+            raise
+        return None
 
     @_storage_call
     async def read(self, name: str) -> Blob | None:
@@ -215,13 +231,24 @@ class Container:
         return written["etag"]
 
     @_storage_call
-    async def delete(self, name: str, etag: str | None = None) -> None:
-        """Delete the blob if it is there (and unchanged since `etag`, given one), with its snapshots."""
+    async def delete(self, name: str, etag: str | None = None) -> bool:
+        """Delete the blob if it is there (and unchanged since `etag`, given one), with its snapshots;
+        whether this call deleted it. A lease on it (whoever holds a write URL can take one) is broken
+        first: only the broker decides when a blob goes."""
         kwargs = dict(etag=etag, match_condition=MatchConditions.IfNotModified) if etag else {}
-        try:
-            await self.client.get_blob_client(name).delete_blob(delete_snapshots="include", **kwargs)
-        except (ResourceNotFoundError, ResourceModifiedError):
-            pass
+        blob = self.client.get_blob_client(name)
+        for again in (False, True):
+            try:
+                await blob.delete_blob(delete_snapshots="include", **kwargs)
+                return True
+            except (ResourceNotFoundError, ResourceModifiedError):
+                return False
+            except HttpResponseError as exc:
+                code = str(getattr(exc.error_code, "value", exc.error_code) or "")  # an enum, or its text
+                if again or exc.status_code != 412 or not code.startswith("LeaseId"):
+                    raise
+                await BlobLeaseClient(blob).break_lease(lease_break_period=0)
+        return False
 
     @_storage_call
     async def delete_snapshot(self, name: str, snapshot: str) -> None:
@@ -353,6 +380,7 @@ class Storage:
             connection, retry_policy=QueueRetry(backoff=0.3, retry_total=2, random_jitter_range=0.2), **options)
         credential = self.blobs.credential
         signer = Signer(self.blobs.account_name, getattr(credential, "account_key", None))
+        self.signer = signer
         self.inbox, self.outbox, self.uploads, self.signals = (
             Container(self.blobs.get_container_client(name), signer) for name in (INBOX, OUTBOX, UPLOADS, SIGNALS))
         self.queues = Queues(queues)

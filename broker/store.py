@@ -53,6 +53,7 @@ from .errors import (
     TaskExpired,
     TaskFinished,
     TaskNotFound,
+    UploadLapsed,
     UploadPending,
     UploadTooLarge,
 )
@@ -94,8 +95,10 @@ MAX_STATS_MODELS = 100
 JSON = "application/json"
 URL_GRACE = 300  # seconds a worker's payload URL outlives the lease it was handed out with
 UPLOAD_GRACE = 300  # an upload not committed is swept this long after its URL ran out
+SLOWEST_LINK = 1_000_000  # bytes/s: a URL for N bytes lives N / this seconds longer, so that a slow link still finishes
 WATCH_SECONDS = 3600  # how long a signal URL handed to an idle worker stays valid
 TOUCH_INTERVAL = 0.5  # an instance touches a model's signal blob at most this often
+MAX_TOUCHED = 1000  # models whose last touch an instance remembers
 # Result types a browser may show in place; any other is served as a download. Results never run
 # as active content on the broker's origin (nor, through a download URL, on storage's).
 INLINE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp", "application/json", "text/plain")
@@ -138,6 +141,7 @@ class TaskStore:
         self.wakeups = Wakeups()
         self._looked_at: dict[str, float] = {}  # model -> when a long-poll here last began a receive
         self._touched: dict[str, float] = {}  # model -> when this instance last touched its signal blob
+        self._trailing: dict[str, asyncio.Task] = {}  # model -> the touch due at the end of its interval
         self._sweep_from: str | None = None  # where the next inbox sweep goes on
         self._uploads_from: str | None = None  # where the next sweep of `uploads` goes on
 
@@ -239,13 +243,29 @@ class TaskStore:
         return message
 
     async def _touch(self, model: str) -> None:
-        """Touch the model's signal blob (idle workers watch its etag), unless this instance did within
-        TOUCH_INTERVAL: a worker woken by a touch long-polls, and finds what came right after it.
-        Best effort: a sleeping worker also looks for work now and then (mlserver's --idle-check)."""
+        """Touch the model's signal blob (idle workers watch its etag), at most once per TOUCH_INTERVAL
+        per instance: a task queued within the interval of a touch gets one more touch at its end (a
+        worker may have fallen asleep just after the first). Best effort: a sleeping worker also looks
+        for work now and then (mlserver's --idle-check)."""
         at = time.monotonic()
-        if at - self._touched.get(model, float("-inf")) < TOUCH_INTERVAL:
+        last = self._touched.get(model)
+        if last is not None and at - last < TOUCH_INTERVAL:
+            if model not in self._trailing:
+                self._trailing[model] = asyncio.create_task(self._touch_later(model, last + TOUCH_INTERVAL - at))
             return
-        self._touched[model] = at
+        await self._touch_now(model)
+
+    async def _touch_later(self, model: str, delay: float) -> None:
+        try:
+            await asyncio.sleep(delay)
+        finally:
+            self._trailing.pop(model, None)
+        await self._touch_now(model)
+
+    async def _touch_now(self, model: str) -> None:
+        if len(self._touched) >= MAX_TOUCHED and model not in self._touched:
+            self._touched.clear()  # bounded whatever model names come; forgetting only allows an extra touch
+        self._touched[model] = time.monotonic()
         try:
             await self.storage.signals.touch(model)
         except Exception as exc:  # noqa: BLE001 - a wake-up missed is a wake-up delayed, not a task lost
@@ -320,14 +340,18 @@ class TaskStore:
         task = self._same_submission(self._open_task(task_id, inbox), sub)
         if task.upload is None or task.upload.committed:
             return task
-        # Asked again before its commit: a fresh URL to the same blob (blocks staged so far stay).
+        # Asked again before its commit: a fresh URL to the same blob (blocks staged so far stay), for
+        # as long as a task may stay queued at most: asking again does not keep an upload alive forever.
+        if self.now() >= task.created + self.settings.queued_ttl_seconds:
+            raise UploadLapsed()
+        until = min(until, task.created + self.settings.queued_ttl_seconds)
         if await self.storage.inbox.set_metadata(task_id, _with(inbox.metadata, **Upload(until).metadata()),
                                                  inbox.etag) is None:
             raise TaskChanging("the upload changed while it was being read; ask again")
         return self._grant(Submission.from_metadata(task_id, inbox.metadata))
 
     def _grant(self, sub: Submission) -> Grant:
-        expires = time.time() + self.settings.upload_seconds
+        expires = time.time() + self.settings.upload_seconds + sub.size / SLOWEST_LINK
         return Grant(sub.task_id, self.storage.uploads.url(payload_blob(sub.task_id, sub.created), "cw", expires), expires)
 
     async def commit_upload(self, task_id: str) -> Task:
@@ -349,6 +373,8 @@ class TaskStore:
                 if self._send_was_lost(task, inbox):
                     await self._take_over_send(inbox)
                 return task
+            if upload.until + UPLOAD_GRACE <= self.now():
+                raise UploadLapsed()
             snapshot = await self._seal(payload_blob(task_id, sub.created), sub.size)
             metadata = _with(inbox.metadata, **Upload(None, snapshot).metadata(),
                              **Enqueued(pending=self.now()).metadata())
@@ -551,11 +577,12 @@ class TaskStore:
                       upload is not None)
         expires = message.visible_at or claimed.until
         payload_url = None
+        readable = time.time() + lease_seconds + URL_GRACE + sub.size / SLOWEST_LINK
         if upload is not None:
-            payload, payload_url = None, self.storage.uploads.url(payload_blob(task_id, sub.created), "r",
-                                                                  time.time() + lease_seconds + URL_GRACE, upload.snapshot)
+            payload, payload_url = None, self.storage.uploads.url(payload_blob(task_id, sub.created), "r", readable,
+                                                                  upload.snapshot)
         elif payload is None:  # too large to go inline
-            payload_url = self.storage.inbox.url(task_id, "r", time.time() + lease_seconds + URL_GRACE)
+            payload_url = self.storage.inbox.url(task_id, "r", readable)
         return Claim(task_id, model, sub.params, sub.content_type, payload, lease.encode(self.settings.lease_secrets),
                      expires, attempt, sub.size, payload_url, self._result_url(lease, lease_seconds))
 
@@ -697,8 +724,8 @@ class TaskStore:
         if result is None:
             raise NotUploaded("no result has been uploaded for this claim: PUT it to the claim's "
                               "result_upload_url first")
-        if result.size > self.settings.max_upload_bytes:
-            await self.storage.uploads.delete(name)
+        if result.size > self.settings.max_upload_bytes:  # the blob itself may hold an earlier put's committed snapshot
+            await self.storage.uploads.delete_snapshot(name, result.snapshot)
             raise UploadTooLarge(f"the uploaded result is larger than the limit of {self.settings.max_upload_bytes} bytes")
         # What the worker wrote is known by its etag: the same put repeated names the same bytes.
         outcome = Outcome("succeeded", lease.model, lease.created, self.now(), lease.started, lease.attempt,
@@ -784,7 +811,9 @@ class TaskStore:
             inbox_etag = inbox.etag if inbox else None
         await asyncio.gather(self._drop(model, message) if message else _nothing(),
                              self.storage.inbox.delete(task_id, inbox_etag),
-                             self.storage.uploads.delete(payload_blob(task_id, outcome.created)) if uploaded else _nothing())
+                             # what is left of an uploaded payload, the sweep of uploads takes
+                             self._quietly(self.storage.uploads.delete(payload_blob(task_id, outcome.created)))
+                             if uploaded else _nothing())
         if first is None:
             self.wakeups.notify("task:" + task_id)
         return first
@@ -841,6 +870,11 @@ class TaskStore:
         depths = await asyncio.gather(*(self.storage.queues.depth(name) for name in names))
         return dict(zip(names, depths)), more
 
+    def check_signing(self) -> None:
+        """Raise the SettingsError that says why this broker cannot hand out storage URLs, if it cannot
+        (before a claim takes tasks it could not give URLs for)."""
+        self.storage.signer.check()
+
     async def watch(self, model: str) -> tuple[str, float]:
         """A read URL (and its expiry) for the model's signal blob, whose etag changes whenever a task of
         the model is queued: what an idle worker watches instead of holding a long-poll open."""
@@ -853,7 +887,7 @@ class TaskStore:
         """A read URL (and its expiry) for a result the worker uploaded: served as its content type, and
         as a download unless it is a type browsers show safely."""
         kind = task.result_content_type or "application/octet-stream"
-        expires = time.time() + self.settings.upload_seconds
+        expires = time.time() + self.settings.upload_seconds + (task.outcome.size or 0) / SLOWEST_LINK
         disposition = None if shown_inline(kind) else f'attachment; filename="{task.task_id}"'
         return self.storage.uploads.url(task.outcome.ref, "r", expires, task.outcome.snapshot, kind, disposition), expires
 
@@ -875,9 +909,20 @@ class TaskStore:
         for start in range(0, len(expired), CLEANUP_PARALLEL):
             chunk = expired[start:start + CLEANUP_PARALLEL]
             # Outbox last: a task whose outbox blob is still there is retried by the next run.
-            await asyncio.gather(*(self._delete_leftover(blob) for blob in chunk))
-            await asyncio.gather(*(self.storage.outbox.delete(blob.name, blob.etag) for blob in chunk))
+            tidied = await self._each("cleanup", (self._delete_leftover(blob) for blob in chunk))
+            await self._each("cleanup", (self.storage.outbox.delete(blob.name, blob.etag)
+                                         for blob, done in zip(chunk, tidied) if not isinstance(done, Exception)))
         return len(expired)
+
+    @staticmethod
+    async def _each(what: str, steps) -> list:
+        """Housekeeping steps side by side: one that fails is logged and left for the next run, and does
+        not stop the others (nor the rest of the run)."""
+        results = await asyncio.gather(*steps, return_exceptions=True)
+        for result in results:
+            if isinstance(result, Exception):
+                log.warning("%s: a step failed (%s: %s); the next run tries again", what, type(result).__name__, result)
+        return results
 
     async def _delete_leftover(self, out: Blob) -> None:
         """Delete what a finish left of an expired result's task in the inbox, and not a task submitted
@@ -908,7 +953,7 @@ class TaskStore:
             at = self.now()
             stale = [blob for blob in blobs if self._sweepable(blob, at)][: self.settings.cleanup_batch - swept]
             for start in range(0, len(stale), CLEANUP_PARALLEL):
-                await asyncio.gather(*(self._expire_blob(blob) for blob in stale[start:start + CLEANUP_PARALLEL]))
+                await self._each("sweep", (self._expire_blob(blob) for blob in stale[start:start + CLEANUP_PARALLEL]))
             await self._quietly(*(self._take_over_send(blob) for blob in blobs if self._unsent(blob)))
             swept += len(stale)
             if self._sweep_from is None or swept >= self.settings.cleanup_batch:
@@ -928,9 +973,9 @@ class TaskStore:
                 owners.setdefault(upload_owner(blob.name), []).append(blob)
             groups = list(owners.items())
             for start in range(0, len(groups), CLEANUP_PARALLEL):
-                counts = await asyncio.gather(*(self._sweep_owner(owner, group)
-                                                for owner, group in groups[start:start + CLEANUP_PARALLEL]))
-                swept += sum(counts)
+                counts = await self._each("sweep of uploads", (self._sweep_owner(owner, group)
+                                                               for owner, group in groups[start:start + CLEANUP_PARALLEL]))
+                swept += sum(count for count in counts if isinstance(count, int))
             if self._uploads_from is None or swept >= self.settings.cleanup_batch:
                 break
         return swept
@@ -946,8 +991,8 @@ class TaskStore:
                 if out is not None:
                     keep.add(Outcome.from_metadata(out.metadata).ref or "")
         gone = [blob for blob in blobs if blob.name not in keep]
-        await asyncio.gather(*(self.storage.uploads.delete(blob.name) for blob in gone))
-        return len(gone)
+        deleted = await self._each("sweep of uploads", (self.storage.uploads.delete(blob.name) for blob in gone))
+        return sum(1 for done in deleted if done is True)
 
     def _unsent(self, blob: Blob) -> bool:
         """An idempotent submit's task whose message was never sent, and nobody retried it."""
@@ -977,8 +1022,10 @@ class TaskStore:
             await self.storage.inbox.delete(blob.name, blob.etag)  # nobody can use it, nobody can read it
             return
         if upload is not None and not upload.committed:  # never a task: no outcome, just gone
-            await self.storage.uploads.delete(payload_blob(blob.name, sub.created))
-            await self.storage.inbox.delete(blob.name, blob.etag)
+            # The record first, and only as it was read: a commit (or a fresh grant) that came since
+            # keeps it, and then its upload too.
+            if await self.storage.inbox.delete(blob.name, blob.etag):
+                await self.storage.uploads.delete(payload_blob(blob.name, sub.created))
             return
         await self._expire(blob, None)
 

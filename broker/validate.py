@@ -69,12 +69,18 @@ def params(value) -> dict:
     return value
 
 
+_TOKEN = r"[A-Za-z0-9!#$%&'*+.^_`|~-]+"
+# One media type (RFC 9110): type/subtype and parameters whose values are tokens or plain quoted
+# strings. A list ("text/plain, text/html") is refused: a browser would take its last type.
+MEDIA_TYPE = re.compile(rf"{_TOKEN}/{_TOKEN}(\s*;\s*{_TOKEN}=({_TOKEN}|\"[^\",\\]*\"))*")
+
+
 def content_type(value: str | None) -> str:
     value = (value or "").strip()
     if not value:
         return DEFAULT_CONTENT_TYPE
-    if len(value) > MAX_CONTENT_TYPE_CHARS or not value.isprintable() or not value.isascii():
-        raise Rejected(400, "the content type is not a valid media type")
+    if len(value) > MAX_CONTENT_TYPE_CHARS or not MEDIA_TYPE.fullmatch(value):
+        raise Rejected(400, "the content type is not a valid media type (one type/subtype, with parameters if any)")
     return value
 
 

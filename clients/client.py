@@ -100,11 +100,17 @@ class BrokerClient:
         if granted.status_code == 202:  # this key's task was committed already: nothing to send again
             return grant["task_id"]
         source = bytes(source) if isinstance(source, memoryview) else source
-        try:
-            blobs.upload(grant["upload_url"], source, kind, session=self.storage(grant["upload_url"]),
-                         threads=self.transfer_threads, progress=on_upload)
-        except blobs.TransferError as exc:
-            raise BrokerUnavailable(f"could not upload the payload to storage: {exc}") from None
+        for again in (False, True):
+            try:
+                blobs.upload(grant["upload_url"], source, kind, session=self.storage(grant["upload_url"]),
+                             threads=self.transfer_threads, progress=on_upload)
+                break
+            except blobs.TransferError as exc:
+                if again or exc.status != 403:
+                    raise BrokerUnavailable(f"could not upload the payload to storage: {exc}") from None
+                # The URL ran out (a slow link): the same key gives a fresh one to the same blob.
+                grant = self._call("POST", "upload", (201,), params={"model": model}, json=body,
+                                   headers={"Idempotency-Key": key}).json()
         self._call("POST", "commit", (202,), params={"task_id": grant["task_id"]})
         return grant["task_id"]
 

@@ -74,6 +74,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--idle-check", type=float, default=60, metavar="S",
                         help="while idle, how often the broker is asked anyway, for work no signal announced "
                              "(a task whose lease ran out) (default 60)")
+    parser.add_argument("--max-batch-mib", type=int, default=2048, metavar="N",
+                        help="large payloads (fetched from storage) held for one batch at most, in MiB; the "
+                             "batch's first task always comes, the rest past this are given back (default 2048)")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                         help="a handler option, repeatable (deeplabv3plus: input_size=N)")
     parser.add_argument("--labels", metavar="FILE",
@@ -101,6 +104,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         (args.idle_after < 0, "--idle-after must be 0 (never) or a number of seconds"),
         (not 0.05 <= args.watch_interval <= 60, "--watch-interval must be from 0.05 to 60 seconds"),
         (not 1 <= args.idle_check <= 3600, "--idle-check must be from 1 to 3600 seconds"),
+        (args.max_batch_mib < 1, "--max-batch-mib must be at least 1"),
         (any("=" not in option for option in args.option), "--option takes KEY=VALUE"),
     ]
     for failed, message in problems:
@@ -146,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
 
     client = BrokerClient(args.broker_url, key, pool_size=args.upload_threads + 2)
     worker = Worker(client, handler, Claiming(args.model, args.batch, args.wait, args.lease, args.idle_after,
-                                              args.watch_interval, args.idle_check),
+                                              args.watch_interval, args.idle_check, args.max_batch_mib * 2**20),
                     args.status_interval, args.upload_threads)
     fatal = worker.run()
     client.close()

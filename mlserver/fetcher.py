@@ -39,6 +39,7 @@ class Claiming:
     idle_after: float = 30  # seconds without work before watching storage instead of long-polling (0: never)
     watch_interval: float = 0.5
     idle_check: float = 60
+    max_batch_bytes: int = 2 * 1024**3  # payloads downloaded for one batch at most (the first always)
 
 
 @dataclass
@@ -136,9 +137,16 @@ class Fetcher(threading.Thread):
 
     def decode(self, tasks: list[Task]) -> Batch:
         """Fetch and decode each task; one that cannot be fetched or decoded is set apart, to fail alone
-        (retryably, for a payload storage would not give: another attempt may fare better)."""
+        (retryably, for a payload storage would not give: another attempt may fare better). Payloads
+        fetched from storage stop at `max_batch_bytes` (the first always comes): the tasks past it are
+        given back unstarted, for this worker's next claim or another's."""
         batch = Batch()
+        fetched = 0
         for task in tasks:
+            if task.payload_url and batch.tasks and fetched + task.size > self.claiming.max_batch_bytes:
+                batch.unstarted.append(task)
+                continue
+            fetched += task.size if task.payload_url else 0
             try:
                 if task.payload_url:
                     task.payload = self._download(task)

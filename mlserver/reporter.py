@@ -111,11 +111,16 @@ class Reporter:
         with self._storage_lock:
             if self._storage is None:
                 self._storage = blobs.pinned_session(task.result_upload_url, 16)
-        try:
-            blobs.upload(task.result_upload_url, body, content_type, session=self._storage)
-        except blobs.TransferError as exc:
-            self._put_failure(task, f"could not upload the result ({len(body)} bytes): {exc}", True)
-            return
+        for again in (False, True):
+            url = task.result_upload_url  # a heartbeat renews it: a refusal may be a URL that ran out
+            try:
+                blobs.upload(url, body, content_type, session=self._storage)
+                break
+            except blobs.TransferError as exc:
+                if not again and exc.status == 403 and task.result_upload_url != url:
+                    continue
+                self._put_failure(task, f"could not upload the result ({len(body)} bytes): {exc}", True)
+                return
         try:
             self._send(task, "done", lambda lease: self.client.put_uploaded(task.task_id, lease, content_type))
         except Refused as exc:

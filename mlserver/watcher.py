@@ -38,7 +38,7 @@ class Watcher:
         self._last_work = time.monotonic()
         self._url: str | None = None
         self._url_expires = 0.0
-        self._baseline: str | None = None  # the signal blob's etag when this sleep began (or last woke)
+        self._baseline: str | None = None  # the signal blob's etag when this sleep began (or last woke); None: not read
         self._session = None
         self._failures = 0  # looks at the signal that failed in a row
         self._retry_at = 0.0  # watching failed: long-poll until then
@@ -92,13 +92,27 @@ class Watcher:
             return
         answer = self.client.watch(self.model)
         self._url = answer["signal_url"]
-        lifetime = _seconds_until(answer.get("expires_at"))
-        self._url_expires = time.monotonic() + lifetime
+        lifetime = answer.get("expires_in")  # relative: a worker's clock may be off
+        if not isinstance(lifetime, (int, float)) or isinstance(lifetime, bool):
+            lifetime = _seconds_until(answer.get("expires_at"))
+        self._url_expires = time.monotonic() + max(float(lifetime), REFRESH_BEFORE + 60)
         if self._session is None:
             self._session = blobs.pinned_session(self._url, 2)
 
-    def _look(self) -> str | None:
-        return blobs.etag(self._url, self._session)
+    def _look(self) -> str:
+        """The signal's etag. A signal that is gone (deleted by a lifecycle rule, say) or a URL storage
+        refuses (run out early, a skewed clock) counts as a failed look, and the next asks for a new URL
+        (the broker makes the blob again)."""
+        try:
+            found = blobs.etag(self._url, self._session)
+        except blobs.TransferError as exc:
+            if exc.status in (403, 404):
+                self._url = None
+            raise
+        if found is None:
+            self._url = None
+            raise blobs.TransferError("the signal blob is not there", 404)
+        return found
 
     def _give_up(self, why: str, forever: bool = False) -> None:
         """Long-poll instead of watching: for good, or for RETRY_WATCH seconds (then try again)."""

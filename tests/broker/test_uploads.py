@@ -201,3 +201,114 @@ def test_the_watch_signal_changes_when_a_task_is_queued(broker, model):
     assert blobs.etag(url, session) != before
     assert requests.put(url, data=b"", headers={"x-ms-blob-type": "BlockBlob"}, timeout=30).status_code == 403
     assert broker.get(f"/watch?model={model}").status_code == 401  # a worker route
+
+
+# ---- what a red-team pass found (each failed before its fix) -----------------------------------------
+
+def test_a_broker_that_cannot_sign_urls_says_so_and_fails_no_task(azurite, start_broker, model):
+    """A connection string without an account key: claims answer 503 saying what to set; the task waits."""
+    from datetime import UTC, datetime, timedelta
+
+    from azure.storage.blob import AccountSasPermissions, ResourceTypes, generate_account_sas
+
+    from devstack.services import ACCOUNT, ACCOUNT_KEY
+
+    token = generate_account_sas(ACCOUNT, ACCOUNT_KEY, ResourceTypes(service=True, container=True, object=True),
+                                 AccountSasPermissions(read=True, write=True, delete=True, list=True, add=True,
+                                                       create=True, update=True, process=True),
+                                 datetime.now(UTC) + timedelta(hours=1), services="bq")
+    keyless = (f"BlobEndpoint=http://127.0.0.1:{azurite.blob_port}/{ACCOUNT};"
+               f"QueueEndpoint=http://127.0.0.1:{azurite.queue_port}/{ACCOUNT};SharedAccessSignature={token}")
+    broker = start_broker(connection_string=keyless)
+    task_id = broker.submit(model)
+    claim = broker.get(f"/getnexttask?model={model}&wait=0", headers=broker.worker)
+    assert claim.status_code == 503 and "account key" in claim.json()["error"]
+    assert broker.status(task_id)["status"] == "queued"
+
+
+@pytest.mark.parametrize("kind", ["text/plain; x=1, text/html", "text/plain;,text/html", "image/png;x,text/html",
+                                  "application/json; a=b, text/html"])
+def test_a_list_of_content_types_is_refused_everywhere(broker, model, kind):
+    """Browsers take the last type of a list: a result could run as HTML on storage's origin."""
+    assert broker.post(f"/predict?model={model}", data=b"x", headers={"Content-Type": kind}).status_code == 400
+    assert begin(broker, model, 10, kind).status_code == 400
+    broker.submit(model)
+    [task] = broker.claim(model)
+    assert broker.put(task, b"<script>", kind).status_code == 400
+
+
+def test_an_oversized_uploaded_put_leaves_the_committed_result_alone(start_broker, model):
+    broker = start_broker({"BROKER_MAX_UPLOAD_BYTES": "1000"})
+    task_id = broker.submit(model)
+    [task] = broker.claim(model)
+    put = f"/puttaskresult?task_id={task_id}&lease={task['lease']}&uploaded=1"
+    headers = {**broker.worker, "Content-Type": "text/plain"}
+    blobs.upload(task["result_upload_url"], b"committed")
+    assert broker.post(put, headers=headers).status_code == 200
+    blobs.upload(task["result_upload_url"], b"x" * 2000)
+    assert broker.post(put, headers=headers).status_code == 413
+    link = broker.get(f"/getresult?task_id={task_id}&format=json").json()
+    assert requests.get(link["result_url"], timeout=30).content == b"committed"
+
+
+def _lease(url: str) -> None:
+    answer = requests.put(url + "&comp=lease", headers={"x-ms-lease-action": "acquire", "x-ms-lease-duration": "-1",
+                                                         "x-ms-version": blobs.API_VERSION}, timeout=30)
+    assert answer.status_code == 201, answer.text
+
+
+def test_a_lease_taken_through_a_write_url_does_not_stop_the_broker(azurite, broker, model):
+    """Whoever holds a write URL can lease its blob; the broker breaks such leases when it deletes."""
+    grant = begin(broker, model, 7).json()
+    blobs.upload(grant["upload_url"], b"payload")
+    _lease(grant["upload_url"])
+    assert broker.post(f"/commit?task_id={grant['task_id']}").status_code == 202
+    [task] = broker.claim(model)
+    blobs.upload(task["result_upload_url"], b"result")
+    _lease(task["result_upload_url"])
+    put = broker.post(f"/puttaskresult?task_id={task['task_id']}&lease={task['lease']}&uploaded=1",
+                      headers={**broker.worker, "Content-Type": "text/plain"})
+    assert put.status_code == 200, put.text
+    link = broker.get(f"/getresult?task_id={task['task_id']}&format=json").json()
+    assert requests.get(link["result_url"], timeout=30).content == b"result"
+    from azure.storage.blob import ContainerClient
+
+    uploads = ContainerClient.from_connection_string(azurite.connection_string, "uploads")
+    left = [b.name for b in uploads.list_blobs(name_starts_with=f"payloads/{task['task_id']}/")]
+    assert left == []  # its payload went with the task, lease or not
+
+
+def test_metadata_written_through_an_upload_url_is_ignored(broker, model):
+    """The URL allows Set Blob Metadata; a header too large to parse must not break the commit."""
+    grant = begin(broker, model, 4).json()
+    blobs.upload(grant["upload_url"], b"data")
+    answer = requests.put(grant["upload_url"] + "&comp=metadata", headers={"x-ms-meta-a": "v" * 8000,
+                                                                          "x-ms-version": blobs.API_VERSION}, timeout=30)
+    assert answer.status_code == 200, answer.text
+    assert broker.post(f"/commit?task_id={grant['task_id']}").status_code == 202
+    [task] = broker.claim(model)
+    assert blobs.download(task["payload_url"]) == b"data"
+
+
+def test_a_task_queued_just_after_a_touch_still_changes_the_signal(broker, model):
+    """Touches come at most twice a second per instance; one suppressed is made at the interval's end."""
+    url = broker.get(f"/watch?model={model}", headers=broker.worker).json()["signal_url"]
+    session = requests.Session()
+    broker.submit(model)
+    after_first = blobs.etag(url, session)
+    broker.submit(model)  # within the interval: no touch now...
+    time.sleep(1.0)
+    assert blobs.etag(url, session) != after_first  # ...but one at its end
+
+
+def test_urls_for_large_transfers_live_longer(broker, model):
+    def expires(size: int) -> float:
+        from datetime import datetime
+
+        stamp = begin(broker, model, size).json()["upload_expires_at"]
+        return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+    extra = expires(8 * 1024**3) - expires(1)
+    assert 8580 < extra < 8600  # a second per MB: an 8 GiB upload has room at 1 MB/s
+    watch = broker.get(f"/watch?model={model}", headers=broker.worker).json()
+    assert 3500 < watch["expires_in"] <= 3600  # relative: a worker's clock may be off

@@ -48,3 +48,23 @@ def test_a_worker_that_cannot_watch_long_polls_as_before(broker, model, start_wo
         assert result(broker, task_id, timeout=30).content == b"still served"
     finally:
         proxy.close()
+
+
+def test_a_signal_blob_that_goes_away_is_made_again_without_a_claim_each_look(azurite, broker, model, start_worker):
+    """A lifecycle rule may delete an idle model's signal blob: the worker asks for it again (the broker
+    makes it anew) instead of taking every failed look for a new sleep and claiming each time."""
+    from azure.storage.blob import BlobClient
+
+    worker = start_worker(model, "--handler", "echo", "--idle-after", "1", "--watch-interval", "0.1",
+                          "--idle-check", "600")
+    wait_for(lambda: "watching storage instead of long-polling" in worker.log_text(), timeout=30,
+             what="the worker falling asleep")
+    time.sleep(1)
+    before = len(broker.host.log_text())
+    BlobClient.from_connection_string(azurite.connection_string, "signals", model).delete_blob()
+    time.sleep(5)
+    log = broker.host.log_text()[before:]
+    assert len(CLAIM.findall(log)) <= 2, log  # the wake-up the new blob's etag causes, not one per look
+    assert "Executed 'Functions.watch'" in log
+    task_id = broker.submit(model, b"still watched", "text/plain")
+    assert result(broker, task_id, timeout=30).content == b"still watched"

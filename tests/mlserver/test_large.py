@@ -5,6 +5,7 @@ client can see except that its task runs again."""
 from __future__ import annotations
 
 import os
+import re
 import threading
 
 import requests
@@ -82,3 +83,15 @@ def test_a_worker_killed_while_writing_a_result_leaves_no_half_result_and_the_ta
         watching.set()
         proxy.close()
     assert set(seen) <= {202, 303} and seen[-1] == 303, seen
+
+
+def test_a_batch_holds_large_payloads_up_to_its_budget_and_gives_back_the_rest(start_broker, model, start_worker):
+    broker = start_broker({"BROKER_INLINE_BYTES": "65536"})
+    payloads = [os.urandom(700_000) for _ in range(3)]
+    ids = [broker.submit(model, payload) for payload in payloads]
+    worker = start_worker(model, "--handler", "echo", "--batch", "3", "--max-batch-mib", "1", via=broker)
+    assert [_fetch(broker, task_id).content for task_id in ids] == payloads
+    worker.stop(timeout=30)
+    gave_back = int(re.search(r"gave back (\d+)", worker.log_text()).group(1))
+    assert gave_back >= 2  # the first batch: one payload fetched, two given back for later claims
+    assert all(broker.status(task_id)["attempts"] == 1 for task_id in ids)  # a give-back spends no attempt

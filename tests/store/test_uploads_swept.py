@@ -91,3 +91,42 @@ def test_an_uploaded_payload_goes_with_its_task(run_store, model):
 
     before, after = run_store(scenario)
     assert before and after == []
+
+
+def test_an_upload_leased_through_its_url_is_still_swept(run_store, model):
+    async def scenario(store):
+        grant = await store.begin_upload(model, 5, "text/plain", {})
+        requests.put(grant.url, data=b"abcde", headers={"x-ms-blob-type": "BlockBlob"}, timeout=30)
+        leased = requests.put(grant.url + "&comp=lease", headers={"x-ms-lease-action": "acquire",
+                                                                  "x-ms-lease-duration": "-1"}, timeout=30)
+        assert leased.status_code == 201
+        store.now.advance(store.settings.upload_seconds + 301)
+        await store.sweep()
+        return await store.storage.inbox.head(grant.task_id), await _uploads(store, f"payloads/{grant.task_id}/")
+
+    record, left = run_store(scenario, upload_seconds=60)
+    assert record is None and left == []
+
+
+def test_a_commit_or_a_fresh_grant_after_the_upload_lapsed_is_refused(run_store, model):
+    from broker.errors import UploadLapsed
+
+    async def scenario(store):
+        grant = await store.begin_upload(model, 3, "text/plain", {})
+        requests.put(grant.url, data=b"abc", headers={"x-ms-blob-type": "BlockBlob"}, timeout=30)
+        store.now.advance(store.settings.upload_seconds + 301)
+        outcomes = []
+        try:
+            await store.commit_upload(grant.task_id)
+        except UploadLapsed:
+            outcomes.append("commit refused")
+        keyed = await store.begin_upload(model, 3, "text/plain", {}, "a key")
+        store.now.advance(store.settings.queued_ttl_seconds + 1)
+        try:
+            await store.begin_upload(model, 3, "text/plain", {}, "a key")  # asking again does not live forever
+        except UploadLapsed:
+            outcomes.append("grant refused")
+        return outcomes, keyed.task_id
+
+    outcomes, _ = run_store(scenario, upload_seconds=60)
+    assert outcomes == ["commit refused", "grant refused"]
