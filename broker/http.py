@@ -102,7 +102,7 @@ async def getresult(req: func.HttpRequest, settings: Settings) -> func.HttpRespo
     document = task.document()
     status = document["status"]
     if status == "succeeded" and task.outcome.ref:  # uploaded by the worker: fetched from storage directly
-        url, expires = store.result_url(task)
+        url, expires = await store.result_url(task)
         found = {"task_id": task_id, "status": status, "content_type": task.result_content_type,
                  "size": task.outcome.size, "result_url": url, "result_expires_at": iso(expires)}
         if form == "json":

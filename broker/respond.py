@@ -167,7 +167,7 @@ def endpoint(methods: tuple[str, ...], role: str | None = None, body_limit=lambd
                 # The account key cannot sign (not base64) or storage refuses it (403): a setting to fix.
                 log.error("storage refused the broker's credentials: %s", type(exc).__name__)
                 return error_response(503, "the broker is misconfigured: storage refuses its credentials "
-                                           "(check the storage connection string)")
+                                           "(check the storage connection string, or the identity's role assignments)")
             except Exception:  # noqa: BLE001 - the last line of defence: one sentence, never a traceback
                 log.exception("unexpected error in %s", handler.__name__)
                 return error_response(500, "the broker hit an unexpected error; it has been logged")

@@ -67,7 +67,7 @@ def _keys(name: str) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class Settings:
-    storage_connection: str
+    storage: StorageConfig | str  # a StorageConfig; a plain connection string is taken as one
     worker_keys: tuple[str, ...]
     client_keys: tuple[str, ...]
     max_attempts: int
@@ -100,19 +100,48 @@ class Settings:
             raise SettingsError(f"every BROKER_LEASE_SECRET value must be at least {MIN_SECRET_CHARS} characters")
 
 
-def connection_string() -> str:
-    """BROKER_STORAGE_CONNECTION wins over AzureWebJobsStorage; 'UseDevelopmentStorage=true' is Azurite."""
+IDENTITY = "AzureWebJobsStorage__"  # the Functions host's prefix for an identity-based connection
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    """Where storage is and how the broker signs in: a connection string (an account key: Azurite,
+    key-based accounts), or, identity-based as the Functions host documents it, the service URLs and
+    a Microsoft Entra credential (a managed identity in Azure) - no key anywhere."""
+
+    connection: str | None = None
+    blob_uri: str | None = None
+    queue_uri: str | None = None
+    credential: str = ""  # "managedidentity": that alone; otherwise azure-identity's default chain
+    client_id: str | None = None  # a user-assigned identity's client id
+
+    @property
+    def identity_based(self) -> bool:
+        return self.connection is None
+
+
+def storage_config() -> StorageConfig:
+    """BROKER_STORAGE_CONNECTION wins over AzureWebJobsStorage ('UseDevelopmentStorage=true' is
+    Azurite); without either, AzureWebJobsStorage__accountName (or __blobServiceUri and
+    __queueServiceUri), with __credential and __clientId, make an identity-based connection."""
     raw = _get("BROKER_STORAGE_CONNECTION") or _get("AzureWebJobsStorage")
-    if not raw:
-        raise SettingsError("no storage configured: set AzureWebJobsStorage or BROKER_STORAGE_CONNECTION")
-    if raw.replace(" ", "").rstrip(";").lower() == "usedevelopmentstorage=true":
-        return AZURITE_CONNECTION
-    return raw
+    if raw:
+        if raw.replace(" ", "").rstrip(";").lower() == "usedevelopmentstorage=true":
+            return StorageConfig(AZURITE_CONNECTION)
+        return StorageConfig(raw)
+    account = _get(IDENTITY + "accountName")
+    blob = _get(IDENTITY + "blobServiceUri") or (f"https://{account}.blob.core.windows.net" if account else "")
+    queue = _get(IDENTITY + "queueServiceUri") or (f"https://{account}.queue.core.windows.net" if account else "")
+    if not (blob and queue):
+        raise SettingsError("no storage configured: set AzureWebJobsStorage (a connection string) or "
+                            "AzureWebJobsStorage__accountName (an identity-based connection)")
+    return StorageConfig(None, blob.rstrip("/"), queue.rstrip("/"), _get(IDENTITY + "credential").lower(),
+                         _get(IDENTITY + "clientId") or None)
 
 
 def load() -> Settings:
     return Settings(
-        storage_connection=connection_string(),
+        storage=storage_config(),
         worker_keys=_keys("BROKER_WORKER_KEYS"),
         client_keys=_keys("BROKER_CLIENT_KEYS"),
         max_attempts=_int("BROKER_MAX_ATTEMPTS", 1, 100),

@@ -12,7 +12,8 @@ unless it changed" and "delete it if it is still there" idiom is spelled once, h
 
 It also signs the URLs through which clients and workers move bytes without the app (`Signer`):
 SAS for one blob (or one snapshot of it), with only the permissions and lifetime asked for, signed
-with the account key when the connection string has one.
+with the account key of a connection string, or, for an identity-based connection (a managed
+identity, no key), as user delegation SAS (`DelegationSigner`).
 
 One blob and one queue service client per event loop, reused. Retries are short and few on
 purpose: a request to the broker must answer (503 if need be) rather than hang while storage is
@@ -24,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
@@ -31,6 +33,7 @@ from urllib.parse import urlsplit
 import aiohttp
 from azure.core import MatchConditions
 from azure.core.exceptions import (
+    ClientAuthenticationError,
     HttpResponseError,
     ResourceExistsError,
     ResourceModifiedError,
@@ -46,7 +49,7 @@ from azure.storage.queue._shared.policies_async import LinearRetry as QueueRetry
 from azure.storage.queue.aio import QueueClient, QueueServiceClient
 
 from .errors import RecordUnreadable, StorageUnavailable
-from .settings import SettingsError
+from .settings import SettingsError, StorageConfig
 
 INBOX = "inbox"
 OUTBOX = "outbox"
@@ -82,6 +85,10 @@ def _storage_call(method):
                 raise RecordUnreadable() from exc
             if is_outage(exc):
                 raise StorageUnavailable() from exc
+            if isinstance(exc, HttpResponseError) and exc.status_code == 403 and not isinstance(exc, ClientAuthenticationError):
+                # An identity without the role, a key for another account: a setting to fix (503), as
+                # storage's own authentication failures are.
+                raise ClientAuthenticationError(message=str(exc), response=exc.response) from exc
             raise
 
     return call
@@ -140,15 +147,53 @@ class Signer:
         """Raise the SettingsError that says why URLs cannot be signed, if they cannot."""
         if not self.key:
             raise SettingsError("the storage connection has no account key to sign upload and download URLs with "
-                                "(use a connection string with AccountKey)")
+                                "(use a connection string with AccountKey, or an identity-based connection)")
 
-    def sign(self, url: str, container: str, name: str, permission: str, expires: float,
-             snapshot: str | None = None, content_type: str | None = None, disposition: str | None = None) -> str:
+    async def _signing(self) -> dict:
+        """What generate_blob_sas signs with."""
         self.check()
-        token = generate_blob_sas(self.account, container, name, snapshot=snapshot, account_key=self.key,
-                                  permission=permission, expiry=datetime.fromtimestamp(expires, UTC),
-                                  content_type=content_type, content_disposition=disposition)
+        return {"account_key": self.key}
+
+    async def sign(self, url: str, container: str, name: str, permission: str, expires: float,
+                   snapshot: str | None = None, content_type: str | None = None, disposition: str | None = None) -> str:
+        token = generate_blob_sas(self.account, container, name, snapshot=snapshot, permission=permission,
+                                  expiry=datetime.fromtimestamp(expires, UTC), content_type=content_type,
+                                  content_disposition=disposition, **await self._signing())
         return f"{url}{'&' if '?' in url else '?'}{token}"
+
+
+class DelegationSigner(Signer):
+    """Signs user delegation SAS: with a key storage hands the broker's identity (no account key is
+    needed, or exists), fetched once and renewed well before it runs out. Only Blob storage has
+    them, which is all the broker hands out URLs for."""
+
+    KEY_LIFETIME = 2 * 86400  # at most 7 days; longer than any URL the broker signs
+    RENEW_BEFORE = 12 * 3600
+
+    def __init__(self, service: BlobServiceClient) -> None:
+        super().__init__(service.account_name, None)
+        self.service = service
+        self._key = None
+        self._key_expires = 0.0
+        self._fetching: asyncio.Lock | None = None
+
+    def check(self) -> None:
+        return None
+
+    async def _signing(self) -> dict:
+        if time.time() >= self._key_expires - self.RENEW_BEFORE:
+            self._fetching = self._fetching or asyncio.Lock()
+            async with self._fetching:
+                if time.time() >= self._key_expires - self.RENEW_BEFORE:
+                    await self._fetch()
+        return {"user_delegation_key": self._key}
+
+    @_storage_call
+    async def _fetch(self) -> None:
+        now = time.time()
+        self._key = await self.service.get_user_delegation_key(datetime.fromtimestamp(now - 300, UTC),
+                                                               datetime.fromtimestamp(now + self.KEY_LIFETIME, UTC))
+        self._key_expires = now + self.KEY_LIFETIME
 
 
 class Container:
@@ -158,13 +203,13 @@ class Container:
         self.client = client
         self.signer = signer
 
-    def url(self, name: str, permission: str, expires: float, snapshot: str | None = None,
-            content_type: str | None = None, disposition: str | None = None) -> str:
+    async def url(self, name: str, permission: str, expires: float, snapshot: str | None = None,
+                  content_type: str | None = None, disposition: str | None = None) -> str:
         """A SAS URL for one blob (or one snapshot of it): `permission` ("r", "cw") until `expires`
         (a Unix time); a read may name the Content-Type and Content-Disposition storage answers with."""
         blob = self.client.get_blob_client(name, snapshot=snapshot)
-        return self.signer.sign(blob.url, self.client.container_name, name, permission, expires, snapshot,
-                                content_type, disposition)
+        return await self.signer.sign(blob.url, self.client.container_name, name, permission, expires, snapshot,
+                                      content_type, disposition)
 
     @_storage_call
     async def head(self, name: str, snapshot: str | None = None) -> Blob | None:
@@ -367,19 +412,26 @@ class Queues:
 
 
 class Storage:
-    def __init__(self, connection: str, timeout: int) -> None:
+    def __init__(self, config: StorageConfig | str, timeout: int) -> None:
+        config = StorageConfig(config) if isinstance(config, str) else config
         # The SDK logs every storage request at INFO; the Functions host would ship each one.
         logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(logging.WARNING)
         # use_env_settings=False: otherwise aiohttp looks up ~/.netrc and the proxy variables in
         # two worker threads on every request (a third of the host's CPU per storage call). A
         # deployment that must reach storage through a proxy is not supported (docs/API.md).
         options = dict(connection_timeout=3, read_timeout=timeout, use_env_settings=False)
-        self.blobs = BlobServiceClient.from_connection_string(
-            connection, retry_policy=BlobRetry(backoff=0.3, retry_total=2, random_jitter_range=0.2), **options)
-        queues = QueueServiceClient.from_connection_string(
-            connection, retry_policy=QueueRetry(backoff=0.3, retry_total=2, random_jitter_range=0.2), **options)
-        credential = self.blobs.credential
-        signer = Signer(self.blobs.account_name, getattr(credential, "account_key", None))
+        blob_retry = BlobRetry(backoff=0.3, retry_total=2, random_jitter_range=0.2)
+        queue_retry = QueueRetry(backoff=0.3, retry_total=2, random_jitter_range=0.2)
+        self.credential = None
+        if config.identity_based:
+            self.credential = _identity(config)
+            self.blobs = BlobServiceClient(config.blob_uri, credential=self.credential, retry_policy=blob_retry, **options)
+            queues = QueueServiceClient(config.queue_uri, credential=self.credential, retry_policy=queue_retry, **options)
+            signer = DelegationSigner(self.blobs)
+        else:
+            self.blobs = BlobServiceClient.from_connection_string(config.connection, retry_policy=blob_retry, **options)
+            queues = QueueServiceClient.from_connection_string(config.connection, retry_policy=queue_retry, **options)
+            signer = Signer(self.blobs.account_name, getattr(self.blobs.credential, "account_key", None))
         self.signer = signer
         self.inbox, self.outbox, self.uploads, self.signals = (
             Container(self.blobs.get_container_client(name), signer) for name in (INBOX, OUTBOX, UPLOADS, SIGNALS))
@@ -409,6 +461,19 @@ class Storage:
     async def close(self) -> None:
         await self.queues.close()
         await self.blobs.close()
+        if self.credential is not None:
+            await self.credential.close()
+
+
+def _identity(config: StorageConfig):
+    """The Microsoft Entra credential of an identity-based connection, as the Functions host reads its
+    settings: __credential=managedidentity (with __clientId for a user-assigned identity) is the
+    managed identity alone; otherwise azure-identity's default chain (which tries it too)."""
+    from azure.identity.aio import DefaultAzureCredential, ManagedIdentityCredential
+
+    if config.credential == "managedidentity":
+        return ManagedIdentityCredential(client_id=config.client_id) if config.client_id else ManagedIdentityCredential()
+    return DefaultAzureCredential(managed_identity_client_id=config.client_id)
 
 
 async def _create(coro) -> None:

@@ -328,7 +328,7 @@ class TaskStore:
             sub = Submission(uuid.uuid4().hex, model, content_type, params, self.now(), None, size)
             await self.storage.inbox.put(sub.task_id, b"", _with(sub.metadata(), **Upload(until).metadata()),
                                          content_type)
-            return self._grant(sub)
+            return await self._grant(sub)
         task_id = idempotent_id(self.settings.lease_secrets[0], scope, idempotency_key)
         sub = Submission(task_id, model, content_type, params, self.now(),
                          submission_digest(model, content_type, params, None, size), size)
@@ -336,7 +336,7 @@ class TaskStore:
         if task is not None:
             return task
         if etag is not None:
-            return self._grant(sub)
+            return await self._grant(sub)
         task = self._same_submission(self._open_task(task_id, inbox), sub)
         if task.upload is None or task.upload.committed:
             return task
@@ -348,11 +348,12 @@ class TaskStore:
         if await self.storage.inbox.set_metadata(task_id, _with(inbox.metadata, **Upload(until).metadata()),
                                                  inbox.etag) is None:
             raise TaskChanging("the upload changed while it was being read; ask again")
-        return self._grant(Submission.from_metadata(task_id, inbox.metadata))
+        return await self._grant(Submission.from_metadata(task_id, inbox.metadata))
 
-    def _grant(self, sub: Submission) -> Grant:
+    async def _grant(self, sub: Submission) -> Grant:
         expires = time.time() + self.settings.upload_seconds + sub.size / SLOWEST_LINK
-        return Grant(sub.task_id, self.storage.uploads.url(payload_blob(sub.task_id, sub.created), "cw", expires), expires)
+        return Grant(sub.task_id, await self.storage.uploads.url(payload_blob(sub.task_id, sub.created), "cw", expires),
+                     expires)
 
     async def commit_upload(self, task_id: str) -> Task:
         """Queue an uploaded task: what the client wrote becomes its payload (a read-only snapshot).
@@ -579,22 +580,22 @@ class TaskStore:
         payload_url = None
         readable = time.time() + lease_seconds + URL_GRACE + sub.size / SLOWEST_LINK
         if upload is not None:
-            payload, payload_url = None, self.storage.uploads.url(payload_blob(task_id, sub.created), "r", readable,
+            payload, payload_url = None, await self.storage.uploads.url(payload_blob(task_id, sub.created), "r", readable,
                                                                   upload.snapshot)
         elif payload is None:  # too large to go inline
-            payload_url = self.storage.inbox.url(task_id, "r", readable)
+            payload_url = await self.storage.inbox.url(task_id, "r", readable)
         return Claim(task_id, model, sub.params, sub.content_type, payload, lease.encode(self.settings.lease_secrets),
-                     expires, attempt, sub.size, payload_url, self._result_url(lease, lease_seconds))
+                     expires, attempt, sub.size, payload_url, await self._result_url(lease, lease_seconds))
 
     def _inline(self, sent: TaskMessage) -> bool:
         """Whether a claim carries this task's payload itself (else a URL to it)."""
         return sent.size <= self.settings.inline_bytes
 
-    def _result_url(self, lease: Lease, lease_seconds: int) -> str:
+    async def _result_url(self, lease: Lease, lease_seconds: int) -> str:
         """Where the worker holding `lease` may write a large result: for its lease, and the time an
         upload may take after it."""
         expires = time.time() + lease_seconds + self.settings.upload_seconds
-        return self.storage.uploads.url(result_blob(lease.task_id, lease.created, lease.claim), "cw", expires)
+        return await self.storage.uploads.url(result_blob(lease.task_id, lease.created, lease.claim), "cw", expires)
 
     async def _give_up(self, inbox: Blob, message: Message, attempts: int, error: str | None) -> None:
         sub, state = Submission.from_metadata(inbox.name, inbox.metadata), LeaseState.from_metadata(inbox.metadata)
@@ -682,7 +683,7 @@ class TaskStore:
         state.until, state.receipt = self.now() + seconds, receipt_hash(receipt)
         await self._write_state(lease, inbox, state)
         return Renewal(lease.renewed(receipt).encode(self.settings.lease_secrets), expires or state.until,
-                       self._result_url(lease, seconds))
+                       await self._result_url(lease, seconds))
 
     async def _expire_now(self, lease: Lease, inbox: Blob) -> None:
         """End a task past its queued TTL whose lease ran out or is given back: `expired`, and say so."""
@@ -881,15 +882,16 @@ class TaskStore:
         await self.storage.ensure_containers()
         await self.storage.signals.create(model, b"", {}, "application/octet-stream")  # there to be read
         expires = time.time() + WATCH_SECONDS
-        return self.storage.signals.url(model, "r", expires), expires
+        return await self.storage.signals.url(model, "r", expires), expires
 
-    def result_url(self, task: Task) -> tuple[str, float]:
+    async def result_url(self, task: Task) -> tuple[str, float]:
         """A read URL (and its expiry) for a result the worker uploaded: served as its content type, and
         as a download unless it is a type browsers show safely."""
         kind = task.result_content_type or "application/octet-stream"
         expires = time.time() + self.settings.upload_seconds + (task.outcome.size or 0) / SLOWEST_LINK
         disposition = None if shown_inline(kind) else f'attachment; filename="{task.task_id}"'
-        return self.storage.uploads.url(task.outcome.ref, "r", expires, task.outcome.snapshot, kind, disposition), expires
+        url = await self.storage.uploads.url(task.outcome.ref, "r", expires, task.outcome.snapshot, kind, disposition)
+        return url, expires
 
     async def health(self) -> None:
         await self.storage.ensure_containers()
@@ -1047,9 +1049,9 @@ _stores: dict = {}
 
 def get_store(settings: Settings) -> TaskStore:
     """The store of this event loop and storage account, created on first use and reused."""
-    key = (asyncio.get_running_loop(), settings.storage_connection, settings.storage_timeout_seconds)
+    key = (asyncio.get_running_loop(), settings.storage, settings.storage_timeout_seconds)
     store = _stores.get(key)
     if store is None:
-        store = _stores[key] = TaskStore(Storage(settings.storage_connection, settings.storage_timeout_seconds), settings)
+        store = _stores[key] = TaskStore(Storage(settings.storage, settings.storage_timeout_seconds), settings)
     store.settings = settings
     return store

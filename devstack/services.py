@@ -92,26 +92,49 @@ class Service:
 
 
 class Azurite(Service):
-    """Azurite on 127.0.0.1: in memory, or on disk in `location` (kept across restarts)."""
+    """Azurite on 127.0.0.1: in memory, or on disk in `location` (kept across restarts).
+
+    With `oauth=True` it serves HTTPS with a certificate of its own (`certificate`, for clients to
+    trust) and accepts bearer tokens as well as keys: what an identity-based connection needs."""
 
     name = "azurite"
-    ready = re.compile(r"Azurite (Blob|Queue) service is successfully listening at http://[\d.]+:(\d+)")
+    ready = re.compile(r"Azurite (Blob|Queue) service is successfully listening at https?://[\d.]+:(\d+)")
 
     def __init__(self, location: str | Path | None = None, blob_port: int = 0, queue_port: int = 0,
-                 log_dir: str | Path | None = None, node_args: list[str] | None = None) -> None:
+                 log_dir: str | Path | None = None, node_args: list[str] | None = None, oauth: bool = False) -> None:
         super().__init__(log_dir)
         self.location = Path(location) if location else None
         self.blob_port, self.queue_port = blob_port, queue_port
         self.node_args = list(node_args or [])  # e.g. --cpu-prof, for a benchmark
+        self.oauth = oauth
+        self.certificate: Path | None = None
 
     def command(self) -> list[str]:
         if not AZURITE_JS.exists():
             raise ServiceError(f"Azurite is not installed ({AZURITE_JS} is missing): run `npm ci` first")
         storage = ["--location", str(self.location)] if self.location else ["--inMemoryPersistence"]
+        secure = []
+        if self.oauth:
+            from .identity import self_signed
+
+            self.certificate, key = self_signed(self.log_dir / "tls")
+            secure = ["--oauth", "basic", "--cert", str(self.certificate), "--key", str(key)]
         return ["node", *self.node_args, str(AZURITE_JS), "--skipApiVersionCheck", "--disableTelemetry", "--loose",
                 "--blobHost", "127.0.0.1", "--blobPort", str(self.blob_port),
                 "--queueHost", "127.0.0.1", "--queuePort", str(self.queue_port),
-                "--tableHost", "127.0.0.1", "--tablePort", "0", *storage]
+                "--tableHost", "127.0.0.1", "--tablePort", "0", *secure, *storage]
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.oauth else "http"
+
+    @property
+    def blob_url(self) -> str:
+        return f"{self.scheme}://127.0.0.1:{self.blob_port}/{ACCOUNT}"
+
+    @property
+    def queue_url(self) -> str:
+        return f"{self.scheme}://127.0.0.1:{self.queue_port}/{ACCOUNT}"
 
     def start(self, timeout: float = 60, count: int = 2) -> Azurite:
         super().start(timeout, count)
@@ -131,7 +154,8 @@ class Azurite(Service):
 
         rule = CorsRule(["*"], ["GET", "HEAD", "PUT", "OPTIONS"], allowed_headers=["*"], exposed_headers=["*"],
                         max_age_in_seconds=3600)
-        with BlobServiceClient.from_connection_string(self.connection_string) as service:
+        verify = str(self.certificate) if self.certificate else True
+        with BlobServiceClient.from_connection_string(self.connection_string, connection_verify=verify) as service:
             service.set_service_properties(cors=[rule])
 
     def restart(self, down_seconds: float = 0) -> None:
@@ -142,9 +166,8 @@ class Azurite(Service):
 
     @property
     def connection_string(self) -> str:
-        return (f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={ACCOUNT_KEY};"
-                f"BlobEndpoint=http://127.0.0.1:{self.blob_port}/{ACCOUNT};"
-                f"QueueEndpoint=http://127.0.0.1:{self.queue_port}/{ACCOUNT};")
+        return (f"DefaultEndpointsProtocol={self.scheme};AccountName={ACCOUNT};AccountKey={ACCOUNT_KEY};"
+                f"BlobEndpoint={self.blob_url};QueueEndpoint={self.queue_url};")
 
 
 class DevHost(Service):
@@ -157,7 +180,7 @@ class DevHost(Service):
     name = "devhost"
     ready = re.compile(r"listening on (http://[\d.]+:(\d+)/api)")
 
-    def __init__(self, connection_string: str, settings: dict | None = None, port: int = 0,
+    def __init__(self, connection_string: str | None, settings: dict | None = None, port: int = 0,
                  log_dir: str | Path | None = None, extra_args: list[str] | None = None,
                  settings_file: str = os.devnull) -> None:
         super().__init__(log_dir)
@@ -170,8 +193,10 @@ class DevHost(Service):
         self.settings.setdefault("BROKER_LEASE_SECRET", secrets.token_urlsafe(32))
 
     def environment(self) -> dict:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_")}
-        env.update({"BROKER_STORAGE_CONNECTION": self.connection_string, "PYTHONUNBUFFERED": "1"})
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("BROKER_", "AzureWebJobsStorage"))}
+        env["PYTHONUNBUFFERED"] = "1"
+        if self.connection_string:  # else the settings name an identity-based connection (AzureWebJobsStorage__*)
+            env["BROKER_STORAGE_CONNECTION"] = self.connection_string
         env.update({k: str(v) for k, v in self.settings.items()})
         return env
 
