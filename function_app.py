@@ -5,8 +5,9 @@ The functions are anonymous at the platform level; the app checks keys itself (d
 
 import azure.functions as func
 
-from broker import cleanup, http
+from broker import cleanup, http, telemetry
 
+telemetry.configure()  # traces to Application Insights when APPLICATIONINSIGHTS_CONNECTION_STRING is set
 app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
 app.register_functions(http.bp)
 app.register_functions(cleanup.bp)

@@ -14,11 +14,11 @@ from urllib.parse import urljoin
 
 import azure.functions as func
 
-from . import auth, validate
+from . import auth, telemetry, validate
 from .errors import Rejected
 from .records import Grant, iso
 from .respond import ALL_METHODS, claims_response, endpoint, error_response, json_response
-from .settings import Settings
+from .settings import Settings, worker_auth_level
 from .store import get_store, shown_inline
 
 bp = func.Blueprint()
@@ -39,8 +39,11 @@ def _result_limit(settings: Settings) -> int:
     return settings.max_payload_bytes
 
 
-def _route(name: str):
-    return bp.route(route=name, methods=ALL_METHODS, auth_level=func.AuthLevel.ANONYMOUS)
+def _route(name: str, gated: bool = False):
+    """Register a function for every method; `gated` (worker and operations routes) puts it behind the
+    platform's function keys as well when BROKER_WORKER_AUTH_LEVEL=function (read as the app starts)."""
+    level = func.AuthLevel.FUNCTION if gated and worker_auth_level() == "function" else func.AuthLevel.ANONYMOUS
+    return bp.route(route=name, methods=ALL_METHODS, auth_level=level)
 
 
 def _links(req: func.HttpRequest, task_id: str) -> dict:
@@ -52,10 +55,12 @@ def _links(req: func.HttpRequest, task_id: str) -> dict:
 @endpoint(("POST",), auth.CLIENT, body_limit=_submit_limit)
 async def predict(req: func.HttpRequest, settings: Settings) -> func.HttpResponse:
     """Submit a job: raw bytes, or the JSON wrapper with a base64 payload."""
+    began = time.time_ns()
     model, payload, content_type, params = validate.submission(req, settings.max_payload_bytes, settings.models)
     key = validate.idempotency_key(req)
     task, _ = await get_store(settings).submit(model, payload, content_type, params, key,
                                                auth.client_scope(req, settings))
+    telemetry.finished("predict", task.task_id, began, model=model, size=len(payload))
     return _accepted(req, task)
 
 
@@ -73,7 +78,9 @@ async def upload(req: func.HttpRequest, settings: Settings) -> func.HttpResponse
     key = validate.idempotency_key(req)
     store = get_store(settings)
     store.check_signing()
+    began = time.time_ns()
     granted = await store.begin_upload(model, size, content_type, params, key, auth.client_scope(req, settings))
+    telemetry.finished("upload", granted.task_id, began, model=model, size=size)
     if not isinstance(granted, Grant):  # the Idempotency-Key's task, committed already
         return _accepted(req, granted)
     return json_response({"task_id": granted.task_id, "upload_url": granted.url,
@@ -138,7 +145,7 @@ async def cancel(req: func.HttpRequest, settings: Settings) -> func.HttpResponse
     return json_response((await get_store(settings).cancel(validate.task_id(req))).document())
 
 
-@_route("getnexttask")
+@_route("getnexttask", gated=True)
 @endpoint(("GET", "POST"), auth.WORKER)
 async def getnexttask(req: func.HttpRequest, settings: Settings) -> func.HttpResponse:
     """Claim up to max_tasks tasks, long-polling up to wait seconds for the first."""
@@ -149,13 +156,16 @@ async def getnexttask(req: func.HttpRequest, settings: Settings) -> func.HttpRes
     settings.check_lease_secret()  # before claiming anything it could not sign a token for
     store = get_store(settings)
     store.check_signing()  # nor a URL for
+    began = time.time_ns()
     claims = await store.claim(model, max_tasks, wait, lease)
+    for claim in claims:  # a span in each task's trace: from the long-poll's start to its claim
+        telemetry.finished("getnexttask", claim.task_id, began, model=model, attempt=claim.attempt, size=claim.size)
     if not claims:
         return func.HttpResponse(status_code=204)
     return claims_response(claims, settings.inline_bytes)
 
 
-@_route("watch")
+@_route("watch", gated=True)
 @endpoint(("GET",), auth.WORKER)
 async def watch(req: func.HttpRequest, settings: Settings) -> func.HttpResponse:
     """Where an idle worker watches for work without holding a request open: a read URL for a blob whose
@@ -168,7 +178,7 @@ async def watch(req: func.HttpRequest, settings: Settings) -> func.HttpResponse:
                           "expires_in": round(expires - time.time())})
 
 
-@_route("extendlease")
+@_route("extendlease", gated=True)
 @endpoint(("POST",), auth.WORKER)
 async def extendlease(req: func.HttpRequest, settings: Settings) -> func.HttpResponse:
     """Heartbeat (seconds > 0) or give the task back to the queue (seconds = 0)."""
@@ -182,7 +192,7 @@ async def extendlease(req: func.HttpRequest, settings: Settings) -> func.HttpRes
     return json_response(body)
 
 
-@_route("puttaskresult")
+@_route("puttaskresult", gated=True)
 @endpoint(("POST",), auth.WORKER, body_limit=_result_limit)
 async def puttaskresult(req: func.HttpRequest, settings: Settings) -> func.HttpResponse:
     """Commit a task's outcome: the result bytes, or (status=failed) an error, retryable or not."""
@@ -219,7 +229,7 @@ async def health(req: func.HttpRequest, settings: Settings) -> func.HttpResponse
     return json_response({"status": "ok"})
 
 
-@_route("stats")
+@_route("stats", gated=True)
 @endpoint(("GET",), auth.WORKER)
 async def stats(req: func.HttpRequest, settings: Settings) -> func.HttpResponse:
     model = req.params.get("model")

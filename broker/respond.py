@@ -17,11 +17,12 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import re
 
 import azure.functions as func
 from azure.core.exceptions import ClientAuthenticationError
 
-from . import auth
+from . import auth, telemetry
 from .errors import (
     BrokerError,
     IdempotencyConflict,
@@ -47,6 +48,7 @@ log = logging.getLogger("broker")
 
 ALL_METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]
 NOSNIFF = {"X-Content-Type-Options": "nosniff"}
+TASK_ID = re.compile(r"[0-9a-f]{32}")
 
 # The one place a domain error becomes a status code.
 STATUS: dict[type, int] = {
@@ -148,6 +150,15 @@ def endpoint(methods: tuple[str, ...], role: str | None = None, body_limit=lambd
         async def run(req: func.HttpRequest) -> func.HttpResponse:
             if req.method.upper() not in methods:
                 return wrong_method(methods)
+            task_id = req.params.get("task_id", "")
+            if not TASK_ID.fullmatch(task_id):
+                return await answer(req)
+            with telemetry.task_span(handler.__name__, task_id) as span:  # a step of that task's trace
+                response = await answer(req)
+                span.set_attribute("http.status_code", response.status_code)
+                return response
+
+        async def answer(req: func.HttpRequest) -> func.HttpResponse:
             try:
                 settings: Settings = load()
                 auth.check(req, settings, role)

@@ -36,6 +36,7 @@ DEFAULTS = {
     "BROKER_INLINE_BYTES": str(1024 * 1024),
     "BROKER_MAX_UPLOAD_BYTES": str(8 * 1024**3),
     "BROKER_UPLOAD_SECONDS": "900",
+    "BROKER_WORKER_AUTH_LEVEL": "anonymous",
 }
 MIN_SECRET_CHARS = 32
 
@@ -157,6 +158,17 @@ def load() -> Settings:
         max_upload_bytes=_int("BROKER_MAX_UPLOAD_BYTES", 1, 4 * 1024**4),
         upload_seconds=_int("BROKER_UPLOAD_SECONDS", 1, 7 * 86400),
     )
+
+
+def worker_auth_level() -> str:
+    """BROKER_WORKER_AUTH_LEVEL: `function` puts the worker and operations routes behind the platform's
+    function keys too (Azure checks `x-functions-key` before the app runs: unpaid traffic is refused
+    unbilled); `anonymous` (the default) leaves the app's own worker key as their only gate. Read
+    when the app starts: the auth level is part of each function's definition."""
+    level = (_get("BROKER_WORKER_AUTH_LEVEL") or "anonymous").lower()
+    if level not in ("anonymous", "function"):
+        raise SettingsError(f"setting BROKER_WORKER_AUTH_LEVEL must be anonymous or function, got {level[:40]!r}")
+    return level
 
 
 def _models() -> tuple[str, ...]:

@@ -250,6 +250,7 @@ def build(app: func.FunctionApp, limits: Limits = Limits()) -> tuple[Starlette, 
     """A Starlette app serving every HTTP function of `app`, and the (name, period, function) timers."""
     routes: dict[str, tuple[set[str], object]] = {}
     timers = []
+    keyed: list[str] = []  # functions whose auth level asks the platform for a function key
     for function in app.get_functions():  # call once per app object: a second call raises
         trigger = function.get_trigger()
         user_function = function.get_user_function()
@@ -257,8 +258,13 @@ def build(app: func.FunctionApp, limits: Limits = Limits()) -> tuple[Starlette, 
             route = (trigger.route or function.get_function_name()).strip("/").lower()
             methods = {str(getattr(m, "value", m)).upper() for m in (trigger.methods or ["GET", "POST"])}
             routes[route] = (methods, user_function, function.get_function_name())
+            if str(getattr(trigger.auth_level, "value", trigger.auth_level)).lower() != "anonymous":
+                keyed.append(function.get_function_name())
         elif trigger.get_binding_name() == "timerTrigger":
             timers.append((function.get_function_name(), schedule_seconds(trigger.schedule), user_function))
+
+    if keyed:  # as `func start`: function keys are Azure's front end's to check, not a local host's
+        log.info("function keys are not enforced locally (as with func start): %s", ", ".join(sorted(keyed)))
 
     async def dispatch(request: Request) -> Response:
         entry = routes.get(request.path_params["path"].strip("/").lower())

@@ -17,6 +17,8 @@ environment:
   BROKER_URL         the broker's base URL, when --broker-url is not given
   BROKER_WORKER_KEY  a worker key of the broker (one of its BROKER_WORKER_KEYS); read from the
                      environment only, so it never shows in the process list
+  BROKER_FUNCTION_KEY  the app's function key, when its worker routes sit behind the platform's keys
+                     too (BROKER_WORKER_AUTH_LEVEL=function); sent as x-functions-key
 
 built-in handlers:
   echo           returns each payload unchanged (params: sleep_ms, fail, retryable); no TensorFlow
@@ -77,6 +79,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-batch-mib", type=int, default=2048, metavar="N",
                         help="large payloads (fetched from storage) held for one batch at most, in MiB; the "
                              "batch's first task always comes, the rest past this are given back (default 2048)")
+    parser.add_argument("--metrics-port", type=int, metavar="N",
+                        help="serve Prometheus metrics on this port (/metrics): tasks by outcome, img/s, batch "
+                             "fill, queue wait, lease renewals; needs prometheus-client (default: off)")
+    parser.add_argument("--metrics-host", default="127.0.0.1", metavar="ADDR",
+                        help="the address the metrics endpoint binds (default 127.0.0.1; 0.0.0.0 in a container)")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                         help="a handler option, repeatable (deeplabv3plus: input_size=N)")
     parser.add_argument("--labels", metavar="FILE",
@@ -105,6 +112,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         (not 0.05 <= args.watch_interval <= 60, "--watch-interval must be from 0.05 to 60 seconds"),
         (not 1 <= args.idle_check <= 3600, "--idle-check must be from 1 to 3600 seconds"),
         (args.max_batch_mib < 1, "--max-batch-mib must be at least 1"),
+        (args.metrics_port is not None and not 0 <= args.metrics_port <= 65535, "--metrics-port must be a port number"),
         (any("=" not in option for option in args.option), "--option takes KEY=VALUE"),
     ]
     for failed, message in problems:
@@ -129,6 +137,18 @@ def main(argv: list[str] | None = None) -> int:
     key = os.environ.get("BROKER_WORKER_KEY")
     if not key:
         return _fail(EXIT_CONFIG, "BROKER_WORKER_KEY is not set: set it to one of the broker's worker keys")
+    metrics = None
+    if args.metrics_port is not None:
+        from .metrics import Metrics, MetricsUnavailable
+
+        try:
+            metrics = Metrics(args.batch)
+            port = metrics.serve(args.metrics_port, args.metrics_host)
+        except MetricsUnavailable as exc:
+            return _fail(EXIT_CONFIG, str(exc))
+        except OSError as exc:
+            return _fail(EXIT_CONFIG, f"cannot serve metrics on {args.metrics_host}:{args.metrics_port}: {exc.strerror or exc}")
+        log.info("metrics on http://%s:%d/metrics", args.metrics_host, port)
     spec = args.handler or args.model
     try:
         cls = handler_class(spec)
@@ -148,12 +168,15 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(EXIT_WEIGHTS, f"weights unavailable: {exc}; {handler.weights_hint}")
     log.info("device: %s", handler.device())
 
-    client = BrokerClient(args.broker_url, key, pool_size=args.upload_threads + 2)
+    client = BrokerClient(args.broker_url, key, pool_size=args.upload_threads + 2,
+                          function_key=os.environ.get("BROKER_FUNCTION_KEY") or None)
     worker = Worker(client, handler, Claiming(args.model, args.batch, args.wait, args.lease, args.idle_after,
                                               args.watch_interval, args.idle_check, args.max_batch_mib * 2**20),
-                    args.status_interval, args.upload_threads)
+                    args.status_interval, args.upload_threads, metrics)
     fatal = worker.run()
     client.close()
+    if metrics is not None:
+        metrics.close()
     if isinstance(fatal, Refused):
         hint = " (check BROKER_WORKER_KEY)" if fatal.status == 401 else " (check --broker-url; it ends in /api)"
         return _fail(EXIT_CONFIG, f"the broker refused this worker: {fatal}{hint}")

@@ -60,11 +60,13 @@ def _retry() -> Retry:
 class BrokerClient:
     """One HTTP session to the broker with the worker key; safe to share between threads."""
 
-    def __init__(self, url: str, key: str | None, pool_size: int = 8) -> None:
+    def __init__(self, url: str, key: str | None, pool_size: int = 8, function_key: str | None = None) -> None:
         self.url = url.rstrip("/")
         self.session = pinned_session(self.url, pool_size, _retry())
         if key:
             self.session.headers["Authorization"] = f"Bearer {key}"
+        if function_key:  # the platform's gate in front of the app (BROKER_WORKER_AUTH_LEVEL=function)
+            self.session.headers["x-functions-key"] = function_key
 
     def claim(self, model: str, max_tasks: int, wait: int, lease: int) -> tuple[list[dict], int | None]:
         """Long-poll for up to `max_tasks` tasks: (the tasks, the broker's inline limit for results);

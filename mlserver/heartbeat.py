@@ -39,17 +39,21 @@ class Heartbeat(threading.Thread):
             task.lease = answer["lease"]
             task.result_upload_url = answer.get("result_upload_url") or task.result_upload_url
             task.schedule_renewal()
+            self.stats.renewal("renewed")
         except Cancelled as exc:
             task.cancelled = True
             self.ledger.remove(task)
             self.stats.count("cancelled")
+            self.stats.renewal("cancelled")
             log.info("task %s ended without this worker (%s); dropping it", task.task_id, exc)
         except Unavailable as exc:
             task.renew_at = time.monotonic() + RETRY_SOON
+            self.stats.renewal("failed")
             log.warning("could not renew the lease of task %s: %s", task.task_id, exc)
         except (LeaseLost, Refused) as exc:
             # Keep working: a put after a lost lease is still accepted if no other attempt committed.
             task.lease_lost = True
+            self.stats.renewal("lost")
             log.warning("lost the lease of task %s: %s", task.task_id, exc)
         except Exception:  # noqa: BLE001 - one odd answer must not end the heartbeat for every task
             task.renew_at = time.monotonic() + RETRY_SOON

@@ -13,10 +13,12 @@ log = logging.getLogger("mlserver.status")
 
 
 class Stats:
-    """Thread-safe totals, plus per-interval figures that reset at each status line."""
+    """Thread-safe totals, plus per-interval figures that reset at each status line; everything also
+    goes to the Prometheus metrics (metrics.py), when the worker serves them."""
 
-    def __init__(self, batch_size: int) -> None:
+    def __init__(self, batch_size: int, metrics=None) -> None:
         self.batch_size = batch_size
+        self.metrics = metrics
         self.totals: Counter = Counter()
         self._lock = threading.Lock()
         self._reset_interval(time.monotonic())
@@ -34,6 +36,13 @@ class Stats:
             self.totals[what] += n
             if what in ("done", "failed"):
                 self.finished += n
+        if self.metrics:
+            self.metrics.count(what, n)
+
+    def renewal(self, result: str) -> None:
+        """A heartbeat's result: renewed, lost, cancelled or failed."""
+        if self.metrics:
+            self.metrics.renewal(result)
 
     def batch(self, size: int, waits: list[float]) -> None:
         """A batch went to the model; `waits` are the seconds each task spent in hand before that."""
@@ -42,6 +51,8 @@ class Stats:
             self.batch_items += size
             self.waits += sum(waits)
             self.waited += len(waits)
+        if self.metrics:
+            self.metrics.batch(size, waits)
 
     def line(self) -> str:
         """The status line for the interval since the last call."""

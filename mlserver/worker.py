@@ -31,14 +31,16 @@ TAKE_POLL = 0.2
 
 class Worker:
     def __init__(self, client: BrokerClient, handler: Handler, claiming: Claiming,
-                 status_interval: float = 30, upload_threads: int = 4) -> None:
+                 status_interval: float = 30, upload_threads: int = 4, metrics=None) -> None:
         self.client, self.handler, self.claiming = client, handler, claiming
         self.stop = threading.Event()
         self.force = threading.Event()
         self.ledger = Ledger()
-        self.stats = Stats(claiming.batch)
+        self.stats = Stats(claiming.batch, metrics)
         self.reporter = Reporter(client, handler, self.ledger, self.stats, upload_threads)
         self.fetcher = Fetcher(client, handler, claiming, self.ledger, self.stop)
+        if metrics is not None:
+            metrics.idle = self.fetcher.watcher.asleep
         self.heartbeat = Heartbeat(client, self.ledger, self.stats, claiming.lease)
         self.status = StatusLine(self.stats, status_interval)
 

@@ -33,3 +33,37 @@ def test_http_functions_are_coroutines():
     app = importlib.reload(importlib.import_module("function_app")).app
     for function in app.get_functions():
         assert inspect.iscoroutinefunction(function.get_user_function()), function.get_function_name()
+
+
+def test_worker_and_operations_routes_can_sit_behind_the_platforms_function_keys(monkeypatch):
+    """BROKER_WORKER_AUTH_LEVEL=function: Azure checks x-functions-key on those routes before the app runs
+    (unpaid traffic refused unbilled); client routes, /health and /demo stay anonymous."""
+    monkeypatch.setenv("BROKER_WORKER_AUTH_LEVEL", "function")
+    import broker.http
+
+    importlib.reload(broker.http)
+    try:
+        app = importlib.reload(importlib.import_module("function_app")).app
+        levels = {f.get_function_name(): f.get_trigger().auth_level for f in app.get_functions()
+                  if f.get_trigger().get_binding_name() == "httpTrigger"}
+        gated = {"getnexttask", "extendlease", "puttaskresult", "watch", "stats"}
+        assert {name for name, level in levels.items() if level == func.AuthLevel.FUNCTION} == gated
+    finally:
+        monkeypatch.delenv("BROKER_WORKER_AUTH_LEVEL")
+        importlib.reload(broker.http)
+        importlib.reload(importlib.import_module("function_app"))
+
+
+def test_the_dev_host_says_it_does_not_enforce_function_keys(start_broker, model):
+    """As `func start`: the front end's check is Azure's; locally the routes answer without the key."""
+    gated = start_broker({"BROKER_WORKER_AUTH_LEVEL": "function"})
+    assert "function keys are not enforced locally (as with func start)" in gated.host.log_text()
+    assert gated.get(f"/getnexttask?model={model}&wait=0", headers=gated.worker).status_code == 204
+
+
+def test_the_worker_sends_the_function_key_when_given_one():
+    from mlserver.broker_api import BrokerClient
+
+    client = BrokerClient("http://127.0.0.1:9/api", "worker-key", function_key="function-key")
+    assert client.session.headers["x-functions-key"] == "function-key"
+    assert "x-functions-key" not in BrokerClient("http://127.0.0.1:9/api", "worker-key").session.headers
