@@ -28,7 +28,7 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import aiohttp
 from azure.core import MatchConditions
@@ -207,8 +207,9 @@ class Container:
                   content_type: str | None = None, disposition: str | None = None) -> str:
         """A SAS URL for one blob (or one snapshot of it): `permission` ("r", "cw") until `expires`
         (a Unix time); a read may name the Content-Type and Content-Disposition storage answers with."""
-        blob = self.client.get_blob_client(name, snapshot=snapshot)
-        return await self.signer.sign(blob.url, self.client.container_name, name, permission, expires, snapshot,
+        # Composed here rather than through get_blob_client, which builds a whole client (0.17 ms) per call.
+        url = f"{self.client.url}/{quote(name, safe='/~')}" + (f"?snapshot={quote(snapshot)}" if snapshot else "")
+        return await self.signer.sign(url, self.client.container_name, name, permission, expires, snapshot,
                                       content_type, disposition)
 
     @_storage_call

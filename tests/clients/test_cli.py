@@ -187,3 +187,59 @@ def test_predict_a_large_file_uploads_it_with_progress(broker, echo, tmp_path):
     assert (tmp_path / "echoed.bin").read_bytes() == big.read_bytes()
     assert "big.bin: uploading 100% (6.3 of 6.3 MB" in done.stderr, done.stderr
     assert "big.bin: succeeded -> echoed.bin" in done.stderr
+
+
+def test_a_client_killed_mid_upload_leaves_no_task_and_the_sweep_takes_what_it_wrote(azurite, broker, tmp_path,
+                                                                                     lease_secret, monkeypatch):
+    """A real `predict` of a large file, held by a proxy in the middle of its blocks and SIGKILLed there:
+    the upload was never committed, so no task exists (404, nothing queued); the sweep, once the upload's
+    time has passed (a moved clock), deletes its record and the blocks it staged."""
+    import base64
+    import re
+    import signal
+
+    from broker import settings as broker_settings
+    from broker.storage import Storage
+    from broker.store import TaskStore
+    from tests.store.conftest import Clock
+    from tests.support.polling import run_async
+    from tests.support.storage_proxy import StorageProxy
+
+    model = "t-killed-" + os.urandom(4).hex()
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(20 * 1024 * 1024))  # three blocks of 8 MiB at most
+    third = base64.b64encode(b"block-00000002").decode().rstrip("=")  # the client's block ids (clients/blobs.py)
+    proxy = StorageProxy(stall=lambda method, url: method == "PUT" and f"blockid={third}" in url)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_")}
+    env.update({"BROKER_URL": broker.url, "PYTHONPATH": str(ROOT), "HTTP_PROXY": proxy.url})
+    process = subprocess.Popen([sys.executable, "-m", "clients", "predict", str(big), "--model", model], cwd=tmp_path,
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proxy.stalled.wait(60), process.stderr.read1().decode() if process.poll() is not None else "no block PUT"
+        process.send_signal(signal.SIGKILL)
+        process.wait(30)
+    finally:
+        proxy.close()
+    task_id = re.search(r"payloads/([0-9a-f]{32})/", proxy.seen[-1]).group(1)
+    status = broker.get(f"/status?task_id={task_id}")
+    assert status.status_code == 404 and "not committed" in status.json()["error"]
+    assert broker.claim(model, wait=0) == []
+
+    monkeypatch.setenv("BROKER_STORAGE_CONNECTION", azurite.connection_string)
+    monkeypatch.setenv("BROKER_LEASE_SECRET", lease_secret)
+
+    async def sweep():
+        storage = Storage(azurite.connection_string, 5)
+        try:
+            store = TaskStore(storage, broker_settings.load(), clock=Clock())
+            listed, _ = await storage.uploads.page(None, 5000, uncommitted=True)
+            staged = [b.name for b in listed if task_id in b.name]
+            store.now.advance(store.settings.upload_seconds + 20 + 301)  # the URL's time, its MB allowance, the grace
+            await store.sweep()
+            listed, _ = await storage.uploads.page(None, 5000, uncommitted=True)
+            return staged, await storage.inbox.head(task_id), [b.name for b in listed if task_id in b.name]
+        finally:
+            await storage.close()
+
+    staged, record, left = run_async(sweep)
+    assert staged and record is None and left == []

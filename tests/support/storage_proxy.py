@@ -21,6 +21,7 @@ class StorageProxy:
     def __init__(self, stall=lambda method, url: False, refuse=lambda method, url: False) -> None:
         """`stall(method, url)` says which requests to hold, `refuse(method, url)` which to answer 403."""
         self.stall, self.refuse = stall, refuse
+        self.seen: list[str] = []  # every URL asked for, in order
         self.stalled = threading.Event()
         self.release = threading.Event()
         proxy = self
@@ -32,6 +33,7 @@ class StorageProxy:
             def _forward(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
+                proxy.seen.append(self.path)
                 if proxy.stall(self.command, self.path):
                     proxy.stalled.set()
                     proxy.release.wait(120)  # never answered while the test runs
