@@ -42,8 +42,12 @@ def configure() -> None:
         try:
             from azure.monitor.opentelemetry import configure_azure_monitor
 
+            # Sampled by trace id, so a task's steps are kept or dropped together, on every instance (the
+            # distro's default, a rate-limited sampler, keeps steps of a task independently). All of them
+            # unless the operator sets OTEL_TRACES_SAMPLER (and _ARG) as the distro documents.
+            sampling = {} if os.environ.get("OTEL_TRACES_SAMPLER") else {"sampling_ratio": 1.0}
             configure_azure_monitor(connection_string=connection, logger_name="broker",
-                                    instrumentation_options={"azure_sdk": {"enabled": True}})
+                                    instrumentation_options={"azure_sdk": {"enabled": True}}, **sampling)
         except Exception as exc:  # noqa: BLE001 - telemetry must never stop the broker serving
             log.warning("Application Insights is not set up (%s: %s); the broker runs without traces",
                         type(exc).__name__, exc)

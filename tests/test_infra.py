@@ -120,6 +120,9 @@ def test_the_keda_example_scales_the_worker_on_its_queue_waiting_tasks_only():
     assert trigger["type"] == "azure-queue"
     metadata = trigger["metadata"]
     assert all(isinstance(v, str) for v in metadata.values())  # the CRD takes a map of strings
+    # The azure-queue scaler's metadata (KEDA's pkg/scalers/azure_queue_scaler.go): nothing it would not read.
+    assert set(metadata) <= {"queueName", "queueLength", "activationQueueLength", "accountName", "connection",
+                             "endpointSuffix", "queueLengthStrategy", "cloud"}
     assert metadata["queueLengthStrategy"] == "visibleonly"  # leased tasks are not waiting ones
     [container] = deployment["spec"]["template"]["spec"]["containers"]
     model = container["args"][container["args"].index("--model") + 1]
