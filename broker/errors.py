@@ -80,6 +80,30 @@ class NotAnUpload(BrokerError):
         super().__init__("this task's payload was sent with the request, not uploaded: there is nothing to commit")
 
 
+class RateLimited(BrokerError):
+    """Over BROKER_RATE_LIMIT: the answer says when the window ends (Retry-After)."""
+
+    def __init__(self, limit: int, period: int, retry_after: int) -> None:
+        unit = {1: "second", 60: "minute", 3600: "hour"}.get(period, f"{period} s")
+        super().__init__(f"over the rate limit of {limit} requests a {unit}; retry in {retry_after} s",
+                         headers={"Retry-After": str(retry_after)})
+
+
+class QuotaUsed(BrokerError):
+    def __init__(self, max_tasks: int) -> None:
+        super().__init__(f"this token's quota of {max_tasks} tasks is used up: ask for a new token")
+
+
+class TokenRevoked(BrokerError):
+    def __init__(self) -> None:
+        super().__init__("the token was revoked", headers={"WWW-Authenticate": "Bearer"})
+
+
+class ModelNotCovered(BrokerError):
+    def __init__(self, model: str) -> None:
+        super().__init__(f"this token does not cover model {model}")
+
+
 class TaskChanging(BrokerError):
     """The task changed between two reads; the same request a moment later will do."""
 

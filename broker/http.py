@@ -20,6 +20,7 @@ from .records import Grant, iso
 from .respond import ALL_METHODS, claims_response, endpoint, error_response, json_response
 from .settings import Settings, worker_auth_level
 from .store import get_store, shown_inline
+from .tokens import BadToken, Token
 
 bp = func.Blueprint()
 
@@ -53,13 +54,13 @@ def _links(req: func.HttpRequest, task_id: str) -> dict:
 
 @_route("predict")
 @endpoint(("POST",), auth.CLIENT, body_limit=_submit_limit)
-async def predict(req: func.HttpRequest, settings: Settings) -> func.HttpResponse:
+async def predict(req: func.HttpRequest, settings: Settings, caller: auth.Caller) -> func.HttpResponse:
     """Submit a job: raw bytes, or the JSON wrapper with a base64 payload."""
     began = time.time_ns()
     model, payload, content_type, params = validate.submission(req, settings.max_payload_bytes, settings.models)
     key = validate.idempotency_key(req)
-    task, _ = await get_store(settings).submit(model, payload, content_type, params, key,
-                                               auth.client_scope(req, settings))
+    store = await _submitting(settings, caller, model)
+    task, _ = await store.submit(model, payload, content_type, params, key, caller.scope)
     telemetry.finished("predict", task.task_id, began, model=model, size=len(payload))
     return _accepted(req, task)
 
@@ -72,14 +73,14 @@ def _accepted(req: func.HttpRequest, task) -> func.HttpResponse:
 
 @_route("upload")
 @endpoint(("POST",), auth.CLIENT)
-async def upload(req: func.HttpRequest, settings: Settings) -> func.HttpResponse:
+async def upload(req: func.HttpRequest, settings: Settings, caller: auth.Caller) -> func.HttpResponse:
     """Start a submit whose payload the client uploads straight to storage: where, and until when."""
     model, size, content_type, params = validate.upload(req, settings.max_upload_bytes, settings.models)
     key = validate.idempotency_key(req)
-    store = get_store(settings)
-    store.check_signing()
+    get_store(settings).check_signing()
+    store = await _submitting(settings, caller, model)
     began = time.time_ns()
-    granted = await store.begin_upload(model, size, content_type, params, key, auth.client_scope(req, settings))
+    granted = await store.begin_upload(model, size, content_type, params, key, caller.scope)
     telemetry.finished("upload", granted.task_id, began, model=model, size=size)
     if not isinstance(granted, Grant):  # the Idempotency-Key's task, committed already
         return _accepted(req, granted)
@@ -90,14 +91,58 @@ async def upload(req: func.HttpRequest, settings: Settings) -> func.HttpResponse
 
 @_route("commit")
 @endpoint(("POST",), auth.CLIENT)
-async def commit(req: func.HttpRequest, settings: Settings) -> func.HttpResponse:
+async def commit(req: func.HttpRequest, settings: Settings, caller: auth.Caller) -> func.HttpResponse:
     """Queue a task whose payload has been uploaded; answered as a predict is."""
-    return _accepted(req, await get_store(settings).commit_upload(validate.task_id(req)))
+    return _accepted(req, await get_store(settings).commit_upload(validate.task_id(req), caller.owner))
+
+
+async def _submitting(settings: Settings, caller: auth.Caller, model: str):
+    """The store, once a submit by `caller` to `model` may go on: a token must cover the model, and
+    counts the task against its max_tasks."""
+    caller.may_submit(model)
+    store = get_store(settings)
+    if caller.token is not None:
+        await store.limits.spend(caller.token)
+    return store
+
+
+@_route("token")
+@endpoint(("POST",), auth.CLIENT)
+async def token(req: func.HttpRequest, settings: Settings, caller: auth.Caller) -> func.HttpResponse:
+    """Mint a scoped, short-lived token for a web page (with a client key, not with a token)."""
+    if not settings.client_keys:
+        raise Rejected(400, "this broker has no client keys (BROKER_CLIENT_KEYS): its client routes are open, "
+                            "and a token would add nothing")
+    if caller.token is not None:
+        raise Rejected(403, "a token cannot mint tokens: use a client key")
+    models, expires_in, max_tasks = validate.token_request(req, settings.models)
+    minted = Token.mint(caller.scope, models, time.time() + expires_in, max_tasks)
+    return json_response({"token": minted.encode(settings.lease_secrets), "token_id": minted.id,
+                          "expires_at": iso(minted.expires), "models": list(models), "max_tasks": max_tasks}, 201)
+
+
+@_route("revoke")
+@endpoint(("POST",), auth.CLIENT)
+async def revoke(req: func.HttpRequest, settings: Settings, caller: auth.Caller) -> func.HttpResponse:
+    """Revoke a token minted with the caller's client key: refused everywhere within seconds."""
+    if caller.token is not None:
+        raise Rejected(403, "a token cannot revoke tokens: use the client key that minted it")
+    text = validate.json_object(req.get_body(), "JSON body").get("token")
+    if not isinstance(text, str):
+        raise Rejected(400, "the JSON body needs \"token\": the token to revoke")
+    try:
+        revoked = Token.decode(text, settings.lease_secrets, time.time())
+    except BadToken as exc:
+        raise Rejected(400, f"{exc}; there is nothing to revoke") from None
+    if revoked.owner != caller.scope:
+        raise Rejected(404, "no token of this client key matches")
+    await get_store(settings).limits.revoke(revoked)
+    return json_response({"token_id": revoked.id, "revoked": True})
 
 
 @_route("getresult")
 @endpoint(("GET",), auth.CLIENT)
-async def getresult(req: func.HttpRequest, settings: Settings) -> func.HttpResponse:
+async def getresult(req: func.HttpRequest, settings: Settings, caller: auth.Caller) -> func.HttpResponse:
     """The result when done (200), else the task's status with the status code that names it."""
     task_id = validate.task_id(req)
     wait = validate.integer(req, "wait", 0, 60, default=0)
@@ -105,7 +150,7 @@ async def getresult(req: func.HttpRequest, settings: Settings) -> func.HttpRespo
     if form not in ("", "json"):
         raise Rejected(400, "format must be json or left out")
     store = get_store(settings)
-    task, body = await store.result(task_id, wait)
+    task, body = await store.result(task_id, wait, caller.owner)
     document = task.document()
     status = document["status"]
     if status == "succeeded" and task.outcome.ref:  # uploaded by the worker: fetched from storage directly
@@ -135,14 +180,14 @@ def _result_headers(task_id: str, kind: str) -> dict:
 
 @_route("status")
 @endpoint(("GET",), auth.CLIENT)
-async def status(req: func.HttpRequest, settings: Settings) -> func.HttpResponse:
-    return json_response((await get_store(settings).status(validate.task_id(req))).document())
+async def status(req: func.HttpRequest, settings: Settings, caller: auth.Caller) -> func.HttpResponse:
+    return json_response((await get_store(settings).status(validate.task_id(req), caller.owner)).document())
 
 
 @_route("cancel")
 @endpoint(("POST",), auth.CLIENT)
-async def cancel(req: func.HttpRequest, settings: Settings) -> func.HttpResponse:
-    return json_response((await get_store(settings).cancel(validate.task_id(req))).document())
+async def cancel(req: func.HttpRequest, settings: Settings, caller: auth.Caller) -> func.HttpResponse:
+    return json_response((await get_store(settings).cancel(validate.task_id(req), caller.owner)).document())
 
 
 @_route("getnexttask", gated=True)

@@ -68,10 +68,12 @@ class Lease:
     started: float
     digest: str | None = None
     upload: bool = False  # the payload lives in `uploads` (records.payload_blob): the task's end deletes it there
+    owner: str | None = None  # whose task it is, for its outcome (records.Submission.owner)
 
     def encode(self, secrets: tuple[bytes, ...]) -> str:
         body = json.dumps([self.task_id, self.model, self.msg, self.receipt, self.claim, self.attempt,
-                           self.created, self.started, self.digest, self.upload], separators=(",", ":")).encode()
+                           self.created, self.started, self.digest, self.upload, self.owner],
+                          separators=(",", ":")).encode()
         return f"{_b64(body)}.{_b64(_mac(secrets[0], body))}"
 
     def renewed(self, receipt: str) -> Lease:
@@ -102,4 +104,5 @@ class Lease:
         return (all(isinstance(v, str) for v in (self.task_id, self.model, self.msg, self.receipt))
                 and _count(self.claim) and _count(self.attempt)
                 and _timestamp(self.created) and _timestamp(self.started)
-                and (self.digest is None or isinstance(self.digest, str)) and isinstance(self.upload, bool))
+                and (self.digest is None or isinstance(self.digest, str)) and isinstance(self.upload, bool)
+                and (self.owner is None or isinstance(self.owner, str)))

@@ -117,16 +117,20 @@ class Submission:
     created: float
     digest: str | None = None  # hash of model, content type, params and payload; idempotent submits only
     size: int = 0  # payload bytes
+    owner: str | None = None  # the scope of the client key it was submitted with (auth.Caller), if any
 
     def metadata(self) -> dict:
-        return {"task": _dump({"model": self.model, "ct": self.content_type, "params": self.params,
-                               "created": self.created, "digest": self.digest, "size": self.size})}
+        record = {"model": self.model, "ct": self.content_type, "params": self.params, "created": self.created,
+                  "digest": self.digest, "size": self.size}
+        if self.owner:
+            record["owner"] = self.owner
+        return {"task": _dump(record)}
 
     @classmethod
     def from_metadata(cls, task_id: str, metadata: dict) -> Submission:
         raw = json.loads(metadata["task"])
         return cls(task_id, raw["model"], raw["ct"], raw["params"], raw["created"], raw.get("digest"),
-                   raw.get("size", 0))
+                   raw.get("size", 0), raw.get("owner"))
 
     def expires(self, ttl: int) -> float:
         """When this task, if nobody is running it, ends `expired`."""
@@ -233,6 +237,7 @@ class Outcome:
     ref: str | None = None  # a result uploaded by the worker: its blob in `uploads` (result_blob) ...
     snapshot: str | None = None  # ... and the snapshot of it that is the result
     size: int | None = None  # the result's bytes, when uploaded
+    owner: str | None = None  # as the submission's
 
     def metadata(self) -> dict:
         return {"outcome": _dump({k: v for k, v in asdict(self).items() if v is not None})}
@@ -337,6 +342,11 @@ class Task:
     expires: float | None = None
     expiry_error: str | None = field(default=None, compare=False)
     upload: Upload | None = None  # its payload was uploaded (or is being: not a task yet until committed)
+    owner: str | None = None  # whose it is (a client key's scope); None: anybody's
+
+    def visible_to(self, owner: str | None) -> bool:
+        """Whether a caller who may see `owner`'s tasks (None: every task) may see this one."""
+        return owner is None or self.owner is None or self.owner == owner
 
     def status(self, at: float) -> str:
         if self.outcome:

@@ -27,8 +27,11 @@ from .errors import (
     BrokerError,
     IdempotencyConflict,
     LeaseLost,
+    ModelNotCovered,
     NotAnUpload,
     NotUploaded,
+    QuotaUsed,
+    RateLimited,
     RecordUnreadable,
     Rejected,
     StorageUnavailable,
@@ -37,12 +40,14 @@ from .errors import (
     TaskExpired,
     TaskFinished,
     TaskNotFound,
+    TokenRevoked,
     UploadLapsed,
     UploadPending,
     UploadTooLarge,
 )
 from .records import Claim, iso
 from .settings import Settings, SettingsError, load
+from .store import get_store
 
 log = logging.getLogger("broker")
 
@@ -53,6 +58,10 @@ TASK_ID = re.compile(r"[0-9a-f]{32}")
 # The one place a domain error becomes a status code.
 STATUS: dict[type, int] = {
     TaskNotFound: 404,
+    TokenRevoked: 401,
+    ModelNotCovered: 403,
+    RateLimited: 429,
+    QuotaUsed: 429,
     UploadPending: 404,
     NotUploaded: 400,
     UploadTooLarge: 413,
@@ -141,8 +150,22 @@ class Gate:
             return 0
 
 
+async def admit(settings: Settings, caller: auth.Caller) -> None:
+    """What a client request must pass beyond its key, where it must be looked up or counted in
+    storage: its token not revoked, and the caller within BROKER_RATE_LIMIT (per token, else per key)."""
+    if not caller.scope:
+        return  # no client keys: nobody to tell apart
+    limits = get_store(settings).limits
+    if caller.token is not None:
+        await limits.check(caller.token)
+    if settings.rate_limit is not None:
+        who = f"t-{caller.token.id}" if caller.token is not None else f"k-{caller.scope}"
+        await limits.admit(who, settings.rate_limit)
+
+
 def endpoint(methods: tuple[str, ...], role: str | None = None, body_limit=lambda settings: 64 * 1024):
-    """Wrap `async def f(req, settings)` into the `async def f(req)` the Functions host calls.
+    """Wrap `async def f(req, settings)` into the `async def f(req)` the Functions host calls (a client
+    route's handler is `f(req, settings, caller)`: who asks, auth.Caller).
 
     `body_limit(settings)` is the most a request body to this route may be, for hosts that stream it."""
 
@@ -161,8 +184,12 @@ def endpoint(methods: tuple[str, ...], role: str | None = None, body_limit=lambd
         async def answer(req: func.HttpRequest) -> func.HttpResponse:
             try:
                 settings: Settings = load()
-                auth.check(req, settings, role)
-                response = await handler(req, settings)
+                caller = auth.check(req, settings, role)
+                if role == auth.CLIENT:
+                    await admit(settings, caller)
+                    response = await handler(req, settings, caller)
+                else:
+                    response = await handler(req, settings)
                 response.headers.update(NOSNIFF)
                 return response
             except BrokerError as exc:

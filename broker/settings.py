@@ -10,6 +10,8 @@ import os
 import re
 from dataclasses import dataclass
 
+from .rates import Rate
+
 MODEL_NAME = re.compile(r"[a-z0-9]+(-[a-z0-9]+)*")  # it becomes part of a storage queue name
 MAX_MODEL_CHARS = 40
 
@@ -37,6 +39,7 @@ DEFAULTS = {
     "BROKER_MAX_UPLOAD_BYTES": str(8 * 1024**3),
     "BROKER_UPLOAD_SECONDS": "900",
     "BROKER_WORKER_AUTH_LEVEL": "anonymous",
+    "BROKER_RATE_LIMIT": "",
 }
 MIN_SECRET_CHARS = 32
 
@@ -83,6 +86,7 @@ class Settings:
     inline_bytes: int = 1024 * 1024  # payloads up to this ride inside a claim; larger ones go by URL
     max_upload_bytes: int = 8 * 1024**3  # an uploaded payload or result at most
     upload_seconds: int = 900  # how long an upload URL lets a client write, and a result URL read
+    rate_limit: Rate | None = None  # requests per client key and per token (BROKER_RATE_LIMIT); None: none
 
     @property
     def lease_secrets(self) -> tuple[bytes, ...]:
@@ -157,7 +161,15 @@ def load() -> Settings:
         inline_bytes=_int("BROKER_INLINE_BYTES", 1024, 64 * 1024 * 1024),
         max_upload_bytes=_int("BROKER_MAX_UPLOAD_BYTES", 1, 4 * 1024**4),
         upload_seconds=_int("BROKER_UPLOAD_SECONDS", 1, 7 * 86400),
+        rate_limit=_rate("BROKER_RATE_LIMIT"),
     )
+
+
+def _rate(name: str) -> Rate | None:
+    try:
+        return Rate.parse(_get(name))
+    except ValueError as exc:
+        raise SettingsError(f"setting {name} {exc}, got {_get(name)[:40]!r}") from None
 
 
 def worker_auth_level() -> str:

@@ -55,6 +55,7 @@ INBOX = "inbox"
 OUTBOX = "outbox"
 UPLOADS = "uploads"  # what clients and workers write through SAS URLs: large payloads and results
 SIGNALS = "signals"  # one empty blob per model, touched when a task of it is queued (idle workers watch it)
+LIMITS = "limits"  # counters of rate limits and token quotas, and token revocations
 QUEUE_PREFIX = "tasks-"
 
 
@@ -304,6 +305,22 @@ class Container:
             pass
 
     @_storage_call
+    async def count(self, name: str) -> int:
+        """Add one to the counter `name` (an append blob, made on first use) and return its new value:
+        atomic in storage, so instances counting at once never lose a count (at most 50,000)."""
+        blob = self.client.get_blob_client(name)
+        for _ in range(3):
+            try:
+                appended = await blob.append_block(b".")
+                return int(appended["blob_committed_block_count"])
+            except ResourceNotFoundError:
+                try:
+                    await blob.create_append_blob(match_condition=MatchConditions.IfMissing)
+                except (ResourceExistsError, ResourceModifiedError):
+                    pass  # another instance made it first: count on it
+        raise StorageUnavailable()
+
+    @_storage_call
     async def touch(self, name: str) -> None:
         """Write the blob empty (a new etag: what a watcher of it waits for)."""
         await self.client.get_blob_client(name).upload_blob(b"", overwrite=True)
@@ -434,8 +451,8 @@ class Storage:
             queues = QueueServiceClient.from_connection_string(config.connection, retry_policy=queue_retry, **options)
             signer = Signer(self.blobs.account_name, getattr(self.blobs.credential, "account_key", None))
         self.signer = signer
-        self.inbox, self.outbox, self.uploads, self.signals = (
-            Container(self.blobs.get_container_client(name), signer) for name in (INBOX, OUTBOX, UPLOADS, SIGNALS))
+        self.inbox, self.outbox, self.uploads, self.signals, self.limits = (
+            Container(self.blobs.get_container_client(name), signer) for name in (INBOX, OUTBOX, UPLOADS, SIGNALS, LIMITS))
         self.queues = Queues(queues)
         self._containers_ready = False
 
@@ -450,7 +467,7 @@ class Storage:
     async def ensure_containers(self) -> None:
         if self._containers_ready:
             return
-        await asyncio.gather(*(c.ensure() for c in (self.inbox, self.outbox, self.uploads, self.signals)))
+        await asyncio.gather(*(c.ensure() for c in (self.inbox, self.outbox, self.uploads, self.signals, self.limits)))
         self._containers_ready = True
 
     @_storage_call

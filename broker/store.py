@@ -58,6 +58,7 @@ from .errors import (
     UploadTooLarge,
 )
 from .lease import Lease, receipt_hash
+from .limits import Limits
 from .records import (
     Claim,
     Enqueued,
@@ -139,6 +140,7 @@ class TaskStore:
         self.settings = settings
         self.now = clock  # the wall clock every TTL and lease deadline is read from (tests move it)
         self.wakeups = Wakeups()
+        self.limits = Limits(storage, clock)  # rate limits, token quotas and revocations (limits.py)
         self._looked_at: dict[str, float] = {}  # model -> when a long-poll here last began a receive
         self._touched: dict[str, float] = {}  # model -> when this instance last touched its signal blob
         self._trailing: dict[str, asyncio.Task] = {}  # model -> the touch due at the end of its interval
@@ -152,14 +154,16 @@ class TaskStore:
         state = LeaseState.from_metadata(inbox.metadata)
         ttl = self.settings.queued_ttl_seconds
         return Task(task_id, sub.model, sub.created, sub.digest, state, expires=sub.expires(ttl),
-                    expiry_error=expiry_error(ttl, state is not None), upload=Upload.from_metadata(inbox.metadata))
+                    expiry_error=expiry_error(ttl, state is not None), upload=Upload.from_metadata(inbox.metadata),
+                    owner=sub.owner)
 
     def _finished_task(self, task_id: str, out: Blob) -> Task | None:
         """The finished task, or None once its result is past BROKER_RESULT_TTL_SECONDS."""
         outcome = Outcome.from_metadata(out.metadata)
         if outcome.finished + self.settings.result_ttl_seconds <= self.now():
             return None
-        return Task(task_id, outcome.model, outcome.created, outcome.digest, None, outcome, out.content_type)
+        return Task(task_id, outcome.model, outcome.created, outcome.digest, None, outcome, out.content_type,
+                    owner=outcome.owner)
 
     async def _read_both(self, task_id: str) -> tuple[Blob | None, Blob | None]:
         """(outbox, inbox) blobs of a task, read side by side."""
@@ -170,9 +174,10 @@ class TaskStore:
             out = await self.storage.outbox.head(task_id)
         return out, inbox
 
-    async def _get(self, task_id: str, with_result: bool = False) -> tuple[Task | None, bytes | None]:
-        """The task and (with_result) its result's bytes; None for a task nobody knows. An upload not
-        committed yet is no task: UploadPending."""
+    async def _get(self, task_id: str, with_result: bool = False,
+                   owner: str | None = None) -> tuple[Task | None, bytes | None]:
+        """The task and (with_result) its result's bytes; None for a task nobody knows, or that belongs
+        to another owner than `owner` (None: any). An upload not committed yet is no task: UploadPending."""
         # The outbox first: a finished task (what callers mostly ask about) costs one read.
         read_outbox = self.storage.outbox.read if with_result else self.storage.outbox.head
         out = await read_outbox(task_id)
@@ -180,26 +185,32 @@ class TaskStore:
             inbox = await self.storage.inbox.head(task_id)
             if inbox is not None:
                 task = self._open_task(task_id, inbox)
+                if not task.visible_to(owner):
+                    return None, None
                 if task.upload and not task.upload.committed:
                     raise UploadPending()
                 return task, None
             out = await read_outbox(task_id)  # it may have finished between the two reads
             if out is None:
                 return None, None
-        return self._finished_task(task_id, out), out.body
+        task = self._finished_task(task_id, out)
+        if task is not None and not task.visible_to(owner):
+            return None, None
+        return task, out.body
 
-    async def status(self, task_id: str) -> Task:
-        task, _ = await self._get(task_id)
+    async def status(self, task_id: str, owner: str | None = None) -> Task:
+        """The task, if `owner` may see it (None: anybody may)."""
+        task, _ = await self._get(task_id, owner=owner)
         if task is None:
             raise TaskNotFound()
         return task
 
-    async def result(self, task_id: str, wait: float) -> tuple[Task, bytes | None]:
+    async def result(self, task_id: str, wait: float, owner: str | None = None) -> tuple[Task, bytes | None]:
         deadline = time.monotonic() + wait
         delay = POLL_FIRST
         while True:
             with self.wakeups.watch("task:" + task_id) as ticket:
-                task, body = await self._get(task_id, with_result=True)
+                task, body = await self._get(task_id, with_result=True, owner=owner)
                 if task is None:
                     raise TaskNotFound()
                 remaining = deadline - time.monotonic()
@@ -212,10 +223,12 @@ class TaskStore:
 
     async def submit(self, model: str, payload: bytes, content_type: str, params: dict,
                      idempotency_key: str | None = None, scope: str = "") -> tuple[Task, bool]:
-        """Store the payload and enqueue the task. Returns (the task, whether this submit created it)."""
+        """Store the payload and enqueue the task. Returns (the task, whether this submit created it).
+        `scope` is the client key's (auth.Caller): it keys Idempotency-Keys, and the task is its own."""
         await self.storage.ensure_containers()
+        owner = scope or None
         if idempotency_key is None:
-            sub = Submission(uuid.uuid4().hex, model, content_type, params, self.now(), None, len(payload))
+            sub = Submission(uuid.uuid4().hex, model, content_type, params, self.now(), None, len(payload), owner)
             await self.storage.inbox.put(sub.task_id, payload, sub.metadata(), content_type)
             try:
                 await self._send(sub)
@@ -225,10 +238,10 @@ class TaskStore:
                 with contextlib.suppress(Exception):
                     await self.storage.inbox.delete(sub.task_id)
                 raise
-            return Task(sub.task_id, model, sub.created), True
+            return Task(sub.task_id, model, sub.created, owner=owner), True
         task_id = idempotent_id(self.settings.lease_secrets[0], scope, idempotency_key)
         sub = Submission(task_id, model, content_type, params, self.now(),
-                         submission_digest(model, content_type, params, payload), len(payload))
+                         submission_digest(model, content_type, params, payload), len(payload), owner)
         return await self._submit_once(sub, payload)
 
     async def _send(self, sub: Submission) -> Message:
@@ -324,14 +337,15 @@ class TaskStore:
         it), or, when the Idempotency-Key's task was committed already, that task."""
         await self.storage.ensure_containers()
         until = self.now() + self.settings.upload_seconds  # when the sweep may take it (the URL's own end is storage's clock)
+        owner = scope or None
         if idempotency_key is None:
-            sub = Submission(uuid.uuid4().hex, model, content_type, params, self.now(), None, size)
+            sub = Submission(uuid.uuid4().hex, model, content_type, params, self.now(), None, size, owner)
             await self.storage.inbox.put(sub.task_id, b"", _with(sub.metadata(), **Upload(until).metadata()),
                                          content_type)
             return await self._grant(sub)
         task_id = idempotent_id(self.settings.lease_secrets[0], scope, idempotency_key)
         sub = Submission(task_id, model, content_type, params, self.now(),
-                         submission_digest(model, content_type, params, None, size), size)
+                         submission_digest(model, content_type, params, None, size), size, owner)
         etag, task, inbox = await self._create_once(sub, b"", _with(sub.metadata(), **Upload(until).metadata()))
         if task is not None:
             return task
@@ -355,17 +369,19 @@ class TaskStore:
         return Grant(sub.task_id, await self.storage.uploads.url(payload_blob(sub.task_id, sub.created), "cw", expires),
                      expires)
 
-    async def commit_upload(self, task_id: str) -> Task:
+    async def commit_upload(self, task_id: str, owner: str | None = None) -> Task:
         """Queue an uploaded task: what the client wrote becomes its payload (a read-only snapshot).
-        Committing again answers the task as it stands."""
+        Committing again answers the task as it stands. Only its owner may (None: anybody)."""
         for _ in range(CLAIM_TRIES):
             inbox = await self.storage.inbox.head(task_id)
             if inbox is None:
-                task, _ = await self._get(task_id)  # committed before, and finished since
+                task, _ = await self._get(task_id, owner=owner)  # committed before, and finished since
                 if task is None:
                     raise TaskNotFound()
                 return task
             sub = Submission.from_metadata(task_id, inbox.metadata)
+            if owner is not None and sub.owner is not None and sub.owner != owner:
+                raise TaskNotFound()
             upload = Upload.from_metadata(inbox.metadata)
             if upload is None:
                 raise NotAnUpload()
@@ -575,7 +591,7 @@ class TaskStore:
             return None
         upload = Upload.from_metadata(inbox.metadata)
         lease = Lease(task_id, model, message.id, message.receipt, claimed.claim, attempt, sub.created, at, sub.digest,
-                      upload is not None)
+                      upload is not None, sub.owner)
         expires = message.visible_at or claimed.until
         payload_url = None
         readable = time.time() + lease_seconds + URL_GRACE + sub.size / SLOWEST_LINK
@@ -601,7 +617,7 @@ class TaskStore:
         sub, state = Submission.from_metadata(inbox.name, inbox.metadata), LeaseState.from_metadata(inbox.metadata)
         reason = f"gave up after {attempts} attempts: {error or 'no attempt put a result'}"
         outcome = Outcome("failed", sub.model, sub.created, self.now(), state.started if state else None,
-                          attempts, clip_error(reason), sub.digest)
+                          attempts, clip_error(reason), sub.digest, owner=sub.owner)
         await self._end(sub.task_id, sub.model, outcome, _error_body(outcome.error), JSON, message,
                         uploaded=_uploaded(inbox))
 
@@ -620,7 +636,7 @@ class TaskStore:
         sub, state = Submission.from_metadata(inbox.name, inbox.metadata), LeaseState.from_metadata(inbox.metadata)
         ttl = self.settings.queued_ttl_seconds
         outcome = Outcome("expired", sub.model, sub.created, self.now(), None, state.attempt if state else 0,
-                          expiry_error(ttl, state is not None), sub.digest)
+                          expiry_error(ttl, state is not None), sub.digest, owner=sub.owner)
         await self._end(sub.task_id, sub.model, outcome, b"", JSON, message, uploaded=_uploaded(inbox))
 
     # ---- holding a lease -----------------------------------------------------------------
@@ -715,7 +731,7 @@ class TaskStore:
     async def complete(self, lease: Lease, body: bytes, content_type: str) -> str:
         """Commit a success; the status the task has now (succeeded)."""
         outcome = Outcome("succeeded", lease.model, lease.created, self.now(), lease.started, lease.attempt,
-                          None, lease.digest, lease.commit_id("succeeded", content_type, body))
+                          None, lease.digest, lease.commit_id("succeeded", content_type, body), owner=lease.owner)
         return (await self._finish(lease, outcome, body, content_type))[0]
 
     async def complete_uploaded(self, lease: Lease, content_type: str) -> str:
@@ -731,7 +747,7 @@ class TaskStore:
         # What the worker wrote is known by its etag: the same put repeated names the same bytes.
         outcome = Outcome("succeeded", lease.model, lease.created, self.now(), lease.started, lease.attempt,
                           None, lease.digest, lease.commit_id("succeeded", content_type, result.etag.encode()),
-                          name, result.snapshot, result.size)
+                          name, result.snapshot, result.size, owner=lease.owner)
         try:
             status, committed = await self._finish(lease, outcome, b"", content_type)
         except BaseException:
@@ -753,7 +769,7 @@ class TaskStore:
             error = clip_error(f"gave up after {lease.attempt} attempts: {error}")
         body = _error_body(error)
         outcome = Outcome("failed", lease.model, lease.created, self.now(), lease.started, lease.attempt,
-                          error, lease.digest, lease.commit_id("failed", JSON, body))
+                          error, lease.digest, lease.commit_id("failed", JSON, body), owner=lease.owner)
         return (await self._finish(lease, outcome, body, JSON))[0]
 
     async def _finish(self, lease: Lease, outcome: Outcome, body: bytes, content_type: str) -> tuple[str, bool]:
@@ -819,21 +835,22 @@ class TaskStore:
             self.wakeups.notify("task:" + task_id)
         return first
 
-    async def cancel(self, task_id: str) -> Task:
-        task, _ = await self._get(task_id)
+    async def cancel(self, task_id: str, owner: str | None = None) -> Task:
+        task, _ = await self._get(task_id, owner=owner)
         if task is None:
             raise TaskNotFound()
         if not task.finished:
             at = self.now()
             if task.status(at) == "expired":
                 outcome = Outcome("expired", task.model, task.created, at, None,
-                                  task.state.attempt if task.state else 0, task.expiry_error, task.digest)
+                                  task.state.attempt if task.state else 0, task.expiry_error, task.digest,
+                                  owner=task.owner)
             else:
                 state = task.state if task.state and task.state.holds(at) else None
                 outcome = Outcome("cancelled", task.model, task.created, at, state.started if state else None,
-                                  task.state.attempt if task.state else 0, None, task.digest)
+                                  task.state.attempt if task.state else 0, None, task.digest, owner=task.owner)
             await self._end(task_id, task.model, outcome, b"", JSON, None, uploaded=task.upload is not None)
-            task, _ = await self._get(task_id)
+            task, _ = await self._get(task_id, owner=owner)
             if task is None:
                 raise TaskNotFound()
         if task.outcome.status == "cancelled":

@@ -19,6 +19,9 @@ MAX_PARAMS_BYTES = 4096
 MAX_CONTENT_TYPE_CHARS = 200
 MAX_IDEMPOTENCY_KEY_CHARS = 200
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
+MAX_TOKEN_MODELS = 16
+MAX_TOKEN_SECONDS = 86400
+MAX_TOKEN_TASKS = 50_000  # a token's counter is an append blob (at most 50,000 blocks)
 
 
 def task_id(req: func.HttpRequest) -> str:
@@ -152,6 +155,27 @@ def upload(req: func.HttpRequest, max_bytes: int, served: tuple[str, ...] = ()) 
         raise Rejected(400, "content_type must be a string")
     extra = params(wrapper["params"]) if wrapper.get("params") is not None else params(req.params.get("params"))
     return name, size, content_type(kind), extra
+
+
+def token_request(req: func.HttpRequest, served: tuple[str, ...] = ()) -> tuple[tuple[str, ...], int, int]:
+    """(models, expires_in, max_tasks) of a token request: `{"models": [...], "expires_in": 600, "max_tasks": 20}`."""
+    wrapper = json_object(req.get_body(), "JSON body")
+    names = wrapper.get("models")
+    if not isinstance(names, list) or not names or len(names) > MAX_TOKEN_MODELS:
+        raise Rejected(400, f"\"models\" must list the 1 to {MAX_TOKEN_MODELS} model names the token may submit to")
+    if not all(isinstance(name, str) for name in names):
+        raise Rejected(400, "\"models\" must be a list of model names")
+    models = tuple(dict.fromkeys(model(name, served) for name in names))
+    expires_in = _whole(wrapper, "expires_in", 1, MAX_TOKEN_SECONDS, 600)
+    max_tasks = _whole(wrapper, "max_tasks", 1, MAX_TOKEN_TASKS, 100)
+    return models, expires_in, max_tasks
+
+
+def _whole(wrapper: dict, name: str, low: int, high: int, default: int) -> int:
+    value = wrapper.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise Rejected(400, f"\"{name}\" must be a whole number from {low} to {high}")
+    return value
 
 
 def submission(req: func.HttpRequest, max_bytes: int, served: tuple[str, ...] = ()) -> tuple[str, bytes, str, dict]:

@@ -114,6 +114,16 @@ class BrokerClient:
         self._call("POST", "commit", (202,), params={"task_id": grant["task_id"]})
         return grant["task_id"]
 
+    def token(self, models: list[str], expires_in: int = 600, max_tasks: int = 100) -> dict:
+        """Mint a token for a web page (this client holds a client key): {"token", "token_id", "expires_at",
+        "models", "max_tasks"}. The page sends `Authorization: Bearer <token>`."""
+        body = {"models": list(models), "expires_in": expires_in, "max_tasks": max_tasks}
+        return self._call("POST", "token", (201,), json=body).json()
+
+    def revoke(self, token: str) -> dict:
+        """Revoke a token this client's key minted: every instance refuses it within seconds."""
+        return self._call("POST", "revoke", json={"token": token}).json()
+
     def status(self, task_id: str) -> dict:
         return self._call("GET", "status", params={"task_id": task_id}).json()
 

@@ -1,7 +1,8 @@
 """One HTTP session to the broker: retries with backoff, and the broker's errors as exceptions.
 
-Connection errors, read errors and 503 are retried for every method, POST included: a submit
-carries an Idempotency-Key and a cancel repeats harmlessly, so a retry never does a thing twice.
+Connection errors, read errors, 429 and 503 are retried for every method, POST included (after
+the broker's Retry-After): a submit carries an Idempotency-Key and a cancel repeats harmlessly, so a
+retry never does a thing twice.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ POOL_SIZE = 16  # the CLI waits on several tasks at once, one long-poll each
 
 
 def session(base_url: str, retries: int, backoff: float) -> requests.Session:
+    # 429 (over the broker's rate limit) and 503 wait as long as the broker's Retry-After says.
     retry = Retry(total=retries, connect=retries, read=retries, status=retries, other=0,
-                  status_forcelist=(503,), allowed_methods=None, backoff_factor=backoff, backoff_max=10,
+                  status_forcelist=(429, 503), allowed_methods=None, backoff_factor=backoff, backoff_max=10,
                   respect_retry_after_header=True, raise_on_status=False)
     return blobs.pinned_session(base_url, POOL_SIZE, retry)
 

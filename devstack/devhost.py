@@ -163,6 +163,49 @@ def guarded(limits: Limits) -> type:
     return type("GuardedProtocol", (GuardedProtocol,), {"limits": limits})
 
 
+@dataclass(frozen=True)
+class Cors:
+    """Cross-origin requests, as `func start` answers them from local.settings.json's `Host.CORS`
+    (comma-separated origins, `*` for any) and `Host.CORSCredentials`; in Azure the platform does this
+    (`az functionapp cors add`). A listed origin gets Access-Control-Allow-Origin on its answers and
+    its preflight OPTIONS answered; any other gets no CORS header at all, so its browser refuses."""
+
+    origins: tuple[str, ...] = ()
+    credentials: bool = False
+
+    def allows(self, origin: str | None) -> bool:
+        return bool(origin) and ("*" in self.origins or origin in self.origins)
+
+    def headers(self, origin: str) -> dict:
+        any_origin = "*" in self.origins and not self.credentials
+        found = {"Access-Control-Allow-Origin": "*" if any_origin else origin}
+        if not any_origin:
+            found["Vary"] = "Origin"
+        if self.credentials:
+            found["Access-Control-Allow-Credentials"] = "true"
+        return found
+
+    def preflight(self, request: Request) -> Response:
+        origin = request.headers.get("origin")
+        if not self.allows(origin):
+            return Response(status_code=204)
+        headers = {**self.headers(origin),
+                   "Access-Control-Allow-Methods": request.headers.get("access-control-request-method", "")}
+        if "access-control-request-headers" in request.headers:
+            headers["Access-Control-Allow-Headers"] = request.headers["access-control-request-headers"]
+        return Response(status_code=204, headers=headers)
+
+
+def load_host_settings(path: Path) -> Cors:
+    """local.settings.json's `Host` section, as `func start` reads it: CORS and CORSCredentials."""
+    if not path.is_file():
+        return Cors()
+    host = json.loads(path.read_text()).get("Host") or {}
+    origins = tuple(o.strip() for o in str(host.get("CORS") or "").split(",") if o.strip())
+    credentials = str(host.get("CORSCredentials", False)).lower() == "true"
+    return Cors(origins, credentials)
+
+
 def load_local_settings(path: Path) -> list[str]:
     """Copy local.settings.json `Values` into the environment where unset; returns the names set."""
     if not path.is_file():
@@ -246,7 +289,7 @@ def _has_body(request: Request) -> bool:
     return request.headers.get("content-length", "0") not in ("", "0") or "transfer-encoding" in request.headers
 
 
-def build(app: func.FunctionApp, limits: Limits = Limits()) -> tuple[Starlette, list]:
+def build(app: func.FunctionApp, limits: Limits = Limits(), cors: Cors = Cors()) -> tuple[Starlette, list]:
     """A Starlette app serving every HTTP function of `app`, and the (name, period, function) timers."""
     routes: dict[str, tuple[set[str], object]] = {}
     timers = []
@@ -267,6 +310,15 @@ def build(app: func.FunctionApp, limits: Limits = Limits()) -> tuple[Starlette, 
         log.info("function keys are not enforced locally (as with func start): %s", ", ".join(sorted(keyed)))
 
     async def dispatch(request: Request) -> Response:
+        origin = request.headers.get("origin")
+        if request.method == "OPTIONS" and origin and "access-control-request-method" in request.headers:
+            return cors.preflight(request)  # answered by the host, as the platform does, never the function
+        response = await answer(request)
+        if cors.allows(origin):
+            response.headers.update(cors.headers(origin))
+        return response
+
+    async def answer(request: Request) -> Response:
         entry = routes.get(request.path_params["path"].strip("/").lower())
         if entry is None:
             return error(404, "no function is served at this path")
@@ -357,7 +409,7 @@ class Server(uvicorn.Server):
 async def serve(args: argparse.Namespace) -> None:
     app = importlib.import_module(args.app).app
     limits = Limits(args.header_timeout, args.body_timeout, args.max_header_bytes, args.max_connections)
-    server_app, timers = build(app, limits)
+    server_app, timers = build(app, limits, load_host_settings(Path(args.settings)))
     sock = bind(args.host, args.port)
     host, port = sock.getsockname()[:2]
     config = uvicorn.Config(server_app, http=guarded(limits), log_level="warning", access_log=args.access_log,

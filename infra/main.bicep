@@ -72,6 +72,12 @@ param maxUploadBytes int = 8589934592
 @description('Seconds an upload URL lets a client write, and a result URL read (BROKER_UPLOAD_SECONDS).')
 param uploadSeconds int = 900
 
+@description('Requests per client key and per token, e.g. 60/min; empty: no limit (BROKER_RATE_LIMIT).')
+param rateLimit string = ''
+
+@description('Origins whose pages may call the broker from a browser (the platform\'s CORS), e.g. [\'https://app.example.com\'].')
+param allowedOrigins array = []
+
 @description('anonymous, or function: worker and operations routes also need the app\'s function key (BROKER_WORKER_AUTH_LEVEL).')
 @allowed(['anonymous', 'function'])
 param workerAuthLevel string = 'anonymous'
@@ -247,7 +253,9 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
         {name: 'BROKER_MAX_UPLOAD_BYTES', value: string(maxUploadBytes)}
         {name: 'BROKER_UPLOAD_SECONDS', value: string(uploadSeconds)}
         {name: 'BROKER_WORKER_AUTH_LEVEL', value: workerAuthLevel}
+        {name: 'BROKER_RATE_LIMIT', value: rateLimit}
       ]
+      cors: {allowedOrigins: allowedOrigins, supportCredentials: false}
     }
   }
   dependsOn: [blobOwner, queueContributor, containers]

@@ -6,7 +6,7 @@ import azure.functions as func
 
 EVERY_METHOD = {"GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"}
 HTTP_ROUTES = {"predict", "getresult", "status", "cancel", "getnexttask", "extendlease", "puttaskresult",
-               "health", "stats", "demo", "upload", "commit", "watch"}
+               "health", "stats", "demo", "upload", "commit", "watch", "token", "revoke"}
 
 
 def test_function_app_defines_exactly_the_broker_functions():

@@ -56,7 +56,7 @@ def test_worker_routes_are_closed_when_no_worker_key_is_configured(closed, metho
 def test_client_routes_need_a_client_key_when_configured(keyed, method, path, key):
     response = call(keyed, method, path, key)
     assert response.status_code == 401
-    assert response.json() == {"error": "a valid client key is required (Authorization: Bearer <key>)"}
+    assert response.json() == {"error": "a valid client key or token is required (Authorization: Bearer <key or token>)"}
 
 
 @pytest.mark.parametrize("key", [CLIENT_KEY, "second-client-key"])

@@ -132,8 +132,8 @@ def test_broker_unreachable(dead_url, files, tmp_path):
 
 def test_missing_key_is_401_and_the_key_comes_from_the_environment(keyed_broker, files, tmp_path, model):
     done = cli("predict", "cat.png", "--model", model, url=keyed_broker.url, cwd=tmp_path)
-    assert one_error_line(done) == ("error: a valid client key is required (Authorization: Bearer <key>) "
-                                    "(HTTP 401)")
+    assert one_error_line(done) == ("error: a valid client key or token is required "
+                                    "(Authorization: Bearer <key or token>) (HTTP 401)")
     done = cli("predict", "cat.png", "--model", model, "--timeout", "1", url=keyed_broker.url, cwd=tmp_path,
                key=CLIENT_KEY)
     assert "cat.png: queued (task " in done.stderr  # accepted; nobody serves this model, so it times out

@@ -153,7 +153,7 @@ def test_client_key_required_when_configured(keyed_broker, model):
     with BrokerClient(keyed_broker.url) as anonymous, pytest.raises(BrokerHTTPError) as caught:
         anonymous.submit(b"x", model)
     assert caught.value.status == 401
-    assert caught.value.message == "a valid client key is required (Authorization: Bearer <key>)"
+    assert caught.value.message == "a valid client key or token is required (Authorization: Bearer <key or token>)"
     with BrokerClient(keyed_broker.url, key=WORKER_KEY) as wrong, pytest.raises(BrokerHTTPError):
         wrong.submit(b"x", model)
     with BrokerClient(keyed_broker.url, key=CLIENT_KEY) as keyed:

@@ -163,7 +163,7 @@ def test_queue_panel_shows_stats_with_a_worker_key(broker, open_page, model):
 def test_client_key_is_sent_kept_in_the_tab_and_cancel_works(keyed_broker, open_page, model):
     page = open_page(keyed_broker)
     run(page, "a.png", picture(), "image/png", model, end="error")
-    assert page.text_content("#status .error") == "a valid client key is required (Authorization: Bearer <key>)"
+    assert page.text_content("#status .error") == "a valid client key or token is required (Authorization: Bearer <key or token>)"
     page.fill("#key", CLIENT_KEY)
     run(page, "a.png", picture(), "image/png", model, end="queued")  # nobody serves this model: it waits
     page.click("#cancel")
@@ -198,3 +198,16 @@ def test_a_large_file_goes_to_storage_and_its_large_result_comes_back_from_there
     calls = re.findall(r"Executed 'Functions\.(\w+)'", broker.host.log_text()[log_before:])
     assert "upload" in calls and "commit" in calls and "predict" not in calls
     assert broker.get(f"/getresult?task_id={task_id}", allow_redirects=False).status_code == 303
+
+
+def test_a_token_handed_over_in_the_address_is_used_and_kept_off_the_address_bar(keyed_broker, open_page, model):
+    """An app's backend links to /api/demo#token=…: the page takes the token, drops it from the address
+    (a fragment never reaches a server), and submits with it."""
+    with BrokerClient(keyed_broker.url, CLIENT_KEY) as backend:
+        token = backend.token(models=[model], expires_in=300, max_tasks=3)["token"]
+    context_page = open_page(keyed_broker)
+    context_page.goto(f"{keyed_broker.url}/demo#token={token}")
+    context_page.reload()  # the fragment alone does not reload; a backend's link would be a fresh load
+    assert "#token" not in context_page.url
+    assert context_page.input_value("#key") == token
+    run(context_page, "a.png", picture(), "image/png", model, end="queued")  # nobody serves it: it waits, accepted

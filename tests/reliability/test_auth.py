@@ -35,7 +35,8 @@ def keyed(start_broker):
 
 def call(broker, method, path, authorization=None):
     headers = {"Authorization": authorization} if authorization is not None else {}
-    body = b'{"size": 3}' if path.startswith("/upload") else b"abc"  # a body the route accepts
+    bodies = {"/upload": b'{"size": 3}', "/token": b'{"models": ["m"]}', "/revoke": b'{"token": "tok_x.y"}'}
+    body = next((b for prefix, b in bodies.items() if path.startswith(prefix)), b"abc")  # a body the route accepts
     return broker.session.request(method, broker.url + path, headers=headers, data=body, timeout=30)
 
 
