@@ -59,15 +59,25 @@ async def predict(req: func.HttpRequest, settings: Settings, caller: auth.Caller
     began = time.time_ns()
     model, payload, content_type, params = validate.submission(req, settings.max_payload_bytes, settings.models)
     key = validate.idempotency_key(req)
+    wait, ttl = validate.prefer_wait(req), validate.deadline(req)
     store = await _submitting(settings, caller, model)
-    task, _ = await store.submit(model, payload, content_type, params, key, caller.scope)
+    task, _ = await store.submit(model, payload, content_type, params, key, caller.scope, ttl)
     telemetry.finished("predict", task.task_id, began, model=model, size=len(payload))
-    return _accepted(req, task)
+    return await _accepted(req, store, task, caller, wait)
 
 
-def _accepted(req: func.HttpRequest, task) -> func.HttpResponse:
-    """202 with the task's status document and where to follow it (a submit's or a commit's answer)."""
-    body = {**task.document(), **_links(req, task.task_id)}
+async def _accepted(req: func.HttpRequest, store, task, caller: auth.Caller, wait: int = 0) -> func.HttpResponse:
+    """202 with the task's status document and where to follow it (a submit's or a commit's answer);
+    with `Prefer: wait=N`, the result as getresult gives it if the task ends within N seconds."""
+    links = _links(req, task.task_id)
+    if wait:
+        done, body = await store.result(task.task_id, wait, caller.owner)
+        if done.ended(time.time()):
+            answer = await _answer(store, done, body, req.params.get("format", "") == "json")
+            answer.headers.update({"Location": links["result_url"], "Preference-Applied": f"wait={wait}"})
+            return answer
+        task = done
+    body = {**task.document(), **links}
     return json_response(body, 202, {"Location": body["result_url"], **RETRY})
 
 
@@ -80,10 +90,10 @@ async def upload(req: func.HttpRequest, settings: Settings, caller: auth.Caller)
     get_store(settings).check_signing()
     store = await _submitting(settings, caller, model)
     began = time.time_ns()
-    granted = await store.begin_upload(model, size, content_type, params, key, caller.scope)
+    granted = await store.begin_upload(model, size, content_type, params, key, caller.scope, validate.deadline(req))
     telemetry.finished("upload", granted.task_id, began, model=model, size=size)
     if not isinstance(granted, Grant):  # the Idempotency-Key's task, committed already
-        return _accepted(req, granted)
+        return await _accepted(req, store, granted, caller)
     return json_response({"task_id": granted.task_id, "upload_url": granted.url,
                           "upload_expires_at": iso(granted.expires),
                           "commit_url": urljoin(req.url, f"commit?task_id={granted.task_id}")}, 201)
@@ -92,8 +102,10 @@ async def upload(req: func.HttpRequest, settings: Settings, caller: auth.Caller)
 @_route("commit")
 @endpoint(("POST",), auth.CLIENT)
 async def commit(req: func.HttpRequest, settings: Settings, caller: auth.Caller) -> func.HttpResponse:
-    """Queue a task whose payload has been uploaded; answered as a predict is."""
-    return _accepted(req, await get_store(settings).commit_upload(validate.task_id(req), caller.owner))
+    """Queue a task whose payload has been uploaded; answered as a predict is (Prefer: wait too)."""
+    wait = validate.prefer_wait(req)
+    store = get_store(settings)
+    return await _accepted(req, store, await store.commit_upload(validate.task_id(req), caller.owner), caller, wait)
 
 
 async def _submitting(settings: Settings, caller: auth.Caller, model: str):
@@ -151,18 +163,23 @@ async def getresult(req: func.HttpRequest, settings: Settings, caller: auth.Call
         raise Rejected(400, "format must be json or left out")
     store = get_store(settings)
     task, body = await store.result(task_id, wait, caller.owner)
+    return await _answer(store, task, body, form == "json")
+
+
+async def _answer(store, task, body: bytes | None, as_json: bool) -> func.HttpResponse:
+    """What getresult answers for `task` as it stands (and a predict or commit that waited for it)."""
     document = task.document()
-    status = document["status"]
+    status, task_id = document["status"], task.task_id
     if status == "succeeded" and task.outcome.ref:  # uploaded by the worker: fetched from storage directly
         url, expires = await store.result_url(task)
         found = {"task_id": task_id, "status": status, "content_type": task.result_content_type,
                  "size": task.outcome.size, "result_url": url, "result_expires_at": iso(expires)}
-        if form == "json":
+        if as_json:
             return json_response(found)
         return json_response(found, 303, {"Location": url})
     if status == "succeeded":
         kind = task.result_content_type or validate.DEFAULT_CONTENT_TYPE
-        if form == "json":
+        if as_json:
             return json_response({"task_id": task_id, "status": status, "content_type": kind,
                                   "result": base64.b64encode(body or b"").decode()})
         return func.HttpResponse(body or b"", status_code=200, headers=_result_headers(task_id, kind), mimetype=kind)

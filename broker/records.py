@@ -89,11 +89,21 @@ def upload_owner(name: str) -> tuple[str, str] | None:
     return None
 
 
-def expiry_error(ttl: int, started: bool) -> str:
+def expiry_error(ttl: int, started: bool, deadline: float | None = None, created: float = 0.0) -> str:
+    """Why a task nobody started in time ended `expired`: the queued TTL, or its own deadline (ttl=S)."""
+    if deadline is not None and deadline <= created + ttl:
+        limit = f"its deadline, {round(deadline - created)} seconds after its submission (ttl)"
+        if started:
+            return f"its last attempt ended and it was not started again before {limit}"
+        return f"not started before {limit}"
     if started:
         return (f"its last attempt ended and it was not started again within {ttl} seconds of its submission "
                 "(BROKER_QUEUED_TTL_SECONDS)")
     return f"not started within {ttl} seconds of its submission (BROKER_QUEUED_TTL_SECONDS)"
+
+
+def deadline_error(deadline: float, created: float) -> str:
+    return f"its deadline, {round(deadline - created)} seconds after its submission (ttl), passed while it ran"
 
 
 def _dump(obj) -> str:
@@ -118,23 +128,26 @@ class Submission:
     digest: str | None = None  # hash of model, content type, params and payload; idempotent submits only
     size: int = 0  # payload bytes
     owner: str | None = None  # the scope of the client key it was submitted with (auth.Caller), if any
+    deadline: float | None = None  # ttl=S: not started by then, it expires; running then, it is cancelled
 
     def metadata(self) -> dict:
         record = {"model": self.model, "ct": self.content_type, "params": self.params, "created": self.created,
                   "digest": self.digest, "size": self.size}
         if self.owner:
             record["owner"] = self.owner
+        if self.deadline is not None:
+            record["deadline"] = self.deadline
         return {"task": _dump(record)}
 
     @classmethod
     def from_metadata(cls, task_id: str, metadata: dict) -> Submission:
         raw = json.loads(metadata["task"])
         return cls(task_id, raw["model"], raw["ct"], raw["params"], raw["created"], raw.get("digest"),
-                   raw.get("size", 0), raw.get("owner"))
+                   raw.get("size", 0), raw.get("owner"), raw.get("deadline"))
 
     def expires(self, ttl: int) -> float:
-        """When this task, if nobody is running it, ends `expired`."""
-        return self.created + ttl
+        """When this task, if nobody is running it, ends `expired`: its queued TTL, or its deadline."""
+        return min(self.created + ttl, self.deadline) if self.deadline is not None else self.created + ttl
 
 
 @dataclass(frozen=True)
@@ -343,6 +356,7 @@ class Task:
     expiry_error: str | None = field(default=None, compare=False)
     upload: Upload | None = None  # its payload was uploaded (or is being: not a task yet until committed)
     owner: str | None = None  # whose it is (a client key's scope); None: anybody's
+    deadline: float | None = None  # running past it, it reads (and is soon written) `cancelled`
 
     def visible_to(self, owner: str | None) -> bool:
         """Whether a caller who may see `owner`'s tasks (None: every task) may see this one."""
@@ -352,10 +366,13 @@ class Task:
         if self.outcome:
             return self.outcome.status
         if self.state and self.state.holds(at):
-            return "running"
+            return "cancelled" if self.past_deadline(at) else "running"
         if self.expires is not None and at >= self.expires:
             return "expired"
         return "queued"
+
+    def past_deadline(self, at: float) -> bool:
+        return self.deadline is not None and at >= self.deadline
 
     @property
     def finished(self) -> bool:
@@ -375,6 +392,8 @@ class Task:
             started = state.started if state and state.holds(at) else None
             attempts = state.attempt if state else 0
             finished, error = (self.expires, self.expiry_error) if status == "expired" else (None, None)
+            if status == "cancelled":  # running past its deadline: cancelled, its outcome on its way
+                finished, error = self.deadline, deadline_error(self.deadline, self.created)
         return {
             "task_id": self.task_id,
             "model": self.model,

@@ -71,6 +71,7 @@ from .records import (
     TaskMessage,
     Upload,
     clip_error,
+    deadline_error,
     expiry_error,
     payload_blob,
     result_blob,
@@ -154,8 +155,8 @@ class TaskStore:
         state = LeaseState.from_metadata(inbox.metadata)
         ttl = self.settings.queued_ttl_seconds
         return Task(task_id, sub.model, sub.created, sub.digest, state, expires=sub.expires(ttl),
-                    expiry_error=expiry_error(ttl, state is not None), upload=Upload.from_metadata(inbox.metadata),
-                    owner=sub.owner)
+                    expiry_error=expiry_error(ttl, state is not None, sub.deadline, sub.created),
+                    upload=Upload.from_metadata(inbox.metadata), owner=sub.owner, deadline=sub.deadline)
 
     def _finished_task(self, task_id: str, out: Blob) -> Task | None:
         """The finished task, or None once its result is past BROKER_RESULT_TTL_SECONDS."""
@@ -222,13 +223,14 @@ class TaskStore:
     # ---- submitting ----------------------------------------------------------------------
 
     async def submit(self, model: str, payload: bytes, content_type: str, params: dict,
-                     idempotency_key: str | None = None, scope: str = "") -> tuple[Task, bool]:
+                     idempotency_key: str | None = None, scope: str = "", ttl: int | None = None) -> tuple[Task, bool]:
         """Store the payload and enqueue the task. Returns (the task, whether this submit created it).
         `scope` is the client key's (auth.Caller): it keys Idempotency-Keys, and the task is its own."""
         await self.storage.ensure_containers()
-        owner = scope or None
+        owner, created = scope or None, self.now()
+        deadline = created + ttl if ttl else None
         if idempotency_key is None:
-            sub = Submission(uuid.uuid4().hex, model, content_type, params, self.now(), None, len(payload), owner)
+            sub = Submission(uuid.uuid4().hex, model, content_type, params, created, None, len(payload), owner, deadline)
             await self.storage.inbox.put(sub.task_id, payload, sub.metadata(), content_type)
             try:
                 await self._send(sub)
@@ -240,8 +242,8 @@ class TaskStore:
                 raise
             return Task(sub.task_id, model, sub.created, owner=owner), True
         task_id = idempotent_id(self.settings.lease_secrets[0], scope, idempotency_key)
-        sub = Submission(task_id, model, content_type, params, self.now(),
-                         submission_digest(model, content_type, params, payload), len(payload), owner)
+        sub = Submission(task_id, model, content_type, params, created,
+                         submission_digest(model, content_type, params, payload), len(payload), owner, deadline)
         return await self._submit_once(sub, payload)
 
     async def _send(self, sub: Submission) -> Message:
@@ -332,20 +334,21 @@ class TaskStore:
     # ---- uploading -----------------------------------------------------------------------
 
     async def begin_upload(self, model: str, size: int, content_type: str, params: dict,
-                           idempotency_key: str | None = None, scope: str = "") -> Grant | Task:
+                           idempotency_key: str | None = None, scope: str = "", ttl: int | None = None) -> Grant | Task:
         """Make room for a payload the client uploads itself: a Grant (where and until when to write
         it), or, when the Idempotency-Key's task was committed already, that task."""
         await self.storage.ensure_containers()
         until = self.now() + self.settings.upload_seconds  # when the sweep may take it (the URL's own end is storage's clock)
-        owner = scope or None
+        owner, created = scope or None, self.now()
+        deadline = created + ttl if ttl else None
         if idempotency_key is None:
-            sub = Submission(uuid.uuid4().hex, model, content_type, params, self.now(), None, size, owner)
+            sub = Submission(uuid.uuid4().hex, model, content_type, params, created, None, size, owner, deadline)
             await self.storage.inbox.put(sub.task_id, b"", _with(sub.metadata(), **Upload(until).metadata()),
                                          content_type)
             return await self._grant(sub)
         task_id = idempotent_id(self.settings.lease_secrets[0], scope, idempotency_key)
-        sub = Submission(task_id, model, content_type, params, self.now(),
-                         submission_digest(model, content_type, params, None, size), size, owner)
+        sub = Submission(task_id, model, content_type, params, created,
+                         submission_digest(model, content_type, params, None, size), size, owner, deadline)
         etag, task, inbox = await self._create_once(sub, b"", _with(sub.metadata(), **Upload(until).metadata()))
         if task is not None:
             return task
@@ -591,7 +594,7 @@ class TaskStore:
             return None
         upload = Upload.from_metadata(inbox.metadata)
         lease = Lease(task_id, model, message.id, message.receipt, claimed.claim, attempt, sub.created, at, sub.digest,
-                      upload is not None, sub.owner)
+                      upload is not None, sub.owner, sub.deadline)
         expires = message.visible_at or claimed.until
         payload_url = None
         readable = time.time() + lease_seconds + URL_GRACE + sub.size / SLOWEST_LINK
@@ -636,7 +639,7 @@ class TaskStore:
         sub, state = Submission.from_metadata(inbox.name, inbox.metadata), LeaseState.from_metadata(inbox.metadata)
         ttl = self.settings.queued_ttl_seconds
         outcome = Outcome("expired", sub.model, sub.created, self.now(), None, state.attempt if state else 0,
-                          expiry_error(ttl, state is not None), sub.digest, owner=sub.owner)
+                          expiry_error(ttl, state is not None, sub.deadline, sub.created), sub.digest, owner=sub.owner)
         await self._end(sub.task_id, sub.model, outcome, b"", JSON, message, uploaded=_uploaded(inbox))
 
     # ---- holding a lease -----------------------------------------------------------------
@@ -659,7 +662,17 @@ class TaskStore:
         if (state is None or state.msg != lease.msg or state.claim != lease.claim
                 or state.receipt != receipt_hash(lease.receipt)):
             raise LeaseLost()
+        if lease.deadline is not None and self.now() >= lease.deadline:
+            await self._end(lease.task_id, lease.model, self._deadline_outcome(lease), b"", JSON,
+                            Message(lease.msg, lease.receipt), uploaded=lease.upload)
+            task, _ = await self._get(lease.task_id)
+            raise TaskCancelled("the task was cancelled: " + deadline_error(lease.deadline, lease.created), task)
         return inbox, state
+
+    def _deadline_outcome(self, lease: Lease) -> Outcome:
+        """A task still running at its deadline (ttl) ends cancelled, its worker told at its next call."""
+        return Outcome("cancelled", lease.model, lease.created, self.now(), lease.started, lease.attempt,
+                       deadline_error(lease.deadline, lease.created), lease.digest, owner=lease.owner)
 
     async def _write_state(self, lease: Lease, inbox: Blob, state: LeaseState) -> None:
         if await self.storage.inbox.set_metadata(lease.task_id, _with(inbox.metadata, state=state.dump()),
@@ -778,6 +791,8 @@ class TaskStore:
         at = self.now()
         settings = self.settings
         incarnation = None
+        if lease.deadline is not None and at >= lease.deadline:  # the task was cancelled at its deadline
+            outcome, body, content_type = self._deadline_outcome(lease), b"", JSON
         if at >= lease.created + min(settings.queued_ttl_seconds, settings.result_ttl_seconds):
             incarnation = lease.created  # old enough that its key may have made a new task since: check again
             # Old enough to have expired queued, or finished and been cleaned away: look before
@@ -792,6 +807,9 @@ class TaskStore:
                 await self._expire_now(lease, inbox)
         first = await self._end(lease.task_id, lease.model, outcome, body, content_type,
                                 Message(lease.msg, lease.receipt), incarnation, lease.upload)
+        if first is None and outcome.status == "cancelled":  # its deadline passed first: this put is too late
+            task, _ = await self._get(lease.task_id)
+            raise TaskCancelled("the task was cancelled: " + outcome.error, task)
         if first is None:
             return outcome.status, True
         if first.committed_by == outcome.committed_by:  # the same put, repeated
@@ -1028,7 +1046,7 @@ class TaskStore:
             return blob.created + self.settings.queued_ttl_seconds <= at
         if task.upload is not None and not task.upload.committed:
             return task.upload.until + UPLOAD_GRACE <= at
-        return task.status(at) == "expired"
+        return task.status(at) in ("expired", "cancelled")  # cancelled: still running at its deadline
 
     async def _expire_blob(self, listed: Blob) -> None:
         blob = await self.storage.inbox.head(listed.name)  # the listing may be old: a claim may hold it now
@@ -1045,6 +1063,12 @@ class TaskStore:
             # keeps it, and then its upload too.
             if await self.storage.inbox.delete(blob.name, blob.etag):
                 await self.storage.uploads.delete(payload_blob(blob.name, sub.created))
+            return
+        state = LeaseState.from_metadata(blob.metadata)
+        if state is not None and state.holds(self.now()):  # running at its deadline (its worker may be gone)
+            outcome = Outcome("cancelled", sub.model, sub.created, self.now(), state.started, state.attempt,
+                              deadline_error(sub.deadline, sub.created), sub.digest, owner=sub.owner)
+            await self._end(sub.task_id, sub.model, outcome, b"", JSON, None, uploaded=upload is not None)
             return
         await self._expire(blob, None)
 

@@ -87,6 +87,34 @@ def content_type(value: str | None) -> str:
     return value
 
 
+MAX_PREFER_WAIT = 60
+MAX_TTL = 365 * 86400
+
+
+def deadline(req: func.HttpRequest) -> int | None:
+    """A submit's `ttl=S` (query) or `Cancel-After: S` header: seconds until its deadline, or None."""
+    raw = req.params.get("ttl") or req.headers.get("cancel-after")
+    if raw is None or raw == "":
+        return None
+    if not re.fullmatch(r"[0-9]{1,9}", raw.strip()) or not 1 <= int(raw) <= MAX_TTL:
+        raise Rejected(400, f"ttl (or Cancel-After) must be a whole number of seconds from 1 to {MAX_TTL}")
+    return int(raw)
+
+
+def prefer_wait(req: func.HttpRequest) -> int:
+    """Seconds a submit may wait for its result (RFC 7240 `Prefer: wait=N`, among other preferences;
+    0 without one). Above MAX_PREFER_WAIT: 400."""
+    header = req.headers.get("prefer", "")
+    for preference in header.split(","):
+        name, _, value = preference.strip().partition("=")
+        if name.strip().lower() == "wait":
+            value = value.strip().strip('"')
+            if not value.isdigit() or not 0 <= int(value) <= MAX_PREFER_WAIT:
+                raise Rejected(400, f"Prefer: wait must be a whole number of seconds from 0 to {MAX_PREFER_WAIT}")
+            return int(value)
+    return 0
+
+
 def idempotency_key(req: func.HttpRequest) -> str | None:
     value = req.headers.get("idempotency-key")
     if value is None:

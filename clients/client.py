@@ -8,11 +8,15 @@ from storage too (getresult answers 303 to it). Either way the caller sees the s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
 import uuid
 from collections.abc import Callable
+from urllib.parse import parse_qs, urlsplit
+
+import requests
 
 from . import blobs, transport
 from .errors import BrokerHTTPError, BrokerUnavailable, TaskCancelled, TaskExpired, TaskFailed, TaskTimeout
@@ -22,6 +26,15 @@ from .result import Result
 DEFAULT_URL = "http://127.0.0.1:7071/api"
 MAX_WAIT = 60  # the broker holds a getresult at most this long (API.md)
 UPLOAD_ABOVE = 4 * 1024 * 1024  # payloads larger than this go straight to storage
+SETTLED = (200, 202, 303, 410, 422)  # the answers that say where a task stands (getresult's)
+
+
+def _task_id(response) -> str:
+    """The task id of a submit's answer: in its JSON, or (a result's bytes) in its Location."""
+    if response.status_code in (201, 202) or response.headers.get("Content-Type", "").startswith("application/json"):
+        with contextlib.suppress(ValueError, KeyError):
+            return response.json()["task_id"]
+    return parse_qs(urlsplit(response.headers["Location"]).query)["task_id"][0]
 
 
 class BrokerClient:
@@ -79,26 +92,34 @@ class BrokerClient:
         hears its progress). A path that cannot be read raises the usual OSError (FileNotFoundError,
         ...) before anything is sent.
         """
+        return _task_id(self._submit(data_or_path, model, content_type, params, idempotency_key, on_upload))
+
+    def _submit(self, data_or_path, model: str, content_type: str | None, params: dict | None,
+                idempotency_key: str | None, on_upload: blobs.Progress | None, wait: int = 0) -> requests.Response:
+        """The answer to the submit (or to the commit of an upload), which held up to `wait` seconds for
+        the result (`Prefer: wait`): 202 while the task runs, else what getresult would answer."""
         key = idempotency_key or uuid.uuid4().hex  # every retry of this submit is the same submit
+        prefer = {"Prefer": f"wait={wait}"} if wait else {}
         size = payload_size(data_or_path)
         if size is not None and size > self.upload_above:
-            return self._upload(data_or_path, size, model, content_type, params, key, on_upload)
+            return self._upload(data_or_path, size, model, content_type, params, key, on_upload, prefer)
         payload, guessed = read_payload(data_or_path)
         query = {"model": model, "raw": "1"}  # raw: a JSON payload is the payload, not the broker's wrapper
         if params:
             query["params"] = json.dumps(params, separators=(",", ":"))
-        headers = {"Content-Type": content_type or guessed, "Idempotency-Key": key}
-        return self._call("POST", "predict", (202,), params=query, data=payload, headers=headers).json()["task_id"]
+        headers = {"Content-Type": content_type or guessed, "Idempotency-Key": key, **prefer}
+        return self._call("POST", "predict", SETTLED, hold=wait, params=query, data=payload, headers=headers,
+                          allow_redirects=False)
 
     def _upload(self, source, size: int, model: str, content_type: str | None, params: dict | None, key: str,
-                on_upload: blobs.Progress | None) -> str:
+                on_upload: blobs.Progress | None, prefer: dict) -> requests.Response:
         kind = content_type or guess_for(source)
         body = {"size": size, "content_type": kind, **({"params": params} if params else {})}
         granted = self._call("POST", "upload", (201, 202), params={"model": model}, json=body,
                              headers={"Idempotency-Key": key})
         grant = granted.json()
         if granted.status_code == 202:  # this key's task was committed already: nothing to send again
-            return grant["task_id"]
+            return granted
         source = bytes(source) if isinstance(source, memoryview) else source
         for again in (False, True):
             try:
@@ -111,8 +132,8 @@ class BrokerClient:
                 # The URL ran out (a slow link): the same key gives a fresh one to the same blob.
                 grant = self._call("POST", "upload", (201,), params={"model": model}, json=body,
                                    headers={"Idempotency-Key": key}).json()
-        self._call("POST", "commit", (202,), params={"task_id": grant["task_id"]})
-        return grant["task_id"]
+        return self._call("POST", "commit", SETTLED, hold=int(prefer.get("Prefer", "wait=0")[5:]),
+                          params={"task_id": grant["task_id"]}, headers=prefer, allow_redirects=False)
 
     def token(self, models: list[str], expires_in: int = 600, max_tasks: int = 100) -> dict:
         """Mint a token for a web page (this client holds a client key): {"token", "token_id", "expires_at",
@@ -138,8 +159,13 @@ class BrokerClient:
 
     def _poll(self, task_id: str, wait: int) -> tuple[Result | None, dict, float]:
         """(result or None, status document, Retry-After) after holding up to `wait` seconds."""
-        response = self._call("GET", "getresult", (200, 202, 303, 410, 422), hold=wait,
+        response = self._call("GET", "getresult", SETTLED, hold=wait,
                               params={"task_id": task_id, "wait": wait}, allow_redirects=False)
+        return self._outcome(task_id, response)
+
+    def _outcome(self, task_id: str, response: requests.Response) -> tuple[Result | None, dict, float]:
+        """What a getresult-shaped answer says: (result or None, status document, Retry-After); raises for
+        a task that failed, was cancelled or expired."""
         if response.status_code == 200:
             kind = response.headers.get("Content-Type", "application/octet-stream")
             return Result(task_id, response.content, kind), {"task_id": task_id, "status": "succeeded"}, 0
@@ -191,6 +217,15 @@ class BrokerClient:
     def predict(self, data_or_path, model: str, content_type: str | None = None, params: dict | None = None,
                 idempotency_key: str | None = None, timeout: float | None = 300,
                 on_upload: blobs.Progress | None = None) -> Result:
-        """Submit and wait: the finished task's Result, or TaskFailed / TaskCancelled / TaskExpired / TaskTimeout."""
-        task_id = self.submit(data_or_path, model, content_type, params, idempotency_key, on_upload)
-        return self.wait(task_id, timeout)
+        """Submit and wait: the finished task's Result, or TaskFailed / TaskCancelled / TaskExpired / TaskTimeout.
+
+        The submit itself asks the broker to hold its answer until the result is there (`Prefer: wait`,
+        up to a minute): a quick task comes back in one request."""
+        wait = int(min(MAX_WAIT, timeout if timeout is not None else MAX_WAIT))
+        response = self._submit(data_or_path, model, content_type, params, idempotency_key, on_upload, wait)
+        task_id = _task_id(response)
+        if response.status_code != 202:
+            result, _, _ = self._outcome(task_id, response)
+            if result is not None:
+                return result
+        return self.wait(task_id, None if timeout is None else max(0.0, timeout - wait))

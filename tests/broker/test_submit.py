@@ -292,3 +292,17 @@ def test_only_listed_models_are_served(start_broker, model):
     assert claim.status_code == 400
     stats = listed.get("/stats", headers=listed.worker).json()
     assert set(stats["models"]) == {model, "other-model"} and stats["models"][model]["queued"] == 1
+
+
+def test_a_deadline_comes_as_ttl_or_cancel_after_and_a_task_nobody_starts_by_it_expires(broker, model):
+    import time
+
+    by_query = broker.submit(model, params={"ttl": "1"})
+    by_header = broker.submit(model, headers={"Cancel-After": "1"})
+    time.sleep(1.5)
+    for task_id in (by_query, by_header):
+        answer = broker.get(f"/getresult?task_id={task_id}")
+        assert answer.status_code == 410 and answer.json()["status"] == "expired"
+        assert answer.json()["error"] == "not started before its deadline, 1 seconds after its submission (ttl)"
+    for bad in ("0", "-1", "1.5", "x", str(365 * 86400 + 1)):
+        assert broker.post(f"/predict?model={model}&ttl={bad}", data=b"x").status_code == 400, bad

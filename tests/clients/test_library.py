@@ -214,3 +214,26 @@ def test_a_large_payload_goes_straight_to_storage_and_its_result_comes_back_from
     assert seen[-1] == (len(payload), len(payload))
     calls = re.findall(r"Executed 'Functions\.(\w+)'", broker.host.log_text()[log_before:])
     assert "upload" in calls and "commit" in calls and "predict" not in calls
+
+
+def test_prefer_wait_answers_the_submit_with_its_result(broker, echo, model):
+    """RFC 7240 `Prefer: wait=N` on predict: the result itself (as getresult gives it, with Location) if the
+    task ends within N seconds, else the usual 202 after them."""
+    done = broker.post(f"/predict?model={echo}", data=b"waited for", headers={"Content-Type": "text/plain",
+                                                                               "Prefer": "respond-async, wait=20"})
+    assert done.status_code == 200 and done.content == b"waited for"
+    assert done.headers["Content-Type"].startswith("text/plain") and done.headers["Preference-Applied"] == "wait=20"
+    assert "getresult?task_id=" in done.headers["Location"]
+    pending = broker.post(f"/predict?model={model}", data=b"nobody serves it", headers={"Prefer": "wait=1"})
+    assert pending.status_code == 202 and pending.json()["status"] == "queued"
+    assert broker.post(f"/predict?model={model}", data=b"x", headers={"Prefer": "wait=61"}).status_code == 400
+    failed = broker.post(f"/predict?model={echo}&params=" + json.dumps({"fail": "no good"}), data=b"x",
+                         headers={"Prefer": "wait=20"})
+    assert failed.status_code == 422 and failed.json()["error"] == "no good"
+
+
+def test_predict_is_one_request_for_a_quick_task(broker, echo, relay):
+    with BrokerClient(relay.url(broker.url)) as client:
+        result = client.predict(b"quick", echo, content_type="text/plain", timeout=60)
+    assert result.content == b"quick"
+    assert relay.count(b"POST /api/predict") == 1 and relay.count(b"GET /api/getresult") == 0
