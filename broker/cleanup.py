@@ -28,6 +28,7 @@ async def cleanup(timer: func.TimerRequest) -> None:
     expired = await _run(store.sweep)
     uploads = await _run(store.sweep_uploads)
     await _run(store.limits.sweep)
+    await _run(store.presence.sweep)
     if deleted or expired or uploads:
         log.info("cleanup deleted %d results past their TTL, expired %d tasks nobody started (or uploads never "
                  "committed) and deleted %d uploads no task reads", deleted, expired, uploads)

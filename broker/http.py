@@ -7,6 +7,7 @@ otherwise answer 404).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import time
 from pathlib import Path
@@ -77,8 +78,16 @@ async def _accepted(req: func.HttpRequest, store, task, caller: auth.Caller, wai
             answer.headers.update({"Location": links["result_url"], "Preference-Applied": f"wait={wait}"})
             return answer
         task = done
-    body = {**task.document(), **links}
+    body = {**await _document(store, task), **links}
     return json_response(body, 202, {"Location": body["result_url"], **RETRY})
+
+
+async def _document(store, task) -> dict:
+    """The task's status document; a queued one says where it is in line and who serves its model."""
+    document = task.document()
+    if document["status"] == "queued":
+        document.update(await store.presence.describe(task.task_id, task.model))
+    return document
 
 
 @_route("upload")
@@ -168,7 +177,7 @@ async def getresult(req: func.HttpRequest, settings: Settings, caller: auth.Call
 
 async def _answer(store, task, body: bytes | None, as_json: bool) -> func.HttpResponse:
     """What getresult answers for `task` as it stands (and a predict or commit that waited for it)."""
-    document = task.document()
+    document = await _document(store, task)
     status, task_id = document["status"], task.task_id
     if status == "succeeded" and task.outcome.ref:  # uploaded by the worker: fetched from storage directly
         url, expires = await store.result_url(task)
@@ -198,7 +207,8 @@ def _result_headers(task_id: str, kind: str) -> dict:
 @_route("status")
 @endpoint(("GET",), auth.CLIENT)
 async def status(req: func.HttpRequest, settings: Settings, caller: auth.Caller) -> func.HttpResponse:
-    return json_response((await get_store(settings).status(validate.task_id(req), caller.owner)).document())
+    store = get_store(settings)
+    return json_response(await _document(store, await store.status(validate.task_id(req), caller.owner)))
 
 
 @_route("cancel")
@@ -218,6 +228,7 @@ async def getnexttask(req: func.HttpRequest, settings: Settings) -> func.HttpRes
     settings.check_lease_secret()  # before claiming anything it could not sign a token for
     store = get_store(settings)
     store.check_signing()  # nor a URL for
+    await _seen(req, store, model, wait)
     began = time.time_ns()
     claims = await store.claim(model, max_tasks, wait, lease)
     for claim in claims:  # a span in each task's trace: from the long-poll's start to its claim
@@ -225,6 +236,14 @@ async def getnexttask(req: func.HttpRequest, settings: Settings) -> func.HttpRes
     if not claims:
         return func.HttpResponse(status_code=204)
     return claims_response(claims, settings.inline_bytes)
+
+
+async def _seen(req: func.HttpRequest, store, model: str, default_interval: float) -> None:
+    """Note the worker asking (X-Worker-Id, and how often it polls and how much it holds) for /stats and
+    queued tasks' documents."""
+    interval = validate.header_number(req, "x-worker-poll", 0.1, 3600, default_interval)
+    held = int(validate.header_number(req, "x-worker-tasks", 0, 10_000, 0))
+    await store.presence.seen(model, req.headers.get("x-worker-id"), interval, held)
 
 
 @_route("watch", gated=True)
@@ -235,6 +254,7 @@ async def watch(req: func.HttpRequest, settings: Settings) -> func.HttpResponse:
     model = validate.model(req.params.get("model"), settings.models)
     store = get_store(settings)
     store.check_signing()
+    await _seen(req, store, model, 60)
     url, expires = await store.watch(model)
     return json_response({"model": model, "signal_url": url, "expires_at": iso(expires),
                           "expires_in": round(expires - time.time())})
@@ -248,6 +268,22 @@ async def extendlease(req: func.HttpRequest, settings: Settings) -> func.HttpRes
     lease = validate.lease(req, task_id, settings.lease_secrets)
     seconds = validate.integer(req, "seconds", 0, 3600)
     renewal = await get_store(settings).extend(lease, seconds)
+    body = {"lease": renewal.lease, "lease_expires_at": iso(renewal.expires)}
+    if renewal.result_upload_url:
+        body["result_upload_url"] = renewal.result_upload_url
+    return json_response(body)
+
+
+@_route("progress", gated=True)
+@endpoint(("POST",), auth.WORKER)
+async def progress(req: func.HttpRequest, settings: Settings) -> func.HttpResponse:
+    """How far the worker holding a task is: {"progress": 0.0-1.0, "message": "..."}; ?seconds=S renews the
+    lease too (a heartbeat), with its new token."""
+    task_id = validate.task_id(req)
+    lease = validate.lease(req, task_id, settings.lease_secrets)
+    seconds = validate.integer(req, "seconds", 0, 3600, default=0)
+    fraction, message = validate.progress(req.get_body())
+    renewal = await get_store(settings).progress(lease, fraction, message, seconds)
     body = {"lease": renewal.lease, "lease_expires_at": iso(renewal.expires)}
     if renewal.result_upload_url:
         body["result_upload_url"] = renewal.result_upload_url
@@ -294,9 +330,17 @@ async def health(req: func.HttpRequest, settings: Settings) -> func.HttpResponse
 @_route("stats", gated=True)
 @endpoint(("GET",), auth.WORKER)
 async def stats(req: func.HttpRequest, settings: Settings) -> func.HttpResponse:
+    """Per model: tasks waiting, tasks held by workers, workers online, the oldest waiting task's age."""
     model = req.params.get("model")
-    depths, more = await get_store(settings).stats(validate.model(model, settings.models) if model else None)
-    body: dict = {"models": {name: {"queued": depth} for name, depth in depths.items()}}
+    store = get_store(settings)
+    depths, more = await store.stats(validate.model(model, settings.models) if model else None)
+    lines = await asyncio.gather(*(store.presence.line(name) for name in depths))
+    crews = await asyncio.gather(*(store.presence.workers(name) for name in depths))
+    now = time.time()
+    body: dict = {"models": {
+        name: {"queued": max(0, depth - crew.running), "running": crew.running, "workers_online": crew.online,
+               "oldest_queued_seconds": round(now - line.oldest, 1) if line.oldest is not None else None}
+        for (name, depth), line, crew in zip(depths.items(), lines, crews)}}
     if more:
         body["truncated"] = True
     return json_response(body)

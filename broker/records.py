@@ -31,6 +31,7 @@ from datetime import UTC, datetime
 
 TERMINAL = ("succeeded", "failed", "cancelled", "expired")
 MAX_ERROR_BYTES = 1024  # an error as stored: a JSON string with non-ASCII escaped, quotes included
+MAX_PROGRESS_BYTES = 256  # a progress message as stored, the same way
 METADATA_BUDGET = 7 * 1024
 
 
@@ -49,12 +50,12 @@ def stored_size(value) -> int:
     return len(_dump(value))
 
 
-def clip_error(message: str) -> str:
-    """One line of at most MAX_ERROR_BYTES as stored (an emoji costs 12 bytes there, an ASCII letter one)."""
-    message = " ".join(str(message)[: MAX_ERROR_BYTES * 2].split()) or "no reason given"
-    if stored_size(message) <= MAX_ERROR_BYTES:
+def clip_error(message: str, limit: int = MAX_ERROR_BYTES, empty: str = "no reason given") -> str:
+    """One line of at most `limit` bytes as stored (an emoji costs 12 bytes there, an ASCII letter one)."""
+    message = " ".join(str(message)[: limit * 2].split()) or empty
+    if stored_size(message) <= limit:
         return message
-    budget = MAX_ERROR_BYTES - stored_size("…")  # the quotes are counted once, in the ellipsis' size
+    budget = limit - stored_size("…")  # the quotes are counted once, in the ellipsis' size
     used = 0
     for end, char in enumerate(message):
         used += stored_size(char) - 2
@@ -214,6 +215,9 @@ class LeaseState:
     claim: int = 0
     receipt: str = ""
     freed: str | None = None  # how the last claim ended early: "back" (given back) or "retry"
+    progress: float | None = None  # 0.0-1.0 as the worker holding it last said (POST /progress) ...
+    progress_message: str | None = None  # ... and what it said with it (at most MAX_PROGRESS_BYTES stored)
+    progress_event_at: float | None = None  # when a `progress` webhook event was last queued for it
 
     def holds(self, at: float) -> bool:
         return self.until is not None and self.until > at
@@ -404,4 +408,6 @@ class Task:
             "attempts": attempts,
             "error": error,
             "result_content_type": self.result_content_type if out and out.status == "succeeded" else None,
+            "progress": state.progress if state and not out and status == "running" else None,
+            "progress_message": state.progress_message if state and not out and status == "running" else None,
         }

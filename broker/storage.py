@@ -113,6 +113,7 @@ class Blob:
     size: int = 0
     body: bytes | None = None
     snapshot: str | None = None
+    modified: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -127,14 +128,16 @@ class Message:
 def _blob(properties, body: bytes | None = None) -> Blob:
     settings = properties.content_settings
     created = properties.creation_time or properties.last_modified
+    modified = properties.last_modified
     return Blob(properties.name, dict(properties.metadata or {}), properties.etag,
                 settings.content_type if settings else None, created.timestamp() if created else 0.0,
-                properties.size or 0, body, getattr(properties, "snapshot", None))
+                properties.size or 0, body, getattr(properties, "snapshot", None),
+                modified.timestamp() if modified else 0.0)
 
 
 def _message(message: QueueMessage) -> Message:
     visible = message.next_visible_on
-    return Message(message.id, message.pop_receipt, message.content, message.dequeue_count or 0,
+    return Message(message.id, message.pop_receipt or "", message.content, message.dequeue_count or 0,
                    visible.timestamp() if visible else None)
 
 
@@ -327,11 +330,11 @@ class Container:
 
     @_storage_call
     async def page(self, continuation: str | None, size: int, metadata: bool = False,
-                   uncommitted: bool = False) -> tuple[list[Blob], str | None]:
+                   uncommitted: bool = False, prefix: str | None = None) -> tuple[list[Blob], str | None]:
         """One page of the listing from `continuation`, and where the next page starts (None: the end).
         `uncommitted` lists blobs that have only staged blocks too (an upload never finished)."""
         include = (["metadata"] if metadata else []) + (["uncommittedblobs"] if uncommitted else [])
-        pages = self.client.list_blobs(include=include or None,
+        pages = self.client.list_blobs(name_starts_with=prefix, include=include or None,
                                        results_per_page=size).by_page(continuation_token=continuation)
         async for page in pages:
             return [_blob(properties) async for properties in page], pages.continuation_token or None
@@ -403,6 +406,14 @@ class Queues:
         except (ResourceNotFoundError, HttpResponseError) as exc:
             if is_outage(exc):
                 raise
+
+    @_storage_call
+    async def peek(self, model: str, count: int) -> list[Message]:
+        """The first `count` (at most 32) visible messages, in queue order, without touching them."""
+        try:
+            return [_message(m) for m in await self._queue(model).peek_messages(max_messages=count)]
+        except ResourceNotFoundError:
+            return []
 
     @_storage_call
     async def depth(self, model: str) -> int:

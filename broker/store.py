@@ -59,7 +59,9 @@ from .errors import (
 )
 from .lease import Lease, receipt_hash
 from .limits import Limits
+from .presence import Presence
 from .records import (
+    MAX_PROGRESS_BYTES,
     Claim,
     Enqueued,
     Grant,
@@ -142,6 +144,7 @@ class TaskStore:
         self.now = clock  # the wall clock every TTL and lease deadline is read from (tests move it)
         self.wakeups = Wakeups()
         self.limits = Limits(storage, clock)  # rate limits, token quotas and revocations (limits.py)
+        self.presence = Presence(storage, clock)  # workers online, places in line (presence.py)
         self._looked_at: dict[str, float] = {}  # model -> when a long-poll here last began a receive
         self._touched: dict[str, float] = {}  # model -> when this instance last touched its signal blob
         self._trailing: dict[str, asyncio.Task] = {}  # model -> the touch due at the end of its interval
@@ -696,6 +699,20 @@ class TaskStore:
         if seconds == 0:
             receipt = await self._free(lease, inbox, state, "back")
             return Renewal(lease.renewed(receipt).encode(self.settings.lease_secrets), self.now())
+        return await self._renew(lease, inbox, state, seconds)
+
+    async def progress(self, lease: Lease, fraction: float, message: str, seconds: int = 0) -> Renewal:
+        """Record how far the worker holding `lease` is with its task (the status document shows it);
+        with `seconds`, renew the lease too, as a heartbeat (same rules: only the current token)."""
+        inbox, state = await self._held(lease)
+        state.progress, state.progress_message = fraction, clip_error(message, MAX_PROGRESS_BYTES, "") or None
+        if seconds:
+            return await self._renew(lease, inbox, state, seconds)
+        await self._write_state(lease, inbox, state)
+        return Renewal(lease.encode(self.settings.lease_secrets), state.until)
+
+    async def _renew(self, lease: Lease, inbox: Blob, state: LeaseState, seconds: int) -> Renewal:
+        """Hold the task `seconds` more (a new pop receipt: a new token), writing `state` with it."""
         try:
             updated = await self.storage.queues.update(lease.model, lease.msg, lease.receipt, seconds)
             receipt, expires = updated.receipt, updated.visible_at

@@ -115,6 +115,15 @@ def prefer_wait(req: func.HttpRequest) -> int:
     return 0
 
 
+def header_number(req: func.HttpRequest, name: str, low: float, high: float, default: float) -> float:
+    """A numeric header a worker sends about itself; anything unreadable counts as absent."""
+    try:
+        value = float(req.headers.get(name, ""))
+    except ValueError:
+        return default
+    return min(high, max(low, value)) if value == value else default
+
+
 def idempotency_key(req: func.HttpRequest) -> str | None:
     value = req.headers.get("idempotency-key")
     if value is None:
@@ -136,6 +145,17 @@ def lease(req: func.HttpRequest, task: str, secrets: tuple[bytes, ...]) -> Lease
 
 def too_large(limit: int) -> Rejected:
     return Rejected(413, f"the payload is larger than the limit of {limit} bytes")
+
+
+def progress(body: bytes) -> tuple[float, str]:
+    """(fraction, message) of a progress report: `{"progress": 0.0-1.0, "message": "..."}`."""
+    report = json_object(body, "progress report")
+    fraction, message = report.get("progress"), report.get("message", "")
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction <= 1:
+        raise Rejected(400, "\"progress\" must be a number from 0 to 1")
+    if not isinstance(message, str):
+        raise Rejected(400, "\"message\" must be a string")
+    return float(fraction), message
 
 
 def json_object(body: bytes, what: str) -> dict:

@@ -9,6 +9,8 @@ answer was lost is healed by its lease running out).
 
 from __future__ import annotations
 
+import uuid
+
 import requests
 from urllib3.util.retry import Retry
 
@@ -67,20 +69,26 @@ class BrokerClient:
             self.session.headers["Authorization"] = f"Bearer {key}"
         if function_key:  # the platform's gate in front of the app (BROKER_WORKER_AUTH_LEVEL=function)
             self.session.headers["x-functions-key"] = function_key
+        # Who this worker is, for the broker's count of workers online (/stats, queued tasks' status).
+        self.session.headers["X-Worker-Id"] = uuid.uuid4().hex
 
-    def claim(self, model: str, max_tasks: int, wait: int, lease: int) -> tuple[list[dict], int | None]:
+    def claim(self, model: str, max_tasks: int, wait: int, lease: int, held: int = 0,
+              poll: float | None = None) -> tuple[list[dict], int | None]:
         """Long-poll for up to `max_tasks` tasks: (the tasks, the broker's inline limit for results);
-        no tasks when none came within `wait` seconds."""
+        no tasks when none came within `wait` seconds. `held` and `poll` (seconds until this worker
+        asks again at the latest) tell the broker about this worker."""
+        headers = {"X-Worker-Tasks": str(held), "X-Worker-Poll": f"{poll if poll is not None else max(wait, 1):g}"}
         response = self._call("GET", "getnexttask", {"model": model, "max_tasks": max_tasks, "wait": wait,
-                                                     "lease": lease}, read_timeout=wait + READ_MARGIN)
+                                                     "lease": lease}, read_timeout=wait + READ_MARGIN, headers=headers)
         if response.status_code != 200:
             return [], None
         body = response.json()
         return body["tasks"], body.get("inline_bytes")
 
-    def watch(self, model: str) -> dict:
-        """Where to watch for the model's work while idle: {"signal_url", "expires_at"}."""
-        return self._call("GET", "watch", {"model": model}).json()
+    def watch(self, model: str, poll: float = 60) -> dict:
+        """Where to watch for the model's work while idle: {"signal_url", "expires_at"}; `poll`: how often
+        this worker will still ask the broker itself."""
+        return self._call("GET", "watch", {"model": model}, headers={"X-Worker-Poll": f"{poll:g}"}).json()
 
     def extend(self, task_id: str, lease: str, seconds: int) -> dict:
         """Heartbeat (seconds > 0) or give the task back at once (seconds = 0); returns the new lease."""
@@ -89,6 +97,11 @@ class BrokerClient:
     def put_result(self, task_id: str, lease: str, body: bytes, content_type: str) -> dict:
         return self._call("POST", "puttaskresult", {"task_id": task_id, "lease": lease}, data=body,
                           headers={"Content-Type": content_type}).json()
+
+    def progress(self, task_id: str, lease: str, fraction: float, message: str) -> dict:
+        """Tell how far the task is (the lease stays as it is)."""
+        return self._call("POST", "progress", {"task_id": task_id, "lease": lease},
+                          json={"progress": fraction, "message": message}).json()
 
     def put_uploaded(self, task_id: str, lease: str, content_type: str) -> dict:
         """Commit as the result what this claim wrote to its result_upload_url."""

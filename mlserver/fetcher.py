@@ -100,8 +100,9 @@ class Fetcher(threading.Thread):
                 continue
             asked = time.monotonic()
             try:
+                poll = self.claiming.idle_check if self.watcher.asleep() else max(wait, MIN_EMPTY_POLL)
                 claims, inline_bytes = self.client.claim(self.claiming.model, self.claiming.batch, wait,
-                                                         self.claiming.lease)
+                                                         self.claiming.lease, len(self.ledger.held()), poll)
             except Unavailable as exc:
                 self._room.release()
                 delay = backoff.next()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any
@@ -30,6 +31,7 @@ from .threadnames import name_os_thread
 
 log = logging.getLogger("mlserver.reporter")
 STUCK_TRIES = 4
+PROGRESS_EVERY = 0.5  # seconds between two progress reports of one task, at the least
 
 
 class Reporter:
@@ -50,6 +52,29 @@ class Reporter:
     def failure(self, task: Task, exc: BaseException) -> None:
         """Put the task's failure: one sentence for its client, retryable if the handler says so."""
         self._submit(self._put_exception, task, exc)
+
+    def progress(self, task: Task, fraction: float, message: str) -> None:
+        """Tell the broker how far the task is, in the background, at most every PROGRESS_EVERY seconds
+        (and always its end); a report that fails is not retried: the next one says more."""
+        now = time.monotonic()
+        if task.cancelled or (fraction < 1.0 and now - task.progress_sent_at < PROGRESS_EVERY):
+            return
+        task.progress_sent_at = now
+        try:
+            self.pool.submit(self._send_progress, task, fraction, message)
+        except RuntimeError:  # closed: the worker is quitting
+            pass
+
+    def _send_progress(self, task: Task, fraction: float, message: str) -> None:
+        try:
+            with task.lock:  # the heartbeat swaps the token only between uses
+                self.client.progress(task.task_id, task.lease, fraction, message)
+        except Cancelled:
+            task.cancelled = True
+        except (Refused, Unavailable) as exc:
+            log.info("task %s: progress not recorded (%s)", task.task_id, exc)
+        except Exception:  # noqa: BLE001 - progress is a courtesy: never let it take a task down
+            log.exception("unexpected error reporting the progress of task %s", task.task_id)
 
     def give_back(self, task: Task) -> None:
         """Return a task that was never started to the queue at once (its attempt number is kept)."""

@@ -27,6 +27,7 @@ class Task:
     result_upload_url: str | None = None  # where a large result goes (renewed by heartbeats)
     inline_bytes: int = 1024 * 1024  # results larger than this go through result_upload_url
     claimed_at: float = field(default_factory=time.monotonic)
+    progress_sent_at: float = 0.0  # when its progress was last sent (reporter.Reporter.progress)
     renew_at: float = 0.0
     cancelled: bool = False  # the client cancelled it: do no more work, put nothing
     lease_lost: bool = False  # another claim may hold it: stop renewing, but still try to put

@@ -90,7 +90,7 @@ class Watcher:
     def _ensure_url(self) -> None:
         if self._url is not None and time.monotonic() < self._url_expires - REFRESH_BEFORE:
             return
-        answer = self.client.watch(self.model)
+        answer = self.client.watch(self.model, self.check_every)
         self._url = answer["signal_url"]
         lifetime = answer.get("expires_in")  # relative: a worker's clock may be off
         if not isinstance(lifetime, (int, float)) or isinstance(lifetime, bool):

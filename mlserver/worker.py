@@ -42,6 +42,8 @@ class Worker:
         if metrics is not None:
             metrics.idle = self.fetcher.watcher.asleep
         self.heartbeat = Heartbeat(client, self.ledger, self.stats, claiming.lease)
+        self._running: dict[int, Task] = {}  # id(decoded input) -> its task, while the model runs them
+        handler._progress_sink = self._on_progress
         self.status = StatusLine(self.stats, status_interval)
 
     def run(self) -> Exception | None:
@@ -124,10 +126,20 @@ class Worker:
         self._succeed(task, output)
 
     def _predict(self, tasks: list[Task]) -> list[Any]:
-        outputs = list(self.handler.predict([task.decoded for task in tasks]))
+        self._running = {id(task.decoded): task for task in tasks}
+        try:
+            outputs = list(self.handler.predict([task.decoded for task in tasks]))
+        finally:
+            self._running = {}
         if len(outputs) != len(tasks):
             raise RuntimeError(f"predict returned {len(outputs)} outputs for {len(tasks)} inputs")
         return outputs
+
+    def _on_progress(self, item: Any, fraction: float, message: str) -> None:
+        """A handler's report_progress (from the model's thread): to the task it is about."""
+        task = self._running.get(id(item))
+        if task is not None:
+            self.reporter.progress(task, fraction, message)
 
     def _succeed(self, task: Task, output: Any) -> None:
         if task.cancelled:

@@ -83,6 +83,14 @@ class Handler:
             return exc.retryable
         return isinstance(exc, self.retryable_errors)
 
+    def report_progress(self, item: Any, fraction: float, message: str = "") -> None:
+        """Say how far the task of `item` (what decode returned) is, from predict: 0.0 to 1.0, and a
+        few words. Its client sees it in the task's status (and a `progress` webhook, at most once a
+        second). Cheap to call often: the worker sends it in the background, at most twice a second."""
+        sink = getattr(self, "_progress_sink", None)
+        if sink is not None:
+            sink(item, min(1.0, max(0.0, float(fraction))), message)
+
 
 def first_line(exc: BaseException, limit: int = 300) -> str:
     """The first line of an exception's message, clipped: what a one-line error can quote of it."""

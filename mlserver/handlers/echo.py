@@ -1,6 +1,7 @@
 """`echo`: returns each payload unchanged, for tests and benchmarks of everything but the model.
 
 params: `sleep_ms` sleeps that long per batch (simulated compute; the longest in the batch wins);
+`steps` splits that sleep into so many steps and reports progress after each ("step 2 of 5");
 `fail` fails that task with that message, as a retryable failure if `retryable` is true. It imports
 no TensorFlow, so it starts in a moment.
 """
@@ -22,6 +23,7 @@ class EchoInput:
     sleep_ms: float
     fail: str | None
     retryable: bool
+    steps: int = 0
 
 
 class Echo(Handler):
@@ -40,10 +42,22 @@ class Echo(Handler):
         retryable = params.get("retryable", False)
         if not isinstance(retryable, bool):
             raise InputError("params.retryable must be true or false")
-        return EchoInput(payload, content_type, float(sleep_ms), fail, retryable)
+        steps = params.get("steps", 0)
+        if isinstance(steps, bool) or not isinstance(steps, int) or not 0 <= steps <= 1000:
+            raise InputError("params.steps must be a whole number from 0 to 1000")
+        return EchoInput(payload, content_type, float(sleep_ms), fail, retryable, steps)
 
     def predict(self, inputs: list[EchoInput]) -> list[bytes]:
-        time.sleep(max(item.sleep_ms for item in inputs) / 1000)
+        steps = max(item.steps for item in inputs)
+        if steps:
+            for step in range(1, steps + 1):
+                time.sleep(max(item.sleep_ms for item in inputs) / 1000 / steps)
+                for item in inputs:
+                    if item.steps:
+                        self.report_progress(item, min(step, item.steps) / item.steps,
+                                             f"step {min(step, item.steps)} of {item.steps}")
+        else:
+            time.sleep(max(item.sleep_ms for item in inputs) / 1000)
         # Failing here, not in decode, makes a `fail` task break its whole batch the way a poison
         # input breaks a real model, so the worker's one-by-one fallback is exercised too.
         for item in inputs:

@@ -6,7 +6,7 @@ import azure.functions as func
 
 EVERY_METHOD = {"GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"}
 HTTP_ROUTES = {"predict", "getresult", "status", "cancel", "getnexttask", "extendlease", "puttaskresult",
-               "health", "stats", "demo", "upload", "commit", "watch", "token", "revoke"}
+               "health", "stats", "demo", "upload", "commit", "watch", "token", "revoke", "progress"}
 
 
 def test_function_app_defines_exactly_the_broker_functions():
@@ -46,7 +46,7 @@ def test_worker_and_operations_routes_can_sit_behind_the_platforms_function_keys
         app = importlib.reload(importlib.import_module("function_app")).app
         levels = {f.get_function_name(): f.get_trigger().auth_level for f in app.get_functions()
                   if f.get_trigger().get_binding_name() == "httpTrigger"}
-        gated = {"getnexttask", "extendlease", "puttaskresult", "watch", "stats"}
+        gated = {"getnexttask", "extendlease", "puttaskresult", "watch", "stats", "progress"}
         assert {name for name, level in levels.items() if level == func.AuthLevel.FUNCTION} == gated
     finally:
         monkeypatch.delenv("BROKER_WORKER_AUTH_LEVEL")

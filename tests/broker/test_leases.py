@@ -256,3 +256,22 @@ def test_a_forged_or_altered_token_is_400(broker, model):
         assert response.status_code == 400 and response.json()["error"] == "the lease token is malformed"
     assert broker.status(task_id)["status"] == "running"
     assert broker.put(task).status_code == 200
+
+
+def test_progress_is_recorded_by_the_current_lease_only_and_shown_in_the_status(broker, model):
+    task_id = broker.submit(model)
+    [task] = broker.claim(model, lease=30)
+    report = lambda lease, body, extra="": broker.post(  # noqa: E731
+        f"/progress?task_id={task_id}&lease={lease}{extra}", json=body, headers=broker.worker)
+    assert report(task["lease"], {"progress": 0.4, "message": "step 2 of 5"}).status_code == 200
+    status = broker.status(task_id)
+    assert (status["progress"], status["progress_message"]) == (0.4, "step 2 of 5")
+    for bad in ({"progress": 1.5}, {"progress": "half"}, {"progress": 0.5, "message": 3}, {}):
+        assert report(task["lease"], bad).status_code == 400, bad
+    renewed = report(task["lease"], {"progress": 0.6}, "&seconds=60")
+    assert renewed.status_code == 200 and renewed.json()["lease"] != task["lease"]  # a heartbeat too
+    stale = report(task["lease"], {"progress": 0.9, "message": "from a stale token"})
+    assert stale.status_code == 409
+    assert broker.status(task_id)["progress"] == 0.6  # a refused report writes nothing
+    broker.put({**task, "lease": renewed.json()["lease"]})
+    assert broker.status(task_id)["progress"] is None  # finished: no progress to speak of

@@ -27,6 +27,7 @@ class FakeTask:
     result: bytes | None = None
     error: str | None = None
     givebacks: int = 0
+    progress: list = field(default_factory=list)  # (fraction, message) reports, in order
 
 
 class FakeBroker:
@@ -52,7 +53,8 @@ class FakeBroker:
 
     # ---- the worker's client interface -------------------------------------------------------------
 
-    def claim(self, model: str, max_tasks: int, wait: int, lease: int) -> tuple[list[dict], int]:
+    def claim(self, model: str, max_tasks: int, wait: int, lease: int, held: int = 0,
+              poll: float | None = None) -> tuple[list[dict], int]:
         with self._lock:
             taken, self.queue = self.queue[:max_tasks], self.queue[max_tasks:]
             claims = []
@@ -79,6 +81,12 @@ class FakeBroker:
                 return {"lease": lease}
             task.token = f"t{next(self._tokens)}"
             return {"lease": task.token}
+
+    def progress(self, task_id: str, lease: str, fraction: float, message: str) -> dict:
+        with self._lock:
+            task = self._held(task_id, lease)
+            task.progress.append((fraction, message))
+            return {"lease": lease}
 
     def put_result(self, task_id: str, lease: str, body: bytes, content_type: str) -> dict:
         return self._put(task_id, lease, "succeeded", result=body)

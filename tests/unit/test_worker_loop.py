@@ -130,3 +130,12 @@ def test_a_task_cancelled_while_it_runs_puts_nothing():
     worker = burst(broker, batch=1)
     assert broker.tasks["cancelled"].status == "cancelled" and broker.tasks["cancelled"].result is None
     assert worker.stats.totals["cancelled"] == 1
+
+
+def test_a_handler_reports_progress_for_its_tasks():
+    broker = FakeBroker()
+    broker.submit("stepped", params={"steps": 4, "sleep_ms": 2400})
+    burst(broker, batch=1)
+    reports = broker.tasks["stepped"].progress
+    assert reports and reports[-1] == (1.0, "step 4 of 4")  # the end is always sent
+    assert all(0 < fraction <= 1 for fraction, _ in reports) and len(reports) <= 4

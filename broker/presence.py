@@ -1,0 +1,140 @@
+"""Where a model's queue stands, for its clients and for schedulers: how many workers serve it now,
+how many tasks they hold, where a queued task is in line, how long the oldest has waited.
+
+- Workers: each claim (and each look for work of an idle worker) says who the worker is, how often
+  it polls, and how many tasks it holds (X-Worker-Id, X-Worker-Poll, X-Worker-Tasks). The broker
+  keeps a blob per worker and model (`signals/workers/<model>/<worker id>`, its metadata those
+  figures), written at most every SEEN_EVERY seconds per worker and instance. A worker is online
+  while it polled within two of its poll intervals.
+- The queue: a peek at its first 32 visible messages (a peek changes nothing) names the tasks in
+  line, exactly up to 32; past them a position is an estimate (the queue's approximate count less
+  the tasks held). Peeks and listings are shared by every request of an instance for CACHE seconds,
+  except that a task missing from a short view of the line (it joined since) has the line looked at again.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+
+from .records import TaskMessage
+from .storage import Storage
+
+SEEN_EVERY = 5.0
+CACHE = 1.0
+PEEK = 32  # what one peek returns at most
+WORKER_ID = re.compile(r"[A-Za-z0-9-]{1,64}")
+MAX_REMEMBERED = 10_000
+
+
+@dataclass(frozen=True)
+class Workers:
+    online: int
+    last_seen: float | None
+    running: int  # tasks the online workers hold
+
+
+@dataclass(frozen=True)
+class Line:
+    ahead: dict[str, int]  # task id -> tasks before it, for the first PEEK in line
+    depth: int  # the queue's approximate count, held tasks included
+    oldest: float | None  # when the task at the head of the line was submitted
+
+
+class Presence:
+    def __init__(self, storage: Storage, clock=time.time) -> None:
+        self.storage = storage
+        self.now = clock
+        self._written: dict[tuple[str, str], tuple[float, str]] = {}  # (model, worker) -> (when, what)
+        self._workers: dict[str, tuple[float, Workers]] = {}
+        self._lines: dict[str, tuple[float, Line]] = {}
+
+    async def seen(self, model: str, worker: str | None, interval: float, held: int) -> None:
+        """A worker of `model` polled (best effort: presence is a courtesy, never a reason to fail)."""
+        if not worker or not WORKER_ID.fullmatch(worker):
+            return
+        figures = f"{interval:g}/{held}"
+        key, at = (model, worker), time.monotonic()
+        last = self._written.get(key)
+        if last is not None and last[1] == figures and at - last[0] < SEEN_EVERY:
+            return
+        if len(self._written) >= MAX_REMEMBERED:
+            self._written.clear()
+        self._written[key] = (at, figures)
+        try:
+            await self.storage.signals.put(f"workers/{model}/{worker}", b"",
+                                           {"interval": f"{interval:g}", "held": str(held)}, "application/octet-stream")
+        except Exception:  # noqa: BLE001
+            pass
+
+    async def workers(self, model: str) -> Workers:
+        cached = self._workers.get(model)
+        if cached is not None and time.monotonic() - cached[0] < CACHE:
+            return cached[1]
+        at, online, running, last = self.now(), 0, 0, None
+        continuation = None
+        while True:
+            blobs, continuation = await self.storage.signals.page(continuation, 1000, metadata=True,
+                                                                  prefix=f"workers/{model}/")
+            for blob in blobs:
+                seen = blob.modified
+                last = max(last or seen, seen)
+                try:
+                    interval, held = float(blob.metadata.get("interval", 60)), int(blob.metadata.get("held", 0))
+                except ValueError:
+                    continue
+                if seen >= at - 2 * max(interval, 1.0) - 5:  # two poll intervals, and a request's slack
+                    online += 1
+                    running += held
+            if continuation is None:
+                break
+        found = Workers(online, last, running)
+        self._remember(self._workers, model, found)
+        return found
+
+    async def line(self, model: str, fresh: bool = False) -> Line:
+        cached = self._lines.get(model)
+        if not fresh and cached is not None and time.monotonic() - cached[0] < CACHE:
+            return cached[1]
+        peeked, depth = await self.storage.queues.peek(model, PEEK), await self.storage.queues.depth(model)
+        ahead, oldest = {}, None
+        for message in peeked:
+            task = TaskMessage.parse(message.content)
+            if task is None or task.task_id in ahead:
+                continue
+            ahead[task.task_id] = len(ahead)
+            if oldest is None and task.created is not None:
+                oldest = task.created
+        found = Line(ahead, depth, oldest)
+        self._remember(self._lines, model, found)
+        return found
+
+    async def describe(self, task_id: str, model: str) -> dict:
+        """What a queued task's status document adds: its place in line and its model's workers."""
+        line, workers = await self.line(model), await self.workers(model)
+        if task_id not in line.ahead and len(line.ahead) < PEEK:  # it joined after the view was taken
+            line = await self.line(model, fresh=True)
+        position = line.ahead.get(task_id)
+        if position is None:  # not among the first PEEK in line: an estimate
+            position = max(len(line.ahead), line.depth - workers.running - 1)
+        return {"queue_position": position,
+                "workers": {"online": workers.online, "last_seen": workers.last_seen}}
+
+    @staticmethod
+    def _remember(cache: dict, model: str, value) -> None:
+        if len(cache) >= MAX_REMEMBERED:
+            cache.clear()
+        cache[model] = (time.monotonic(), value)
+
+    async def sweep(self) -> int:
+        """Delete the records of workers not seen for an hour."""
+        at, gone, continuation = self.now(), [], None
+        while True:
+            blobs, continuation = await self.storage.signals.page(continuation, 5000, prefix="workers/")
+            gone += [blob.name for blob in blobs if blob.modified < at - 3600]
+            if continuation is None:
+                break
+        for name in gone:
+            await self.storage.signals.delete(name)
+        return len(gone)
