@@ -63,6 +63,7 @@ class Presence:
             self._written.clear()
         self._written[key] = (at, figures)
         try:
+            await self.storage.ensure_containers()
             await self.storage.signals.put(f"workers/{model}/{worker}", b"",
                                            {"interval": f"{interval:g}", "held": str(held)}, "application/octet-stream")
         except Exception:  # noqa: BLE001
@@ -72,6 +73,7 @@ class Presence:
         cached = self._workers.get(model)
         if cached is not None and time.monotonic() - cached[0] < CACHE:
             return cached[1]
+        await self.storage.ensure_containers()
         at, online, running, last = self.now(), 0, 0, None
         continuation = None
         while True:
@@ -129,6 +131,7 @@ class Presence:
 
     async def sweep(self) -> int:
         """Delete the records of workers not seen for an hour."""
+        await self.storage.ensure_containers()
         at, gone, continuation = self.now(), [], None
         while True:
             blobs, continuation = await self.storage.signals.page(continuation, 5000, prefix="workers/")

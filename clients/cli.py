@@ -84,7 +84,7 @@ def wait_all(client: BrokerClient, jobs: list[tuple[str, str]], timeout: float, 
     def run(name: str, task_id: str) -> None:
         with slots:
             done.put((name, task_id, outcome(client, task_id, deadline, poll,
-                                             lambda document: shown.update(name, document["status"]))))
+                                             lambda document: shown.update(name, document))))
 
     for name, task_id in jobs:
         # Daemon threads: Ctrl-C must not wait for long-polls to come back.
@@ -136,9 +136,11 @@ def predict(args, client: BrokerClient) -> int:
     jobs = []
     try:
         for name, payload, content_type in inputs:
+            accepted: list[dict] = []
             try:
                 task_id = client.submit(payload, args.model, content_type, params,
-                                        on_upload=lambda done, total, name=name: shown.uploading(name, done, total))
+                                        on_upload=lambda done, total, name=name: shown.uploading(name, done, total),
+                                        on_accepted=accepted.append)
             except BrokerHTTPError as exc:
                 if exc.status in (401, 403):
                     raise  # the same for every file: stop now
@@ -146,8 +148,8 @@ def predict(args, client: BrokerClient) -> int:
                 ok = False
                 continue
             jobs.append((name, task_id))
-            shown.update(name, "queued", task_id)
-        poll = 2 if isinstance(shown, progress.Bar) else 10  # a live bar wants fresher counts
+            shown.update(name, accepted[0] if accepted else {"task_id": task_id, "status": "queued"})
+        poll = 2 if isinstance(shown, progress.Bar) or len(jobs) <= PARALLEL_WAITS else 10  # fresh news when it is read
         for name, task_id, result in wait_all(client, jobs, args.timeout, poll, shown):
             ok &= report(name, task_id, result, outputs, len(inputs), shown)
     finally:

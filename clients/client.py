@@ -85,14 +85,19 @@ class BrokerClient:
         return response
 
     def submit(self, data_or_path, model: str, content_type: str | None = None, params: dict | None = None,
-               idempotency_key: str | None = None, on_upload: blobs.Progress | None = None) -> str:
+               idempotency_key: str | None = None, on_upload: blobs.Progress | None = None,
+               on_accepted: Callable[[dict], None] | None = None) -> str:
         """Queue a job; returns its task id. The content type is guessed from a file name when not given.
 
         A payload over `upload_above` bytes is uploaded straight to storage (`on_upload(done, total)`
-        hears its progress). A path that cannot be read raises the usual OSError (FileNotFoundError,
-        ...) before anything is sent.
+        hears its progress). `on_accepted` gets the broker's answer: the task's status document (its
+        place in line, its model's workers online). A path that cannot be read raises the usual
+        OSError (FileNotFoundError, ...) before anything is sent.
         """
-        return _task_id(self._submit(data_or_path, model, content_type, params, idempotency_key, on_upload))
+        response = self._submit(data_or_path, model, content_type, params, idempotency_key, on_upload)
+        if on_accepted is not None and response.status_code == 202:
+            on_accepted(response.json())
+        return _task_id(response)
 
     def _submit(self, data_or_path, model: str, content_type: str | None, params: dict | None,
                 idempotency_key: str | None, on_upload: blobs.Progress | None, wait: int = 0) -> requests.Response:

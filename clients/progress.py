@@ -12,6 +12,30 @@ from typing import TextIO
 
 DONE = ("succeeded", "failed", "cancelled", "expired", "timed out", "error")
 BAR_WIDTH = 24
+NONE_ONLINE = "waiting for a worker (none online)"
+
+
+def describe(document: dict) -> str:
+    """A task's state as a person wants it: who it waits for, how far it is."""
+    status = str(document.get("status", ""))
+    if status == "queued":
+        if (document.get("workers") or {}).get("online") == 0:
+            return NONE_ONLINE
+        ahead = document.get("queue_position")
+        return f"queued, {ahead} ahead" if isinstance(ahead, int) and ahead > 0 else "queued"
+    fraction = document.get("progress")
+    if status == "running" and isinstance(fraction, (int, float)):
+        message = document.get("progress_message")
+        return f"running {int(100 * fraction)}%" + (f" ({message})" if message else "")
+    return status
+
+
+def _step(document: dict) -> tuple:
+    """What must change for a log to get a new line: the state, a tenth of progress, the message."""
+    fraction = document.get("progress")
+    tenth = int(10 * fraction) if isinstance(fraction, (int, float)) else None
+    text = describe(document)
+    return (document.get("status"), tenth, document.get("progress_message")) if tenth is not None else (text,)
 
 
 class Lines:
@@ -21,15 +45,22 @@ class Lines:
         self.total = total
         self.stream = stream
         self.states: dict[str, str] = {}
+        self.details: dict[str, str] = {}  # name -> describe() of its last status document
+        self.said: dict[str, tuple] = {}
         self.lock = threading.Lock()
         self.upload_began: dict[str, float] = {}
         self.upload_steps: dict[str, int] = {}
 
-    def update(self, name: str, state: str, task_id: str = "") -> None:
+    def update(self, name: str, document: dict) -> None:
+        """A task's status document: a line when its state (or its progress, by tenths) changed."""
         with self.lock:
-            if self.states.get(name) != state:
-                self.states[name] = state
-                self._say(f"{name}: {state}" + (f" (task {task_id})" if task_id else ""))
+            self.states[name] = str(document.get("status", ""))
+            self.details[name] = describe(document)
+            step = _step(document)
+            if self.said.get(name) != step:
+                self.said[name] = step
+                task_id = document.get("task_id")
+                self._say(f"{name}: {self.details[name]}" + (f" (task {task_id})" if task_id else ""))
 
     def uploading(self, name: str, done: int, total: int) -> None:
         """Progress of a payload going straight to storage: a line at each tenth (and the rate)."""
@@ -72,9 +103,10 @@ class Bar(Lines):
         self.stream.write(f"\r\x1b[K{line}\n")
         self._draw()
 
-    def update(self, name: str, state: str, task_id: str = "") -> None:
+    def update(self, name: str, document: dict) -> None:
         with self.lock:
-            self.states[name] = state
+            self.states[name] = str(document.get("status", ""))
+            self.details[name] = describe(document)
             self._draw()
 
     def _upload_line(self, name: str, done: int, total: int, began: float) -> None:
@@ -87,8 +119,18 @@ class Bar(Lines):
         counts = self.counts()
         filled = BAR_WIDTH * counts["done"] // max(self.total, 1)
         self.stream.write(f"\r\x1b[K[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {counts['done']}/{self.total} done"
-                          f"  {counts['running']} running  {counts['queued']} queued  {counts['failed']} failed")
+                          f"  {counts['running']} running  {counts['queued']} queued  {counts['failed']} failed"
+                          f"{self._detail()}")
         self.stream.flush()
+
+    def _detail(self) -> str:
+        """One task's own state (a single input's progress), or that nobody serves the model."""
+        waiting = [name for name, state in self.states.items() if state not in DONE]
+        if self.total == 1 and waiting and self.details.get(waiting[0]) != self.states[waiting[0]]:
+            return f"  {self.details[waiting[0]]}"
+        if any(self.details.get(name) == NONE_ONLINE for name in waiting):
+            return f"  {NONE_ONLINE}"
+        return ""
 
     def close(self) -> None:
         with self.lock:

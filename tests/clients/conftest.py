@@ -12,6 +12,7 @@ import pytest
 
 from devstack.services import Worker
 from tests.conftest import CLIENT_KEY
+from tests.support.polling import wait_for
 
 
 @pytest.fixture(scope="session")
@@ -19,6 +20,9 @@ def echo(broker, tmp_path_factory):
     """A real `python -m mlserver --handler echo` worker for model `echo` on the main broker."""
     worker = Worker(broker.url, broker.worker_key, ["--model", "echo", "--handler", "echo", "--wait", "2"],
                     log_dir=tmp_path_factory.mktemp("echo-worker")).start()
+    # Ready means loaded; online means it has asked for work, which is what clients are told.
+    wait_for(lambda: broker.get("/stats?model=echo", headers=broker.worker).json()["models"]["echo"]
+             ["workers_online"] >= 1, timeout=30, what="the echo worker counted online")
     yield "echo"
     worker.stop(timeout=30)
 

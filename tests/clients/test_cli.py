@@ -136,7 +136,7 @@ def test_missing_key_is_401_and_the_key_comes_from_the_environment(keyed_broker,
                                     "(Authorization: Bearer <key or token>) (HTTP 401)")
     done = cli("predict", "cat.png", "--model", model, "--timeout", "1", url=keyed_broker.url, cwd=tmp_path,
                key=CLIENT_KEY)
-    assert "cat.png: queued (task " in done.stderr  # accepted; nobody serves this model, so it times out
+    assert "cat.png: waiting for a worker (none online) (task " in done.stderr  # accepted; nobody serves it
 
 
 def test_timeout_names_the_task(broker, files, tmp_path, model):
@@ -145,6 +145,22 @@ def test_timeout_names_the_task(broker, files, tmp_path, model):
     task_id = line.split("task ")[1].split()[0]
     assert line.endswith(f"it may still finish: python -m clients result {task_id}")
     assert broker.status(task_id)["status"] == "queued"
+
+
+def test_a_task_nobody_serves_says_so_instead_of_spinning(broker, files, tmp_path, model):
+    done = cli("predict", "cat.png", "--model", model, "--timeout", "3", url=broker.url, cwd=tmp_path)
+    waiting = [line for line in done.stderr.splitlines() if line.startswith("cat.png: ")]
+    assert waiting and waiting[0].startswith("cat.png: waiting for a worker (none online) (task "), done.stderr
+
+
+def test_a_running_task_shows_how_far_it_is(broker, echo, files, tmp_path):
+    done = cli("predict", "scores.json", "--model", echo, "--params", '{"sleep_ms": 9000, "steps": 3}',
+               url=broker.url, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    said = [line for line in done.stderr.splitlines() if line.startswith("scores.json: running ")]
+    assert any(line.startswith(("scores.json: running 33% (step 1 of 3)", "scores.json: running 66% (step 2 of 3)"))
+               for line in said), done.stderr
+    assert json.loads(done.stdout) == {"label": "tabby", "score": 0.9}
 
 
 def test_bad_params_is_a_usage_error(broker, files, tmp_path):

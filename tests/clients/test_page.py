@@ -157,7 +157,21 @@ def test_queue_panel_shows_stats_with_a_worker_key(broker, open_page, model):
     page.fill("#worker-key", WORKER_KEY)
     row = page.locator("#stats tr", has=page.locator(f"td:text-is('{model}')"))
     row.wait_for()
-    assert row.locator("td.n").text_content() == "2"
+    assert row.locator("td.n").all_text_contents() == ["2", "0", "0"]  # queued, running, workers online
+
+
+def test_a_task_nobody_serves_says_so_and_a_running_one_shows_its_progress(broker, echo, open_page, model):
+    page = open_page(broker)
+    run(page, "a.png", picture(), "image/png", model, end="queued")
+    assert page.text_content("#status .waiting") == "Waiting for a worker (none online)."
+    page.click("#cancel")
+    page.wait_for_selector("#status[data-state=cancelled]")
+    run(page, "b.json", b"{}", "application/json", echo, {"sleep_ms": 9000, "steps": 3}, end="running")
+    page.wait_for_selector("#status .progress progress")
+    shown = page.text_content("#status .progress span")
+    assert re.fullmatch(r"(33|66) % · step [12] of 3", shown), shown
+    page.wait_for_selector("#status[data-state=succeeded]")
+    assert page.locator("#status .progress").count() == 0  # finished: no bar
 
 
 def test_client_key_is_sent_kept_in_the_tab_and_cancel_works(keyed_broker, open_page, model):
