@@ -15,13 +15,14 @@ from urllib.parse import urljoin
 
 import azure.functions as func
 
-from . import auth, telemetry, validate
+from . import auth, destinations, telemetry, validate
 from .errors import Rejected
 from .records import Grant, iso
 from .respond import ALL_METHODS, claims_response, endpoint, error_response, json_response
 from .settings import Settings, worker_auth_level
 from .store import get_store, shown_inline
 from .tokens import BadToken, Token
+from .webhooks import Hook
 
 bp = func.Blueprint()
 
@@ -58,11 +59,12 @@ def _links(req: func.HttpRequest, task_id: str) -> dict:
 async def predict(req: func.HttpRequest, settings: Settings, caller: auth.Caller) -> func.HttpResponse:
     """Submit a job: raw bytes, or the JSON wrapper with a base64 payload."""
     began = time.time_ns()
-    model, payload, content_type, params = validate.submission(req, settings.max_payload_bytes, settings.models)
+    model, payload, content_type, params, hook = validate.submission(req, settings.max_payload_bytes, settings.models)
     key = validate.idempotency_key(req)
     wait, ttl = validate.prefer_wait(req), validate.deadline(req)
+    hook = await _webhook(req, settings, hook)
     store = await _submitting(settings, caller, model)
-    task, _ = await store.submit(model, payload, content_type, params, key, caller.scope, ttl)
+    task, _ = await store.submit(model, payload, content_type, params, key, caller.scope, ttl, hook)
     telemetry.finished("predict", task.task_id, began, model=model, size=len(payload))
     return await _accepted(req, store, task, caller, wait)
 
@@ -83,23 +85,42 @@ async def _accepted(req: func.HttpRequest, store, task, caller: auth.Caller, wai
 
 
 async def _document(store, task) -> dict:
-    """The task's status document; a queued one says where it is in line and who serves its model."""
+    """The task's status document; a queued one says where it is in line and who serves its model, one
+    with a webhook what its deliveries did."""
     document = task.document()
     if document["status"] == "queued":
         document.update(await store.presence.describe(task.task_id, task.model))
+    if task.hooked:
+        document["webhook"] = (await store.webhooks.report(task.task_id)).shown()
     return document
+
+
+async def _webhook(req: func.HttpRequest, settings: Settings, asked: tuple[str, tuple[str, ...]] | None) -> Hook | None:
+    """The submit's webhook, once its destination is one the broker may send to (destinations.py)."""
+    if asked is None:
+        return None
+    if settings.webhook_key is None:
+        raise Rejected(400, "this broker sends no webhooks (BROKER_WEBHOOK_SECRET is not set)")
+    url, events = asked
+    try:
+        await destinations.check(url, settings.webhook_allow)
+    except destinations.Refused as exc:
+        raise Rejected(400, str(exc)) from None
+    return Hook(url, events, urljoin(req.url, "."))
 
 
 @_route("upload")
 @endpoint(("POST",), auth.CLIENT)
 async def upload(req: func.HttpRequest, settings: Settings, caller: auth.Caller) -> func.HttpResponse:
     """Start a submit whose payload the client uploads straight to storage: where, and until when."""
-    model, size, content_type, params = validate.upload(req, settings.max_upload_bytes, settings.models)
+    model, size, content_type, params, hook = validate.upload(req, settings.max_upload_bytes, settings.models)
     key = validate.idempotency_key(req)
+    hook = await _webhook(req, settings, hook)
     get_store(settings).check_signing()
     store = await _submitting(settings, caller, model)
     began = time.time_ns()
-    granted = await store.begin_upload(model, size, content_type, params, key, caller.scope, validate.deadline(req))
+    granted = await store.begin_upload(model, size, content_type, params, key, caller.scope, validate.deadline(req),
+                                       hook)
     telemetry.finished("upload", granted.task_id, began, model=model, size=size)
     if not isinstance(granted, Grant):  # the Idempotency-Key's task, committed already
         return await _accepted(req, store, granted, caller)

@@ -70,10 +70,12 @@ class Lease:
     upload: bool = False  # the payload lives in `uploads` (records.payload_blob): the task's end deletes it there
     owner: str | None = None  # whose task it is, for its outcome (records.Submission.owner)
     deadline: float | None = None  # the task's ttl deadline (records.Submission.deadline)
+    hooked: bool = False  # the task has a webhook: its end reads the submission for it
 
     def encode(self, secrets: tuple[bytes, ...]) -> str:
         body = json.dumps([self.task_id, self.model, self.msg, self.receipt, self.claim, self.attempt,
-                           self.created, self.started, self.digest, self.upload, self.owner, self.deadline],
+                           self.created, self.started, self.digest, self.upload, self.owner, self.deadline,
+                           self.hooked],
                           separators=(",", ":")).encode()
         return f"{_b64(body)}.{_b64(_mac(secrets[0], body))}"
 
@@ -107,4 +109,4 @@ class Lease:
                 and _timestamp(self.created) and _timestamp(self.started)
                 and (self.digest is None or isinstance(self.digest, str)) and isinstance(self.upload, bool)
                 and (self.owner is None or isinstance(self.owner, str))
-                and (self.deadline is None or _timestamp(self.deadline)))
+                and (self.deadline is None or _timestamp(self.deadline)) and isinstance(self.hooked, bool))

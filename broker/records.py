@@ -130,6 +130,7 @@ class Submission:
     size: int = 0  # payload bytes
     owner: str | None = None  # the scope of the client key it was submitted with (auth.Caller), if any
     deadline: float | None = None  # ttl=S: not started by then, it expires; running then, it is cancelled
+    hook: dict | None = None  # its webhook (webhooks.Hook.record()): where its events go, and which
 
     def metadata(self) -> dict:
         record = {"model": self.model, "ct": self.content_type, "params": self.params, "created": self.created,
@@ -138,13 +139,15 @@ class Submission:
             record["owner"] = self.owner
         if self.deadline is not None:
             record["deadline"] = self.deadline
+        if self.hook:
+            record["hook"] = self.hook
         return {"task": _dump(record)}
 
     @classmethod
     def from_metadata(cls, task_id: str, metadata: dict) -> Submission:
         raw = json.loads(metadata["task"])
         return cls(task_id, raw["model"], raw["ct"], raw["params"], raw["created"], raw.get("digest"),
-                   raw.get("size", 0), raw.get("owner"), raw.get("deadline"))
+                   raw.get("size", 0), raw.get("owner"), raw.get("deadline"), raw.get("hook"))
 
     def expires(self, ttl: int) -> float:
         """When this task, if nobody is running it, ends `expired`: its queued TTL, or its deadline."""
@@ -255,6 +258,7 @@ class Outcome:
     snapshot: str | None = None  # ... and the snapshot of it that is the result
     size: int | None = None  # the result's bytes, when uploaded
     owner: str | None = None  # as the submission's
+    hooked: bool | None = None  # it had a webhook: its deliveries' report is in `hooks`
 
     def metadata(self) -> dict:
         return {"outcome": _dump({k: v for k, v in asdict(self).items() if v is not None})}
@@ -361,6 +365,12 @@ class Task:
     upload: Upload | None = None  # its payload was uploaded (or is being: not a task yet until committed)
     owner: str | None = None  # whose it is (a client key's scope); None: anybody's
     deadline: float | None = None  # running past it, it reads (and is soon written) `cancelled`
+    hook: dict | None = field(default=None, compare=False)  # an open task's webhook (Submission.hook)
+
+    @property
+    def hooked(self) -> bool:
+        """Whether it has a webhook, whose deliveries its status document reports."""
+        return bool(self.hook) or bool(self.outcome and self.outcome.hooked)
 
     def visible_to(self, owner: str | None) -> bool:
         """Whether a caller who may see `owner`'s tasks (None: every task) may see this one."""

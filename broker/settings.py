@@ -6,6 +6,8 @@ and it keeps a module import free of side effects. An empty value counts as unse
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 import re
 from dataclasses import dataclass
@@ -40,6 +42,11 @@ DEFAULTS = {
     "BROKER_UPLOAD_SECONDS": "900",
     "BROKER_WORKER_AUTH_LEVEL": "anonymous",
     "BROKER_RATE_LIMIT": "",
+    "BROKER_WEBHOOK_SECRET": "",
+    "BROKER_WEBHOOK_ALLOW": "",
+    "BROKER_WEBHOOK_TRIES": "6",
+    "BROKER_WEBHOOK_BACKOFF_SECONDS": "60",
+    "BROKER_WEBHOOK_TIMEOUT_SECONDS": "10",
 }
 MIN_SECRET_CHARS = 32
 
@@ -87,6 +94,25 @@ class Settings:
     max_upload_bytes: int = 8 * 1024**3  # an uploaded payload or result at most
     upload_seconds: int = 900  # how long an upload URL lets a client write, and a result URL read
     rate_limit: Rate | None = None  # requests per client key and per token (BROKER_RATE_LIMIT); None: none
+    webhook_secret: str = ""  # BROKER_WEBHOOK_SECRET, whsec_<base64>: signs webhooks; unset, none are sent
+    webhook_allow: tuple[str, ...] = ()  # hosts a webhook may reach though not public (lowercase)
+    webhook_tries: int = 6  # deliveries of one event at most ...
+    webhook_backoff_seconds: int = 60  # ... the first retry this long after the first try, each next twice as long
+    webhook_timeout_seconds: int = 10  # a receiver's answer within this, or the try failed
+
+    @property
+    def webhook_key(self) -> bytes | None:
+        """The key webhooks are signed with; None when BROKER_WEBHOOK_SECRET is unset (webhooks are refused)."""
+        if not self.webhook_secret:
+            return None
+        prefix, _, encoded = self.webhook_secret.partition("_")
+        try:
+            key = base64.b64decode(encoded, validate=True) if prefix == "whsec" else b""
+        except (binascii.Error, ValueError):
+            key = b""
+        if not 24 <= len(key) <= 64:
+            raise SettingsError("BROKER_WEBHOOK_SECRET must be whsec_ and the base64 of 24 to 64 random bytes")
+        return key
 
     @property
     def lease_secrets(self) -> tuple[bytes, ...]:
@@ -162,6 +188,11 @@ def load() -> Settings:
         max_upload_bytes=_int("BROKER_MAX_UPLOAD_BYTES", 1, 4 * 1024**4),
         upload_seconds=_int("BROKER_UPLOAD_SECONDS", 1, 7 * 86400),
         rate_limit=_rate("BROKER_RATE_LIMIT"),
+        webhook_secret=_get("BROKER_WEBHOOK_SECRET"),
+        webhook_allow=tuple(host.lower() for host in _keys("BROKER_WEBHOOK_ALLOW")),
+        webhook_tries=_int("BROKER_WEBHOOK_TRIES", 1, 20),
+        webhook_backoff_seconds=_int("BROKER_WEBHOOK_BACKOFF_SECONDS", 1, 3600),
+        webhook_timeout_seconds=_int("BROKER_WEBHOOK_TIMEOUT_SECONDS", 1, 60),
     )
 
 

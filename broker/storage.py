@@ -56,6 +56,8 @@ OUTBOX = "outbox"
 UPLOADS = "uploads"  # what clients and workers write through SAS URLs: large payloads and results
 SIGNALS = "signals"  # one empty blob per model, touched when a task of it is queued (idle workers watch it)
 LIMITS = "limits"  # counters of rate limits and token quotas, and token revocations
+HOOKS = "hooks"  # what webhook deliveries did, a blob per task (its metadata)
+WEBHOOK_QUEUE = "webhooks"  # webhook events to deliver (the queue-triggered function in delivery.py reads it)
 QUEUE_PREFIX = "tasks-"
 
 
@@ -440,6 +442,30 @@ class Queues:
         await self.service.close()
 
 
+class EventQueue:
+    """One queue of plain-text messages the Functions host hands to a queue-triggered function
+    (host.json sets messageEncoding to none), created on first send."""
+
+    def __init__(self, client: QueueClient) -> None:
+        self.client = client
+        self._ready = False
+
+    @_storage_call
+    async def send(self, content: str, delay: float = 0, ttl: int = 7 * 86400) -> None:
+        """Queue `content`, visible `delay` seconds from now (rounded up)."""
+        visible = max(0, int(-(-delay // 1)))
+        for _ in range(2):
+            if not self._ready:
+                await _create(self.client.create_queue())
+                self._ready = True
+            try:
+                await self.client.send_message(content, visibility_timeout=visible or None, time_to_live=ttl)
+                return
+            except ResourceNotFoundError:  # deleted since this instance created it
+                self._ready = False
+        raise StorageUnavailable()
+
+
 class Storage:
     def __init__(self, config: StorageConfig | str, timeout: int) -> None:
         config = StorageConfig(config) if isinstance(config, str) else config
@@ -462,9 +488,11 @@ class Storage:
             queues = QueueServiceClient.from_connection_string(config.connection, retry_policy=queue_retry, **options)
             signer = Signer(self.blobs.account_name, getattr(self.blobs.credential, "account_key", None))
         self.signer = signer
-        self.inbox, self.outbox, self.uploads, self.signals, self.limits = (
-            Container(self.blobs.get_container_client(name), signer) for name in (INBOX, OUTBOX, UPLOADS, SIGNALS, LIMITS))
+        self.inbox, self.outbox, self.uploads, self.signals, self.limits, self.hooks = (
+            Container(self.blobs.get_container_client(name), signer)
+            for name in (INBOX, OUTBOX, UPLOADS, SIGNALS, LIMITS, HOOKS))
         self.queues = Queues(queues)
+        self.webhooks = EventQueue(queues.get_queue_client(WEBHOOK_QUEUE))
         self._containers_ready = False
 
     @property
@@ -478,7 +506,8 @@ class Storage:
     async def ensure_containers(self) -> None:
         if self._containers_ready:
             return
-        await asyncio.gather(*(c.ensure() for c in (self.inbox, self.outbox, self.uploads, self.signals, self.limits)))
+        await asyncio.gather(*(c.ensure() for c in (self.inbox, self.outbox, self.uploads, self.signals, self.limits,
+                                                    self.hooks)))
         self._containers_ready = True
 
     @_storage_call
@@ -488,6 +517,7 @@ class Storage:
                              self.queues.service.get_service_properties())
 
     async def close(self) -> None:
+        await self.webhooks.client.close()
         await self.queues.close()
         await self.blobs.close()
         if self.credential is not None:

@@ -83,6 +83,7 @@ from .records import (
 from .settings import Settings
 from .storage import Blob, Message, MessageGone, ReceiptStale, Storage
 from .wakeups import Wakeups
+from .webhooks import PROGRESS_EVERY, Hook, Webhooks
 
 log = logging.getLogger("broker.store")
 
@@ -115,11 +116,13 @@ def idempotent_id(secret: bytes, scope: str, key: str) -> str:
     return uuid.UUID(bytes=digest[:16], version=4).hex
 
 
-def submission_digest(model: str, content_type: str, params: dict, payload: bytes | None, size: int = 0) -> str:
+def submission_digest(model: str, content_type: str, params: dict, payload: bytes | None, size: int = 0,
+                      hook: Hook | None = None) -> str:
     """What two submits with one Idempotency-Key must agree on. An upload (payload None) is known by
     its declared size: its bytes are not in the request."""
     content = hashlib.sha256(payload).hexdigest() if payload is not None else f"upload:{size}"
-    canonical = json.dumps([model, content_type, params, content], sort_keys=True, separators=(",", ":"))
+    parts = [model, content_type, params, content] + ([hook.url, list(hook.events)] if hook else [])
+    canonical = json.dumps(parts, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:32]
 
 
@@ -145,6 +148,7 @@ class TaskStore:
         self.wakeups = Wakeups()
         self.limits = Limits(storage, clock)  # rate limits, token quotas and revocations (limits.py)
         self.presence = Presence(storage, clock)  # workers online, places in line (presence.py)
+        self.webhooks = Webhooks(storage)  # events queued for delivery, and what deliveries did (webhooks.py)
         self._looked_at: dict[str, float] = {}  # model -> when a long-poll here last began a receive
         self._touched: dict[str, float] = {}  # model -> when this instance last touched its signal blob
         self._trailing: dict[str, asyncio.Task] = {}  # model -> the touch due at the end of its interval
@@ -159,7 +163,8 @@ class TaskStore:
         ttl = self.settings.queued_ttl_seconds
         return Task(task_id, sub.model, sub.created, sub.digest, state, expires=sub.expires(ttl),
                     expiry_error=expiry_error(ttl, state is not None, sub.deadline, sub.created),
-                    upload=Upload.from_metadata(inbox.metadata), owner=sub.owner, deadline=sub.deadline)
+                    upload=Upload.from_metadata(inbox.metadata), owner=sub.owner, deadline=sub.deadline,
+                    hook=sub.hook)
 
     def _finished_task(self, task_id: str, out: Blob) -> Task | None:
         """The finished task, or None once its result is past BROKER_RESULT_TTL_SECONDS."""
@@ -226,14 +231,17 @@ class TaskStore:
     # ---- submitting ----------------------------------------------------------------------
 
     async def submit(self, model: str, payload: bytes, content_type: str, params: dict,
-                     idempotency_key: str | None = None, scope: str = "", ttl: int | None = None) -> tuple[Task, bool]:
+                     idempotency_key: str | None = None, scope: str = "", ttl: int | None = None,
+                     hook: Hook | None = None) -> tuple[Task, bool]:
         """Store the payload and enqueue the task. Returns (the task, whether this submit created it).
         `scope` is the client key's (auth.Caller): it keys Idempotency-Keys, and the task is its own."""
         await self.storage.ensure_containers()
         owner, created = scope or None, self.now()
         deadline = created + ttl if ttl else None
+        record = hook.record() if hook else None
         if idempotency_key is None:
-            sub = Submission(uuid.uuid4().hex, model, content_type, params, created, None, len(payload), owner, deadline)
+            sub = Submission(uuid.uuid4().hex, model, content_type, params, created, None, len(payload), owner, deadline,
+                             record)
             await self.storage.inbox.put(sub.task_id, payload, sub.metadata(), content_type)
             try:
                 await self._send(sub)
@@ -243,10 +251,11 @@ class TaskStore:
                 with contextlib.suppress(Exception):
                     await self.storage.inbox.delete(sub.task_id)
                 raise
-            return Task(sub.task_id, model, sub.created, owner=owner), True
+            return Task(sub.task_id, model, sub.created, owner=owner, hook=record), True
         task_id = idempotent_id(self.settings.lease_secrets[0], scope, idempotency_key)
         sub = Submission(task_id, model, content_type, params, created,
-                         submission_digest(model, content_type, params, payload), len(payload), owner, deadline)
+                         submission_digest(model, content_type, params, payload, hook=hook), len(payload), owner,
+                         deadline, record)
         return await self._submit_once(sub, payload)
 
     async def _send(self, sub: Submission) -> Message:
@@ -328,7 +337,7 @@ class TaskStore:
             return task, False
         if etag is not None:
             await self._send_once(sub, metadata, etag)
-            return Task(sub.task_id, sub.model, sub.created), True
+            return Task(sub.task_id, sub.model, sub.created, hook=sub.hook), True
         task = self._same_submission(self._open_task(sub.task_id, inbox), sub)
         if self._send_was_lost(task, inbox):
             await self._take_over_send(inbox)
@@ -337,21 +346,23 @@ class TaskStore:
     # ---- uploading -----------------------------------------------------------------------
 
     async def begin_upload(self, model: str, size: int, content_type: str, params: dict,
-                           idempotency_key: str | None = None, scope: str = "", ttl: int | None = None) -> Grant | Task:
+                           idempotency_key: str | None = None, scope: str = "", ttl: int | None = None,
+                           hook: Hook | None = None) -> Grant | Task:
         """Make room for a payload the client uploads itself: a Grant (where and until when to write
         it), or, when the Idempotency-Key's task was committed already, that task."""
         await self.storage.ensure_containers()
         until = self.now() + self.settings.upload_seconds  # when the sweep may take it (the URL's own end is storage's clock)
         owner, created = scope or None, self.now()
         deadline = created + ttl if ttl else None
+        record = hook.record() if hook else None
         if idempotency_key is None:
-            sub = Submission(uuid.uuid4().hex, model, content_type, params, created, None, size, owner, deadline)
+            sub = Submission(uuid.uuid4().hex, model, content_type, params, created, None, size, owner, deadline, record)
             await self.storage.inbox.put(sub.task_id, b"", _with(sub.metadata(), **Upload(until).metadata()),
                                          content_type)
             return await self._grant(sub)
         task_id = idempotent_id(self.settings.lease_secrets[0], scope, idempotency_key)
         sub = Submission(task_id, model, content_type, params, created,
-                         submission_digest(model, content_type, params, None, size), size, owner, deadline)
+                         submission_digest(model, content_type, params, None, size, hook), size, owner, deadline, record)
         etag, task, inbox = await self._create_once(sub, b"", _with(sub.metadata(), **Upload(until).metadata()))
         if task is not None:
             return task
@@ -406,7 +417,7 @@ class TaskStore:
                 await self.storage.uploads.delete_snapshot(payload_blob(task_id, sub.created), snapshot)
                 continue
             await self._send_once(sub, metadata, etag)
-            return Task(task_id, sub.model, sub.created, sub.digest, upload=Upload(None, snapshot))
+            return Task(task_id, sub.model, sub.created, sub.digest, upload=Upload(None, snapshot), hook=sub.hook)
         raise TaskChanging("the upload changed while it was being committed; commit again")
 
     async def _seal(self, name: str, size: int) -> str:
@@ -597,7 +608,11 @@ class TaskStore:
             return None
         upload = Upload.from_metadata(inbox.metadata)
         lease = Lease(task_id, model, message.id, message.receipt, claimed.claim, attempt, sub.created, at, sub.digest,
-                      upload is not None, sub.owner, sub.deadline)
+                      upload is not None, sub.owner, sub.deadline, bool(sub.hook))
+        hook = Hook.from_record(sub.hook)
+        if hook and hook.wants("started"):
+            started = Task(task_id, model, sub.created, sub.digest, claimed, owner=sub.owner, deadline=sub.deadline)
+            await self.webhooks.best_effort(hook, task_id, sub.created, "started", claimed.claim, started.document(at))
         expires = message.visible_at or claimed.until
         payload_url = None
         readable = time.time() + lease_seconds + URL_GRACE + sub.size / SLOWEST_LINK
@@ -625,7 +640,7 @@ class TaskStore:
         outcome = Outcome("failed", sub.model, sub.created, self.now(), state.started if state else None,
                           attempts, clip_error(reason), sub.digest, owner=sub.owner)
         await self._end(sub.task_id, sub.model, outcome, _error_body(outcome.error), JSON, message,
-                        uploaded=_uploaded(inbox))
+                        uploaded=_uploaded(inbox), hook=Hook.from_record(sub.hook))
 
     async def _give_up_unreadable(self, model: str, message: Message, task_id: str, exc: BaseException) -> None:
         """A task whose stored record cannot be read (written by hand, or by a broken version) fails
@@ -643,7 +658,8 @@ class TaskStore:
         ttl = self.settings.queued_ttl_seconds
         outcome = Outcome("expired", sub.model, sub.created, self.now(), None, state.attempt if state else 0,
                           expiry_error(ttl, state is not None, sub.deadline, sub.created), sub.digest, owner=sub.owner)
-        await self._end(sub.task_id, sub.model, outcome, b"", JSON, message, uploaded=_uploaded(inbox))
+        await self._end(sub.task_id, sub.model, outcome, b"", JSON, message, uploaded=_uploaded(inbox),
+                        hook=Hook.from_record(sub.hook))
 
     # ---- holding a lease -----------------------------------------------------------------
 
@@ -667,7 +683,8 @@ class TaskStore:
             raise LeaseLost()
         if lease.deadline is not None and self.now() >= lease.deadline:
             await self._end(lease.task_id, lease.model, self._deadline_outcome(lease), b"", JSON,
-                            Message(lease.msg, lease.receipt), uploaded=lease.upload)
+                            Message(lease.msg, lease.receipt), uploaded=lease.upload,
+                            hook=Hook.from_record(Submission.from_metadata(lease.task_id, inbox.metadata).hook))
             task, _ = await self._get(lease.task_id)
             raise TaskCancelled("the task was cancelled: " + deadline_error(lease.deadline, lease.created), task)
         return inbox, state
@@ -706,10 +723,21 @@ class TaskStore:
         with `seconds`, renew the lease too, as a heartbeat (same rules: only the current token)."""
         inbox, state = await self._held(lease)
         state.progress, state.progress_message = fraction, clip_error(message, MAX_PROGRESS_BYTES, "") or None
+        at = self.now()
+        hook = Hook.from_record(Submission.from_metadata(lease.task_id, inbox.metadata).hook) if lease.hooked else None
+        tell = hook is not None and hook.wants("progress") and at - (state.progress_event_at or 0) >= PROGRESS_EVERY
+        if tell:
+            state.progress_event_at = at
         if seconds:
-            return await self._renew(lease, inbox, state, seconds)
-        await self._write_state(lease, inbox, state)
-        return Renewal(lease.encode(self.settings.lease_secrets), state.until)
+            renewal = await self._renew(lease, inbox, state, seconds)
+        else:
+            await self._write_state(lease, inbox, state)
+            renewal = Renewal(lease.encode(self.settings.lease_secrets), state.until)
+        if tell:
+            running = Task(lease.task_id, lease.model, lease.created, lease.digest, state, owner=lease.owner,
+                           deadline=lease.deadline)
+            await self.webhooks.best_effort(hook, lease.task_id, lease.created, "progress", at, running.document(at))
+        return renewal
 
     async def _renew(self, lease: Lease, inbox: Blob, state: LeaseState, seconds: int) -> Renewal:
         """Hold the task `seconds` more (a new pop receipt: a new token), writing `state` with it."""
@@ -823,7 +851,7 @@ class TaskStore:
             if inbox is not None and self._open_task(lease.task_id, inbox).status(at) == "expired":
                 await self._expire_now(lease, inbox)
         first = await self._end(lease.task_id, lease.model, outcome, body, content_type,
-                                Message(lease.msg, lease.receipt), incarnation, lease.upload)
+                                Message(lease.msg, lease.receipt), incarnation, lease.upload, await self._hook_of(lease))
         if first is None and outcome.status == "cancelled":  # its deadline passed first: this put is too late
             task, _ = await self._get(lease.task_id)
             raise TaskCancelled("the task was cancelled: " + outcome.error, task)
@@ -839,16 +867,31 @@ class TaskStore:
         raise TaskFinished("the task's outcome was already put (by another attempt, or by this one with "
                            "other content)", task)
 
+    async def _hook_of(self, lease: Lease) -> Hook | None:
+        """The webhook of the task `lease` holds (read from its submission, only if it has one)."""
+        if not lease.hooked:
+            return None
+        inbox = await self.storage.inbox.head(lease.task_id)
+        if inbox is None or not self._submitted_at(inbox, lease.created):
+            return None  # ended already: its end sent the event
+        return Hook.from_record(Submission.from_metadata(lease.task_id, inbox.metadata).hook)
+
     async def _end(self, task_id: str, model: str, outcome: Outcome, body: bytes, content_type: str,
-                   message: Message | None, incarnation: float | None = None, uploaded: bool = False) -> Outcome | None:
+                   message: Message | None, incarnation: float | None = None, uploaded: bool = False,
+                   hook: Hook | None = None) -> Outcome | None:
         """Write the task's outcome unless it has one, then drop its message and payload either way
         (so a repeat heals a finish that could not tidy up); the outcome that was there first, if any.
-        `uploaded`: the payload is in `uploads` too (records.payload_blob), and goes as well.
+        `uploaded`: the payload is in `uploads` too (records.payload_blob), and goes as well. With a
+        `hook` that wants it, the `completed` event is queued (and its backstop first: webhooks.py).
 
         With `incarnation` (the submission time a late put's lease names), an outcome written while
         its Idempotency-Key made a new task under the same id is taken back (LeaseLost), and the new
         task's payload is left alone."""
         first, inbox_etag = None, None
+        if hook is not None:
+            outcome = dataclasses.replace(outcome, hooked=True)
+            if hook.wants("completed"):
+                await self.webhooks.backstop(hook, task_id, outcome.created)
         etag = await self.storage.outbox.create(task_id, body, outcome.metadata(), content_type)
         if etag is None:
             out = await self.storage.outbox.head(task_id)
@@ -868,6 +911,11 @@ class TaskStore:
                              if uploaded else _nothing())
         if first is None:
             self.wakeups.notify("task:" + task_id)
+            if hook is not None and hook.wants("completed"):
+                ended = Task(task_id, model, outcome.created, outcome.digest, None, outcome,
+                             content_type if outcome.status == "succeeded" else None, owner=outcome.owner)
+                with contextlib.suppress(Exception):  # the backstop delivers it in BACKSTOP seconds
+                    await self.webhooks.send(hook, task_id, outcome.created, "completed", 0, ended.document())
         return first
 
     async def cancel(self, task_id: str, owner: str | None = None) -> Task:
@@ -884,7 +932,8 @@ class TaskStore:
                 state = task.state if task.state and task.state.holds(at) else None
                 outcome = Outcome("cancelled", task.model, task.created, at, state.started if state else None,
                                   task.state.attempt if task.state else 0, None, task.digest, owner=task.owner)
-            await self._end(task_id, task.model, outcome, b"", JSON, None, uploaded=task.upload is not None)
+            await self._end(task_id, task.model, outcome, b"", JSON, None, uploaded=task.upload is not None,
+                            hook=Hook.from_record(task.hook))
             task, _ = await self._get(task_id, owner=owner)
             if task is None:
                 raise TaskNotFound()
@@ -982,9 +1031,11 @@ class TaskStore:
         """Delete what a finish left of an expired result's task in the inbox, and not a task submitted
         again since with the same Idempotency-Key (which reuses the blob name); and its uploaded result."""
         with contextlib.suppress(KeyError, ValueError, TypeError):
-            ref = Outcome.from_metadata(out.metadata).ref
-            if ref:
-                await self.storage.uploads.delete(ref)
+            outcome = Outcome.from_metadata(out.metadata)
+            if outcome.ref:
+                await self.storage.uploads.delete(outcome.ref)
+            if outcome.hooked:
+                await self.webhooks.forget(out.name)
         inbox = await self.storage.inbox.head(out.name)
         if inbox is None:
             return
@@ -1085,7 +1136,8 @@ class TaskStore:
         if state is not None and state.holds(self.now()):  # running at its deadline (its worker may be gone)
             outcome = Outcome("cancelled", sub.model, sub.created, self.now(), state.started, state.attempt,
                               deadline_error(sub.deadline, sub.created), sub.digest, owner=sub.owner)
-            await self._end(sub.task_id, sub.model, outcome, b"", JSON, None, uploaded=upload is not None)
+            await self._end(sub.task_id, sub.model, outcome, b"", JSON, None, uploaded=upload is not None,
+                            hook=Hook.from_record(sub.hook))
             return
         await self._expire(blob, None)
 

@@ -189,8 +189,10 @@ def _body_model(req: func.HttpRequest, wrapper: dict, served: tuple[str, ...]) -
     return model(query_model or body_model, served)
 
 
-def upload(req: func.HttpRequest, max_bytes: int, served: tuple[str, ...] = ()) -> tuple[str, int, str, dict]:
-    """(model, size, content type, params) of an upload request: `{"size", "content_type", "params"}`."""
+def upload(req: func.HttpRequest, max_bytes: int,
+           served: tuple[str, ...] = ()) -> tuple[str, int, str, dict, tuple[str, tuple[str, ...]] | None]:
+    """(model, size, content type, params, webhook) of an upload request: `{"size", "content_type", "params"}`
+    (and "webhook", "webhook_events")."""
     wrapper = json_object(req.get_body(), "JSON body") if req.get_body() else {}
     name = _body_model(req, wrapper, served)
     size = wrapper.get("size")
@@ -202,7 +204,31 @@ def upload(req: func.HttpRequest, max_bytes: int, served: tuple[str, ...] = ()) 
     if kind is not None and not isinstance(kind, str):
         raise Rejected(400, "content_type must be a string")
     extra = params(wrapper["params"]) if wrapper.get("params") is not None else params(req.params.get("params"))
-    return name, size, content_type(kind), extra
+    return name, size, content_type(kind), extra, webhook(req, wrapper)
+
+
+WEBHOOK_EVENTS = ("started", "progress", "completed")
+
+
+def webhook(req: func.HttpRequest, wrapper: dict) -> tuple[str, tuple[str, ...]] | None:
+    """(url, events) of a submit's webhook - `webhook` and `webhook_events` in the query or the JSON
+    body - or None. The URL's form and destination are checked by destinations.py."""
+    url = wrapper.get("webhook", req.params.get("webhook"))
+    events = wrapper.get("webhook_events", req.params.get("webhook_events"))
+    if url is None or url == "":
+        if events not in (None, ""):
+            raise Rejected(400, "webhook_events needs a webhook URL")
+        return None
+    if not isinstance(url, str):
+        raise Rejected(400, "webhook must be a URL string")
+    if events is None or events == "":
+        return url, ("completed",)
+    names = events.split(",") if isinstance(events, str) else events
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) and n.strip() in WEBHOOK_EVENTS
+                                                            for n in names):
+        raise Rejected(400, "webhook_events must list events among started, progress and completed "
+                            "(comma-separated, or a JSON list)")
+    return url, tuple(n for n in WEBHOOK_EVENTS if n in {n.strip() for n in names})
 
 
 def token_request(req: func.HttpRequest, served: tuple[str, ...] = ()) -> tuple[tuple[str, ...], int, int]:
@@ -226,8 +252,9 @@ def _whole(wrapper: dict, name: str, low: int, high: int, default: int) -> int:
     return value
 
 
-def submission(req: func.HttpRequest, max_bytes: int, served: tuple[str, ...] = ()) -> tuple[str, bytes, str, dict]:
-    """(model, payload, content type, params) of a predict request, in either body form."""
+def submission(req: func.HttpRequest, max_bytes: int,
+               served: tuple[str, ...] = ()) -> tuple[str, bytes, str, dict, tuple[str, tuple[str, ...]] | None]:
+    """(model, payload, content type, params, webhook) of a predict request, in either body form."""
     header_type = req.headers.get("content-type", "")
     raw = req.params.get("raw", "") in ("1", "true")
     query_model = req.params.get("model")
@@ -241,10 +268,11 @@ def submission(req: func.HttpRequest, max_bytes: int, served: tuple[str, ...] = 
             raise Rejected(400, "content_type must be a string")
         extra = params(wrapper["params"]) if wrapper.get("params") is not None else params(req.params.get("params"))
     else:
+        wrapper = {}
         payload, name, kind = body, model(query_model, served), header_type
         extra = params(req.params.get("params"))
     if not payload:
         raise Rejected(400, "the payload is empty")
     if len(payload) > max_bytes:
         raise too_large(max_bytes)
-    return name, payload, content_type(kind), extra
+    return name, payload, content_type(kind), extra, webhook(req, wrapper)
