@@ -115,7 +115,7 @@ async def deliver(store: TaskStore, settings: Settings, event: HookEvent, now=ti
             return None
         if not task.finished or task.created != event.created:
             return None
-        payload = body(Hook(event.url, base=""), "completed", task.document())
+        payload = body(Hook(event.url, base=event.base), "completed", task.document())
     key = settings.webhook_key
     if key is None:
         log.warning("task %s: its %s event is dropped: BROKER_WEBHOOK_SECRET is no longer set", event.task_id, event.event)

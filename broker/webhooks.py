@@ -78,6 +78,7 @@ class HookEvent:
     attempt: int = 1
     body: str | None = None
     backstop: bool = False
+    base: str = ""  # the broker's base URL, for the links a backstop's body carries
 
     def dump(self) -> str:
         return _dump(asdict(self))
@@ -151,7 +152,7 @@ class Webhooks:
     async def backstop(self, hook: Hook, task_id: str, created: float) -> None:
         """Before a task's outcome is written: the `completed` event, should nothing else deliver it."""
         message = HookEvent(task_id, created, "completed", event_id(task_id, created, "completed"), hook.url,
-                            backstop=True)
+                            backstop=True, base=hook.base)
         await self.storage.webhooks.send(message.dump(), delay=BACKSTOP)
 
     async def report(self, task_id: str) -> Report:

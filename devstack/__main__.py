@@ -5,11 +5,13 @@ worker's model (resnet50 by default; deeplabv3plus, echo), WEIGHTS its weights (
 default, e.g. imagenet; `none` for random weights; or a local path), PORT the dev host's port.
 DATA_DIR moves .azurite/ and the logs in .devstack/ elsewhere (default: the project). A worker key
 is generated for the session unless BROKER_WORKER_KEYS is set (environment or local.settings.json), and
-so is the BROKER_LEASE_SECRET that signs lease tokens.
+so are the BROKER_LEASE_SECRET that signs lease tokens and the BROKER_WEBHOOK_SECRET that signs
+webhooks; webhooks may go to localhost and 127.0.0.1 unless BROKER_WEBHOOK_ALLOW says otherwise.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import secrets
@@ -81,6 +83,11 @@ def main() -> int:
     worker_key = worker_keys.split(",")[0].strip()
     if local_setting("BROKER_LEASE_SECRET"):  # else the dev host gets one of its own for this run
         settings["BROKER_LEASE_SECRET"] = local_setting("BROKER_LEASE_SECRET")
+    if not local_setting("BROKER_WEBHOOK_SECRET"):
+        settings["BROKER_WEBHOOK_SECRET"] = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+        say(f"generated a webhook signing secret for this session: {settings['BROKER_WEBHOOK_SECRET']}")
+    if not local_setting("BROKER_WEBHOOK_ALLOW"):  # a receiver on this machine, for development
+        settings["BROKER_WEBHOOK_ALLOW"] = "localhost,127.0.0.1"
 
     services = []
     try:

@@ -4,7 +4,9 @@ The Functions Core Tools cannot be installed everywhere (their installer downloa
 this small host reads the app's own function definitions - each HTTP trigger's route and methods,
 each timer's schedule - and serves them under /api: the request becomes a `func.HttpRequest`, the
 function is awaited, its `func.HttpResponse` goes back. Everything runs on one event loop, so a
-long-poll waits without blocking other requests. Timer functions run on their schedule.
+long-poll waits without blocking other requests. Timer functions run on their schedule, and
+queue-triggered functions on their queue's messages (devstack/queues.py, as the Functions host:
+host.json's `extensions.queues`; --no-queues leaves them alone).
 
 Settings come from the environment and from local.settings.json (`Values`) when present; the
 environment wins, and an empty value counts as unset.
@@ -41,6 +43,8 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from devstack import queues
 
 log = logging.getLogger("devstack.devhost")
 invocations = logging.getLogger("Host.Function")  # one line per function invocation, as the Functions host logs it
@@ -289,10 +293,12 @@ def _has_body(request: Request) -> bool:
     return request.headers.get("content-length", "0") not in ("", "0") or "transfer-encoding" in request.headers
 
 
-def build(app: func.FunctionApp, limits: Limits = Limits(), cors: Cors = Cors()) -> tuple[Starlette, list]:
-    """A Starlette app serving every HTTP function of `app`, and the (name, period, function) timers."""
+def build(app: func.FunctionApp, limits: Limits = Limits(), cors: Cors = Cors()) -> tuple[Starlette, list, list]:
+    """A Starlette app serving every HTTP function of `app`, the (name, period, function) timers and
+    the (name, queue, connection, function) queue triggers."""
     routes: dict[str, tuple[set[str], object]] = {}
     timers = []
+    queue_triggers = []
     keyed: list[str] = []  # functions whose auth level asks the platform for a function key
     for function in app.get_functions():  # call once per app object: a second call raises
         trigger = function.get_trigger()
@@ -305,6 +311,9 @@ def build(app: func.FunctionApp, limits: Limits = Limits(), cors: Cors = Cors())
                 keyed.append(function.get_function_name())
         elif trigger.get_binding_name() == "timerTrigger":
             timers.append((function.get_function_name(), schedule_seconds(trigger.schedule), user_function))
+        elif trigger.get_binding_name() == "queueTrigger":
+            queue_triggers.append((function.get_function_name(), trigger.queue_name,
+                                   trigger.connection or "AzureWebJobsStorage", user_function))
 
     if keyed:  # as `func start`: function keys are Azure's front end's to check, not a local host's
         log.info("function keys are not enforced locally (as with func start): %s", ", ".join(sorted(keyed)))
@@ -365,7 +374,7 @@ def build(app: func.FunctionApp, limits: Limits = Limits(), cors: Cors = Cors())
     server = Starlette(routes=[Route(f"/{ROUTE_PREFIX}/{{path:path}}", dispatch, methods=every_method),
                                Route("/{path:path}", elsewhere, methods=every_method)],
                        exception_handlers={HTTPException: refused})
-    return server, timers
+    return server, timers, queue_triggers
 
 
 async def run_timers(timers: list) -> None:
@@ -409,21 +418,27 @@ class Server(uvicorn.Server):
 async def serve(args: argparse.Namespace) -> None:
     app = importlib.import_module(args.app).app
     limits = Limits(args.header_timeout, args.body_timeout, args.max_header_bytes, args.max_connections)
-    server_app, timers = build(app, limits, load_host_settings(Path(args.settings)))
+    server_app, timers, queue_triggers = build(app, limits, load_host_settings(Path(args.settings)))
     sock = bind(args.host, args.port)
     host, port = sock.getsockname()[:2]
     config = uvicorn.Config(server_app, http=guarded(limits), log_level="warning", access_log=args.access_log,
                             loop="asyncio", timeout_graceful_shutdown=2, timeout_keep_alive=30)
     server = Server(config)
     print(f"broker dev host listening on http://{host}:{port}/{ROUTE_PREFIX}", flush=True)
-    timer_task = asyncio.create_task(run_timers(timers)) if timers and not args.no_timers else None
+    background = []
+    if timers and not args.no_timers:
+        background.append(asyncio.create_task(run_timers(timers)))
+    if queue_triggers and not args.no_queues:
+        options = queues.options(Path.cwd() / "host.json")  # the app's root, as the Functions host reads it
+        background.append(asyncio.create_task(queues.run(
+            [queues.Trigger(*entry, options, executed) for entry in queue_triggers])))
     try:
         await server.serve(sockets=[sock])
     finally:
-        if timer_task:
-            timer_task.cancel()
+        for task in background:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await timer_task
+                await task
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -434,6 +449,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settings", default="local.settings.json",
                         help="local settings file whose Values fill unset variables (default local.settings.json)")
     parser.add_argument("--no-timers", action="store_true", help="do not run timer functions")
+    parser.add_argument("--no-queues", action="store_true", help="do not run queue-triggered functions")
     parser.add_argument("--access-log", action="store_true", help="log every request")
     defaults = Limits()
     parser.add_argument("--header-timeout", type=float, default=defaults.header_timeout,

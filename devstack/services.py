@@ -197,6 +197,7 @@ class DevHost(Service):
         env["PYTHONUNBUFFERED"] = "1"
         if self.connection_string:  # else the settings name an identity-based connection (AzureWebJobsStorage__*)
             env["BROKER_STORAGE_CONNECTION"] = self.connection_string
+            env["AzureWebJobsStorage"] = self.connection_string  # where the queue triggers listen
         env.update({k: str(v) for k, v in self.settings.items()})
         return env
 

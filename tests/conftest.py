@@ -22,6 +22,7 @@ os.environ["NETRC"] = os.devnull
 
 WORKER_KEY = "test-worker-key-0123456789"
 CLIENT_KEY = "test-client-key-0123456789"
+WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # 24 bytes; a test's, like the keys above
 
 
 @dataclass
@@ -90,10 +91,13 @@ def start_broker(azurite, tmp_path_factory, lease_secret):
     hosts = []
 
     def start(settings: dict | None = None, connection_string: str | None = None,
-              host_args: list[str] | None = None) -> Broker:
-        settings = {"BROKER_WORKER_KEYS": WORKER_KEY, "BROKER_LEASE_SECRET": lease_secret, **(settings or {})}
+              host_args: list[str] | None = None, queues: bool = False) -> Broker:
+        """Queue triggers (webhook deliveries) run only with `queues`: the hosts share Azurite's queues."""
+        settings = {"BROKER_WORKER_KEYS": WORKER_KEY, "BROKER_LEASE_SECRET": lease_secret,
+                    "BROKER_WEBHOOK_SECRET": WEBHOOK_SECRET, "BROKER_WEBHOOK_ALLOW": "127.0.0.1", **(settings or {})}
+        args = ["--no-timers", *([] if queues else ["--no-queues"]), *(host_args or [])]
         host = DevHost(connection_string or azurite.connection_string, settings,
-                       log_dir=tmp_path_factory.mktemp("devhost"), extra_args=["--no-timers", *(host_args or [])]).start()
+                       log_dir=tmp_path_factory.mktemp("devhost"), extra_args=args).start()
         hosts.append(host)
         keys = [k for k in settings.get("BROKER_WORKER_KEYS", "").split(",") if k]
         return Broker(host.url, host, keys[0] if keys else None)

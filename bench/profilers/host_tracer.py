@@ -60,7 +60,7 @@ def instrument() -> None:
     build = devhost.build
 
     def traced_build(app, *args, **kwargs):
-        server, timers = build(app, *args, **kwargs)
+        server, *background = build(app, *args, **kwargs)
 
         async def asgi(scope, receive, send_):
             if scope["type"] != "http":
@@ -82,7 +82,7 @@ def instrument() -> None:
                                      "start": start, "end": time.perf_counter()})
                 REQUEST.reset(token)
 
-        return asgi, timers
+        return (asgi, *background)
 
     devhost.build = traced_build
 
