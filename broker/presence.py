@@ -18,7 +18,7 @@ import re
 import time
 from dataclasses import dataclass
 
-from .records import TaskMessage
+from .records import TaskMessage, iso
 from .storage import Storage
 
 SEEN_EVERY = 5.0
@@ -121,7 +121,7 @@ class Presence:
         if position is None:  # not among the first PEEK in line: an estimate
             position = max(len(line.ahead), line.depth - workers.running - 1)
         return {"queue_position": position,
-                "workers": {"online": workers.online, "last_seen": workers.last_seen}}
+                "workers": {"online": workers.online, "last_seen": iso(workers.last_seen)}}
 
     @staticmethod
     def _remember(cache: dict, model: str, value) -> None:

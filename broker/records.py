@@ -130,7 +130,7 @@ class Submission:
     size: int = 0  # payload bytes
     owner: str | None = None  # the scope of the client key it was submitted with (auth.Caller), if any
     deadline: float | None = None  # ttl=S: not started by then, it expires; running then, it is cancelled
-    hook: dict | None = None  # its webhook (webhooks.Hook.record()): where its events go, and which
+    hooked: bool = False  # it has a webhook (kept beside its report in `hooks`: webhooks.py)
 
     def metadata(self) -> dict:
         record = {"model": self.model, "ct": self.content_type, "params": self.params, "created": self.created,
@@ -139,15 +139,15 @@ class Submission:
             record["owner"] = self.owner
         if self.deadline is not None:
             record["deadline"] = self.deadline
-        if self.hook:
-            record["hook"] = self.hook
+        if self.hooked:
+            record["hook"] = 1
         return {"task": _dump(record)}
 
     @classmethod
     def from_metadata(cls, task_id: str, metadata: dict) -> Submission:
         raw = json.loads(metadata["task"])
         return cls(task_id, raw["model"], raw["ct"], raw["params"], raw["created"], raw.get("digest"),
-                   raw.get("size", 0), raw.get("owner"), raw.get("deadline"), raw.get("hook"))
+                   raw.get("size", 0), raw.get("owner"), raw.get("deadline"), bool(raw.get("hook")))
 
     def expires(self, ttl: int) -> float:
         """When this task, if nobody is running it, ends `expired`: its queued TTL, or its deadline."""
@@ -365,12 +365,12 @@ class Task:
     upload: Upload | None = None  # its payload was uploaded (or is being: not a task yet until committed)
     owner: str | None = None  # whose it is (a client key's scope); None: anybody's
     deadline: float | None = None  # running past it, it reads (and is soon written) `cancelled`
-    hook: dict | None = field(default=None, compare=False)  # an open task's webhook (Submission.hook)
+    with_hook: bool = field(default=False, compare=False)  # an open task's Submission.hooked
 
     @property
     def hooked(self) -> bool:
         """Whether it has a webhook, whose deliveries its status document reports."""
-        return bool(self.hook) or bool(self.outcome and self.outcome.hooked)
+        return self.with_hook or bool(self.outcome and self.outcome.hooked)
 
     def visible_to(self, owner: str | None) -> bool:
         """Whether a caller who may see `owner`'s tasks (None: every task) may see this one."""

@@ -164,7 +164,7 @@ class TaskStore:
         return Task(task_id, sub.model, sub.created, sub.digest, state, expires=sub.expires(ttl),
                     expiry_error=expiry_error(ttl, state is not None, sub.deadline, sub.created),
                     upload=Upload.from_metadata(inbox.metadata), owner=sub.owner, deadline=sub.deadline,
-                    hook=sub.hook)
+                    with_hook=sub.hooked)
 
     def _finished_task(self, task_id: str, out: Blob) -> Task | None:
         """The finished task, or None once its result is past BROKER_RESULT_TTL_SECONDS."""
@@ -238,12 +238,12 @@ class TaskStore:
         await self.storage.ensure_containers()
         owner, created = scope or None, self.now()
         deadline = created + ttl if ttl else None
-        record = hook.record() if hook else None
         if idempotency_key is None:
             sub = Submission(uuid.uuid4().hex, model, content_type, params, created, None, len(payload), owner, deadline,
-                             record)
+                             hook is not None)
             await self.storage.inbox.put(sub.task_id, payload, sub.metadata(), content_type)
             try:
+                await self._attach(sub, hook)
                 await self._send(sub)
             except BaseException:
                 # Nobody will ever be told this task id: take the payload back so nothing dangles
@@ -251,12 +251,18 @@ class TaskStore:
                 with contextlib.suppress(Exception):
                     await self.storage.inbox.delete(sub.task_id)
                 raise
-            return Task(sub.task_id, model, sub.created, owner=owner, hook=record), True
+            return Task(sub.task_id, model, sub.created, owner=owner, with_hook=sub.hooked), True
         task_id = idempotent_id(self.settings.lease_secrets[0], scope, idempotency_key)
         sub = Submission(task_id, model, content_type, params, created,
                          submission_digest(model, content_type, params, payload, hook=hook), len(payload), owner,
-                         deadline, record)
-        return await self._submit_once(sub, payload)
+                         deadline, hook is not None)
+        return await self._submit_once(sub, payload, hook)
+
+    async def _attach(self, sub: Submission, hook: Hook | None) -> None:
+        """Keep a new task's webhook beside its report (webhooks.py), before its message is sent; done
+        again by a retry that takes a lost send over (it finds what is there, and keeps it)."""
+        if hook is not None:
+            await self.webhooks.attach(sub.task_id, sub.created, hook)
 
     async def _send(self, sub: Submission) -> Message:
         """The task's queue message, living as long as the task may wait queued."""
@@ -330,16 +336,18 @@ class TaskStore:
             return None, self._same_submission(task, sub), None
         return None, None, inbox
 
-    async def _submit_once(self, sub: Submission, payload: bytes) -> tuple[Task, bool]:
+    async def _submit_once(self, sub: Submission, payload: bytes, hook: Hook | None) -> tuple[Task, bool]:
         metadata = _with(sub.metadata(), **Enqueued(pending=sub.created).metadata())
         etag, task, inbox = await self._create_once(sub, payload, metadata)
         if task is not None:
             return task, False
         if etag is not None:
+            await self._attach(sub, hook)
             await self._send_once(sub, metadata, etag)
-            return Task(sub.task_id, sub.model, sub.created, hook=sub.hook), True
+            return Task(sub.task_id, sub.model, sub.created, with_hook=sub.hooked), True
         task = self._same_submission(self._open_task(sub.task_id, inbox), sub)
         if self._send_was_lost(task, inbox):
+            await self._attach(Submission.from_metadata(inbox.name, inbox.metadata), hook)
             await self._take_over_send(inbox)
         return task, False
 
@@ -354,23 +362,27 @@ class TaskStore:
         until = self.now() + self.settings.upload_seconds  # when the sweep may take it (the URL's own end is storage's clock)
         owner, created = scope or None, self.now()
         deadline = created + ttl if ttl else None
-        record = hook.record() if hook else None
         if idempotency_key is None:
-            sub = Submission(uuid.uuid4().hex, model, content_type, params, created, None, size, owner, deadline, record)
+            sub = Submission(uuid.uuid4().hex, model, content_type, params, created, None, size, owner, deadline,
+                             hook is not None)
             await self.storage.inbox.put(sub.task_id, b"", _with(sub.metadata(), **Upload(until).metadata()),
                                          content_type)
+            await self._attach(sub, hook)
             return await self._grant(sub)
         task_id = idempotent_id(self.settings.lease_secrets[0], scope, idempotency_key)
         sub = Submission(task_id, model, content_type, params, created,
-                         submission_digest(model, content_type, params, None, size, hook), size, owner, deadline, record)
+                         submission_digest(model, content_type, params, None, size, hook), size, owner, deadline,
+                         hook is not None)
         etag, task, inbox = await self._create_once(sub, b"", _with(sub.metadata(), **Upload(until).metadata()))
         if task is not None:
             return task
         if etag is not None:
+            await self._attach(sub, hook)
             return await self._grant(sub)
         task = self._same_submission(self._open_task(task_id, inbox), sub)
         if task.upload is None or task.upload.committed:
             return task
+        await self._attach(Submission.from_metadata(task_id, inbox.metadata), hook)  # its first ask may have died
         # Asked again before its commit: a fresh URL to the same blob (blocks staged so far stay), for
         # as long as a task may stay queued at most: asking again does not keep an upload alive forever.
         if self.now() >= task.created + self.settings.queued_ttl_seconds:
@@ -417,7 +429,8 @@ class TaskStore:
                 await self.storage.uploads.delete_snapshot(payload_blob(task_id, sub.created), snapshot)
                 continue
             await self._send_once(sub, metadata, etag)
-            return Task(task_id, sub.model, sub.created, sub.digest, upload=Upload(None, snapshot), hook=sub.hook)
+            return Task(task_id, sub.model, sub.created, sub.digest, upload=Upload(None, snapshot),
+                        with_hook=sub.hooked)
         raise TaskChanging("the upload changed while it was being committed; commit again")
 
     async def _seal(self, name: str, size: int) -> str:
@@ -608,8 +621,8 @@ class TaskStore:
             return None
         upload = Upload.from_metadata(inbox.metadata)
         lease = Lease(task_id, model, message.id, message.receipt, claimed.claim, attempt, sub.created, at, sub.digest,
-                      upload is not None, sub.owner, sub.deadline, bool(sub.hook))
-        hook = Hook.from_record(sub.hook)
+                      upload is not None, sub.owner, sub.deadline, sub.hooked)
+        hook = await self.webhooks.hook(task_id, sub.created) if sub.hooked else None
         if hook and hook.wants("started"):
             started = Task(task_id, model, sub.created, sub.digest, claimed, owner=sub.owner, deadline=sub.deadline)
             await self.webhooks.best_effort(hook, task_id, sub.created, "started", claimed.claim, started.document(at))
@@ -640,7 +653,7 @@ class TaskStore:
         outcome = Outcome("failed", sub.model, sub.created, self.now(), state.started if state else None,
                           attempts, clip_error(reason), sub.digest, owner=sub.owner)
         await self._end(sub.task_id, sub.model, outcome, _error_body(outcome.error), JSON, message,
-                        uploaded=_uploaded(inbox), hook=Hook.from_record(sub.hook))
+                        uploaded=_uploaded(inbox), hooked=sub.hooked)
 
     async def _give_up_unreadable(self, model: str, message: Message, task_id: str, exc: BaseException) -> None:
         """A task whose stored record cannot be read (written by hand, or by a broken version) fails
@@ -659,7 +672,7 @@ class TaskStore:
         outcome = Outcome("expired", sub.model, sub.created, self.now(), None, state.attempt if state else 0,
                           expiry_error(ttl, state is not None, sub.deadline, sub.created), sub.digest, owner=sub.owner)
         await self._end(sub.task_id, sub.model, outcome, b"", JSON, message, uploaded=_uploaded(inbox),
-                        hook=Hook.from_record(sub.hook))
+                        hooked=sub.hooked)
 
     # ---- holding a lease -----------------------------------------------------------------
 
@@ -684,7 +697,7 @@ class TaskStore:
         if lease.deadline is not None and self.now() >= lease.deadline:
             await self._end(lease.task_id, lease.model, self._deadline_outcome(lease), b"", JSON,
                             Message(lease.msg, lease.receipt), uploaded=lease.upload,
-                            hook=Hook.from_record(Submission.from_metadata(lease.task_id, inbox.metadata).hook))
+                            hooked=lease.hooked)
             task, _ = await self._get(lease.task_id)
             raise TaskCancelled("the task was cancelled: " + deadline_error(lease.deadline, lease.created), task)
         return inbox, state
@@ -724,8 +737,9 @@ class TaskStore:
         inbox, state = await self._held(lease)
         state.progress, state.progress_message = fraction, clip_error(message, MAX_PROGRESS_BYTES, "") or None
         at = self.now()
-        hook = Hook.from_record(Submission.from_metadata(lease.task_id, inbox.metadata).hook) if lease.hooked else None
-        tell = hook is not None and hook.wants("progress") and at - (state.progress_event_at or 0) >= PROGRESS_EVERY
+        due = lease.hooked and at - (state.progress_event_at or 0) >= PROGRESS_EVERY
+        hook = await self.webhooks.hook(lease.task_id, lease.created) if due else None
+        tell = hook is not None and hook.wants("progress")
         if tell:
             state.progress_event_at = at
         if seconds:
@@ -851,7 +865,7 @@ class TaskStore:
             if inbox is not None and self._open_task(lease.task_id, inbox).status(at) == "expired":
                 await self._expire_now(lease, inbox)
         first = await self._end(lease.task_id, lease.model, outcome, body, content_type,
-                                Message(lease.msg, lease.receipt), incarnation, lease.upload, await self._hook_of(lease))
+                                Message(lease.msg, lease.receipt), incarnation, lease.upload, await self._open(lease))
         if first is None and outcome.status == "cancelled":  # its deadline passed first: this put is too late
             task, _ = await self._get(lease.task_id)
             raise TaskCancelled("the task was cancelled: " + outcome.error, task)
@@ -867,30 +881,29 @@ class TaskStore:
         raise TaskFinished("the task's outcome was already put (by another attempt, or by this one with "
                            "other content)", task)
 
-    async def _hook_of(self, lease: Lease) -> Hook | None:
-        """The webhook of the task `lease` holds (read from its submission, only if it has one)."""
+    async def _open(self, lease: Lease) -> bool:
+        """Whether the task `lease` holds has a webhook and has not ended (its end sent the event)."""
         if not lease.hooked:
-            return None
+            return False
         inbox = await self.storage.inbox.head(lease.task_id)
-        if inbox is None or not self._submitted_at(inbox, lease.created):
-            return None  # ended already: its end sent the event
-        return Hook.from_record(Submission.from_metadata(lease.task_id, inbox.metadata).hook)
+        return inbox is not None and self._submitted_at(inbox, lease.created)
 
     async def _end(self, task_id: str, model: str, outcome: Outcome, body: bytes, content_type: str,
                    message: Message | None, incarnation: float | None = None, uploaded: bool = False,
-                   hook: Hook | None = None) -> Outcome | None:
+                   hooked: bool = False) -> Outcome | None:
         """Write the task's outcome unless it has one, then drop its message and payload either way
         (so a repeat heals a finish that could not tidy up); the outcome that was there first, if any.
-        `uploaded`: the payload is in `uploads` too (records.payload_blob), and goes as well. With a
-        `hook` that wants it, the `completed` event is queued (and its backstop first: webhooks.py).
+        `uploaded`: the payload is in `uploads` too (records.payload_blob), and goes as well. When it is
+        `hooked` and its webhook wants it, the `completed` event is queued (its backstop first: webhooks.py).
 
         With `incarnation` (the submission time a late put's lease names), an outcome written while
         its Idempotency-Key made a new task under the same id is taken back (LeaseLost), and the new
         task's payload is left alone."""
-        first, inbox_etag = None, None
-        if hook is not None:
+        first, inbox_etag, hook = None, None, None
+        if hooked:
             outcome = dataclasses.replace(outcome, hooked=True)
-            if hook.wants("completed"):
+            hook = await self.webhooks.hook(task_id, outcome.created)
+            if hook is not None and hook.wants("completed"):
                 await self.webhooks.backstop(hook, task_id, outcome.created)
         etag = await self.storage.outbox.create(task_id, body, outcome.metadata(), content_type)
         if etag is None:
@@ -933,7 +946,7 @@ class TaskStore:
                 outcome = Outcome("cancelled", task.model, task.created, at, state.started if state else None,
                                   task.state.attempt if task.state else 0, None, task.digest, owner=task.owner)
             await self._end(task_id, task.model, outcome, b"", JSON, None, uploaded=task.upload is not None,
-                            hook=Hook.from_record(task.hook))
+                            hooked=task.hooked)
             task, _ = await self._get(task_id, owner=owner)
             if task is None:
                 raise TaskNotFound()
@@ -1137,7 +1150,7 @@ class TaskStore:
             outcome = Outcome("cancelled", sub.model, sub.created, self.now(), state.started, state.attempt,
                               deadline_error(sub.deadline, sub.created), sub.digest, owner=sub.owner)
             await self._end(sub.task_id, sub.model, outcome, b"", JSON, None, uploaded=upload is not None,
-                            hook=Hook.from_record(sub.hook))
+                            hooked=sub.hooked)
             return
         await self._expire(blob, None)
 

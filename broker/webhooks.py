@@ -2,8 +2,11 @@
 completes, so nobody has to poll.
 
 - A submit names `webhook` and `webhook_events` (`started`, `progress`, `completed`; default
-  `completed`); the Hook is kept in the task's submission record (with the broker's base URL, for
-  the links the events carry). Where it may point, destinations.py decides.
+  `completed`). Where it may point, destinations.py decides. The Hook (with the broker's base URL,
+  for the links the events carry, and the task's submission time, so a later task under the same
+  id never inherits it) is kept in the task's blob in the `hooks` container, beside its Report,
+  not in the inbox metadata, whose 8 KB the submission and lease state need; the submission only
+  says that it has one (Submission.hooked).
 - Each event is a message in the `webhooks` queue (HookEvent): what to POST - the task's status
   document as it was when the event happened, with `event` and its links -, where, and the event's
   id, the same on every try. The queue-triggered function in delivery.py makes the POST and, on a
@@ -13,8 +16,8 @@ completes, so nobody has to poll.
   event: before the outcome is written, a backstop message is queued, visible BACKSTOP seconds
   later; it delivers the event (rendered then, from the outcome) only if no try of it was made.
   `started` and `progress` are queued after their state is written, best effort.
-- What deliveries did is kept in the `hooks` container, a blob per task (Report, in its metadata),
-  which the status document shows as `webhook`; it goes when the task's result does.
+- What deliveries did is kept in the same blob (Report, in its metadata), which the status document
+  shows as `webhook`; the blob goes when the task's result does.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ DEFAULT_EVENTS = ("completed",)
 BACKSTOP = 60  # seconds after a task's end its backstop `completed` message shows up
 PROGRESS_EVERY = 1.0  # seconds between two `progress` events of one task, at least
 REPORT_TRIES = 5  # a report write that meets a concurrent one reads again, this many times
+MAX_BASE_BYTES = 512  # a longer base URL (it comes from the request's Host) is not kept: events carry no links
 
 
 @dataclass(frozen=True)
@@ -155,6 +159,25 @@ class Webhooks:
                             backstop=True, base=hook.base)
         await self.storage.webhooks.send(message.dump(), delay=BACKSTOP)
 
+    async def attach(self, task_id: str, created: float, hook: Hook) -> None:
+        """Keep the webhook of the task submitted at `created` (kept if there already; one an earlier
+        task under the same id left is replaced)."""
+        await self.storage.ensure_containers()
+        base = hook.base if len(hook.base.encode()) <= MAX_BASE_BYTES else ""
+        metadata = {"hook": _dump({**hook.record(), "base": base, "created": created})}
+        if await self.storage.hooks.create(task_id, b"", metadata, "application/octet-stream"):
+            return
+        found = await self.storage.hooks.head(task_id)
+        if found is None or _created(found.metadata) != created:
+            await self.storage.hooks.put(task_id, b"", metadata, "application/octet-stream")
+
+    async def hook(self, task_id: str, created: float) -> Hook | None:
+        """The webhook of the task submitted at `created`, if it has one."""
+        found = await self.storage.hooks.head(task_id)
+        if found is None or _created(found.metadata) != created:
+            return None
+        return Hook.from_record(json.loads(found.metadata["hook"]))
+
     async def report(self, task_id: str) -> Report:
         await self.storage.ensure_containers()
         found = await self.storage.hooks.head(task_id)
@@ -171,9 +194,18 @@ class Webhooks:
                     return updated
                 continue
             updated = change(Report.from_metadata(found.metadata))
-            if await self.storage.hooks.set_metadata(task_id, updated.metadata(), found.etag) is not None:
+            if await self.storage.hooks.set_metadata(task_id, {**found.metadata, **updated.metadata()},
+                                                     found.etag) is not None:
                 return updated
         raise RuntimeError(f"task {task_id}: its webhook report kept changing under this write")
 
     async def forget(self, task_id: str) -> None:
         await self.storage.hooks.delete(task_id)
+
+
+def _created(metadata: dict) -> float | None:
+    """The submission time of the task whose webhook a `hooks` blob keeps (None: it keeps none)."""
+    try:
+        return json.loads(metadata["hook"])["created"]
+    except (KeyError, ValueError, TypeError):
+        return None

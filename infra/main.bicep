@@ -78,6 +78,22 @@ param rateLimit string = ''
 @description('Origins whose pages may call the broker from a browser (the platform\'s CORS), e.g. [\'https://app.example.com\'].')
 param allowedOrigins array = []
 
+@secure()
+@description('Signs webhooks (BROKER_WEBHOOK_SECRET): whsec_ and the base64 of 24-64 random bytes; empty: no webhooks.')
+param webhookSecret string = ''
+
+@description('Hosts a webhook may reach though not public, comma-separated (BROKER_WEBHOOK_ALLOW); keep empty in Azure.')
+param webhookAllow string = ''
+
+@description('Tries of one webhook event at most (BROKER_WEBHOOK_TRIES).')
+param webhookTries int = 6
+
+@description('Seconds before the first webhook retry, doubling after (BROKER_WEBHOOK_BACKOFF_SECONDS).')
+param webhookBackoffSeconds int = 60
+
+@description('Seconds a webhook receiver has to answer (BROKER_WEBHOOK_TIMEOUT_SECONDS).')
+param webhookTimeoutSeconds int = 10
+
 @description('anonymous, or function: worker and operations routes also need the app\'s function key (BROKER_WORKER_AUTH_LEVEL).')
 @allowed(['anonymous', 'function'])
 param workerAuthLevel string = 'anonymous'
@@ -254,6 +270,11 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
         {name: 'BROKER_UPLOAD_SECONDS', value: string(uploadSeconds)}
         {name: 'BROKER_WORKER_AUTH_LEVEL', value: workerAuthLevel}
         {name: 'BROKER_RATE_LIMIT', value: rateLimit}
+        {name: 'BROKER_WEBHOOK_SECRET', value: webhookSecret}
+        {name: 'BROKER_WEBHOOK_ALLOW', value: webhookAllow}
+        {name: 'BROKER_WEBHOOK_TRIES', value: string(webhookTries)}
+        {name: 'BROKER_WEBHOOK_BACKOFF_SECONDS', value: string(webhookBackoffSeconds)}
+        {name: 'BROKER_WEBHOOK_TIMEOUT_SECONDS', value: string(webhookTimeoutSeconds)}
       ]
       cors: {allowedOrigins: allowedOrigins, supportCredentials: false}
     }

@@ -12,7 +12,7 @@ HTTP_ROUTES = {"predict", "getresult", "status", "cancel", "getnexttask", "exten
 def test_function_app_defines_exactly_the_broker_functions():
     app = importlib.reload(importlib.import_module("function_app")).app  # fresh app: get_functions runs once per app
     functions = {f.get_function_name(): f for f in app.get_functions()}
-    assert set(functions) == HTTP_ROUTES | {"cleanup"}
+    assert set(functions) == HTTP_ROUTES | {"cleanup", "webhooks"}
     for name in HTTP_ROUTES:
         trigger = functions[name].get_trigger()
         assert trigger.get_binding_name() == "httpTrigger"
@@ -25,6 +25,9 @@ def test_function_app_defines_exactly_the_broker_functions():
     timer = functions["cleanup"].get_trigger()
     assert timer.get_binding_name() == "timerTrigger"
     assert timer.schedule == "0 */5 * * * *"
+    deliveries = functions["webhooks"].get_trigger()  # the Functions host and the dev host run it alike
+    assert deliveries.get_binding_name() == "queueTrigger"
+    assert (deliveries.queue_name, deliveries.connection) == ("webhooks", "AzureWebJobsStorage")
 
 
 def test_http_functions_are_coroutines():

@@ -111,15 +111,23 @@ def test_json_numbers_that_overflow_are_400(broker, model):
 
 def test_the_inbox_metadata_stays_within_its_budget_whatever_a_request_holds():
     """The largest submission and lease state any request can make, as stored, fit Azure's 8 KB."""
-    from broker.records import METADATA_BUDGET, Enqueued, LeaseState, Submission, stored_size
+    from broker.destinations import MAX_URL_BYTES
+    from broker.records import METADATA_BUDGET, Enqueued, LeaseState, Submission, _dump, stored_size
     from broker.validate import MAX_CONTENT_TYPE_CHARS, MAX_PARAMS_BYTES
+    from broker.webhooks import EVENTS, MAX_BASE_BYTES, Hook, Report
 
     params = {"k": "x" * (MAX_PARAMS_BYTES - stored_size({"k": ""}))}  # exactly the limit, as stored
     assert stored_size(params) == MAX_PARAMS_BYTES
-    sub = Submission("f" * 32, "m" * 40, "x" * MAX_CONTENT_TYPE_CHARS, params, 1e10, "d" * 32, 100 * 1024 * 1024)
+    sub = Submission("f" * 32, "m" * 40, "x" * MAX_CONTENT_TYPE_CHARS, params, 1e10, "d" * 32, 100 * 1024 * 1024,
+                     "o" * 64, 1e10, True)
     state = LeaseState("i" * 36, 1e10, 1e10, 100, 100, clip_error(EMOJI_ERROR), 999_999, "r" * 16, "retry")
     metadata = {**sub.metadata(), **Enqueued(msg="i" * 36, pending=1e10).metadata(), "state": state.dump()}
     assert sum(len(k) + len(v) for k, v in metadata.items()) <= METADATA_BUDGET
+    # A webhook is kept in its own blob (hooks), with its report: the longest URL, events and base.
+    hook = Hook("https://" + "h" * (MAX_URL_BYTES - 8), EVENTS, "https://" + "b" * (MAX_BASE_BYTES - 8))
+    report = Report(2**31, 599, clip_error(EMOJI_ERROR, 200), 20, True)
+    kept = {"hook": _dump({**hook.record(), "created": 1e10}), **report.metadata()}
+    assert sum(len(k) + len(v) for k, v in kept.items()) <= METADATA_BUDGET
 
 
 @pytest.mark.parametrize("error", ["timeout", "cut short"])
@@ -171,4 +179,5 @@ def test_stats_are_bounded(broker, azurite, model):
     stats = broker.get("/stats", headers=broker.worker).json()
     assert len(stats["models"]) == 100 and stats["truncated"] is True
     one = broker.get(f"/stats?model={model}-050", headers=broker.worker).json()
-    assert one == {"models": {f"{model}-050": {"queued": 0}}}
+    assert one == {"models": {f"{model}-050": {"queued": 0, "running": 0, "workers_online": 0,
+                                               "oldest_queued_seconds": None}}}
