@@ -122,6 +122,8 @@ def report(name: str, task_id: str, result, outputs: Outputs, count: int, shown)
 
 def predict(args, client: BrokerClient) -> int:
     params = parse_params(args.params)
+    if args.webhook_events and not args.webhook:
+        return fail("--webhook-events needs --webhook")
     inputs = []
     for name in args.files:
         try:  # large files stay on disk: they are uploaded from there, a block at a time
@@ -140,7 +142,8 @@ def predict(args, client: BrokerClient) -> int:
             try:
                 task_id = client.submit(payload, args.model, content_type, params,
                                         on_upload=lambda done, total, name=name: shown.uploading(name, done, total),
-                                        on_accepted=accepted.append)
+                                        on_accepted=accepted.append, webhook=args.webhook,
+                                        webhook_events=args.webhook_events, ttl=args.ttl)
             except BrokerHTTPError as exc:
                 if exc.status in (401, 403):
                     raise  # the same for every file: stop now
@@ -216,6 +219,11 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--params", metavar="JSON", help="a JSON object handed to the model, e.g. '{\"top_k\": 3}'")
     run.add_argument("--timeout", type=float, default=300, metavar="S",
                      help="seconds to wait for all results (default %(default)g)")
+    run.add_argument("--ttl", type=int, metavar="S",
+                     help="a deadline: a task not started within S seconds expires, one running then is cancelled")
+    run.add_argument("--webhook", metavar="URL", help="also POST each task's events to this https URL (signed)")
+    run.add_argument("--webhook-events", type=_events, metavar="EVENTS",
+                     help="which: started,progress,completed (default completed)")
     subcommand(commands, "status", status, "print a task's status document")
     fetch = subcommand(commands, "result", result, "print or save a finished task's result")
     fetch.add_argument("--out", metavar="PATH", help="save the result here")
@@ -249,3 +257,11 @@ def program() -> str:
 def entry() -> None:
     """The installed command `mlbroker`."""
     sys.exit(main())
+
+
+def _events(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in ("started", "progress", "completed")]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError("events are started, progress and completed, comma-separated")
+    return names

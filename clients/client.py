@@ -13,7 +13,8 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
 import requests
@@ -27,6 +28,25 @@ DEFAULT_URL = "http://127.0.0.1:7071/api"
 MAX_WAIT = 60  # the broker holds a getresult at most this long (API.md)
 UPLOAD_ABOVE = 4 * 1024 * 1024  # payloads larger than this go straight to storage
 SETTLED = (200, 202, 303, 410, 422)  # the answers that say where a task stands (getresult's)
+
+
+@dataclass(frozen=True)
+class Options:
+    """What a submit may ask beyond its payload: a webhook and its events, a deadline."""
+
+    webhook: str | None = None
+    webhook_events: tuple[str, ...] = ()
+    ttl: int | None = None
+
+    def fields(self, events_as) -> dict:
+        """As query parameters (`events_as=",".join`) or JSON fields (`list`)."""
+        fields = {"webhook": self.webhook} if self.webhook else {}
+        if self.webhook_events:
+            fields["webhook_events"] = events_as(self.webhook_events)
+        return fields
+
+    def headers(self) -> dict:
+        return {"Cancel-After": str(self.ttl)} if self.ttl else {}
 
 
 def _task_id(response) -> str:
@@ -86,42 +106,51 @@ class BrokerClient:
 
     def submit(self, data_or_path, model: str, content_type: str | None = None, params: dict | None = None,
                idempotency_key: str | None = None, on_upload: blobs.Progress | None = None,
-               on_accepted: Callable[[dict], None] | None = None) -> str:
+               on_accepted: Callable[[dict], None] | None = None, *, webhook: str | None = None,
+               webhook_events: Sequence[str] | None = None, ttl: int | None = None) -> str:
         """Queue a job; returns its task id. The content type is guessed from a file name when not given.
 
         A payload over `upload_above` bytes is uploaded straight to storage (`on_upload(done, total)`
         hears its progress). `on_accepted` gets the broker's answer: the task's status document (its
         place in line, its model's workers online). A path that cannot be read raises the usual
         OSError (FileNotFoundError, ...) before anything is sent.
+
+        `webhook`: a URL the broker POSTs the task's events to (`webhook_events`, among "started",
+        "progress" and "completed"; default completed), signed (docs/API.md, "Webhooks"). `ttl`: seconds
+        the task may wait to be started (then it expires) and, if running then, is cancelled.
         """
-        response = self._submit(data_or_path, model, content_type, params, idempotency_key, on_upload)
+        options = Options(webhook, tuple(webhook_events or ()), ttl)
+        response = self._submit(data_or_path, model, content_type, params, idempotency_key, on_upload,
+                                options=options)
         if on_accepted is not None and response.status_code == 202:
             on_accepted(response.json())
         return _task_id(response)
 
     def _submit(self, data_or_path, model: str, content_type: str | None, params: dict | None,
-                idempotency_key: str | None, on_upload: blobs.Progress | None, wait: int = 0) -> requests.Response:
+                idempotency_key: str | None, on_upload: blobs.Progress | None, wait: int = 0,
+                options: Options | None = None) -> requests.Response:
         """The answer to the submit (or to the commit of an upload), which held up to `wait` seconds for
         the result (`Prefer: wait`): 202 while the task runs, else what getresult would answer."""
         key = idempotency_key or uuid.uuid4().hex  # every retry of this submit is the same submit
         prefer = {"Prefer": f"wait={wait}"} if wait else {}
+        options = options or Options()
         size = payload_size(data_or_path)
         if size is not None and size > self.upload_above:
-            return self._upload(data_or_path, size, model, content_type, params, key, on_upload, prefer)
+            return self._upload(data_or_path, size, model, content_type, params, key, on_upload, prefer, options)
         payload, guessed = read_payload(data_or_path)
-        query = {"model": model, "raw": "1"}  # raw: a JSON payload is the payload, not the broker's wrapper
+        query = {"model": model, "raw": "1", **options.fields(",".join)}  # raw: a JSON payload is the payload
         if params:
             query["params"] = json.dumps(params, separators=(",", ":"))
-        headers = {"Content-Type": content_type or guessed, "Idempotency-Key": key, **prefer}
+        headers = {"Content-Type": content_type or guessed, "Idempotency-Key": key, **prefer, **options.headers()}
         return self._call("POST", "predict", SETTLED, hold=wait, params=query, data=payload, headers=headers,
                           allow_redirects=False)
 
     def _upload(self, source, size: int, model: str, content_type: str | None, params: dict | None, key: str,
-                on_upload: blobs.Progress | None, prefer: dict) -> requests.Response:
+                on_upload: blobs.Progress | None, prefer: dict, options: Options) -> requests.Response:
         kind = content_type or guess_for(source)
-        body = {"size": size, "content_type": kind, **({"params": params} if params else {})}
+        body = {"size": size, "content_type": kind, **({"params": params} if params else {}), **options.fields(list)}
         granted = self._call("POST", "upload", (201, 202), params={"model": model}, json=body,
-                             headers={"Idempotency-Key": key})
+                             headers={"Idempotency-Key": key, **options.headers()})
         grant = granted.json()
         if granted.status_code == 202:  # this key's task was committed already: nothing to send again
             return granted
@@ -136,7 +165,7 @@ class BrokerClient:
                     raise BrokerUnavailable(f"could not upload the payload to storage: {exc}") from None
                 # The URL ran out (a slow link): the same key gives a fresh one to the same blob.
                 grant = self._call("POST", "upload", (201,), params={"model": model}, json=body,
-                                   headers={"Idempotency-Key": key}).json()
+                                   headers={"Idempotency-Key": key, **options.headers()}).json()
         return self._call("POST", "commit", SETTLED, hold=int(prefer.get("Prefer", "wait=0")[5:]),
                           params={"task_id": grant["task_id"]}, headers=prefer, allow_redirects=False)
 
@@ -221,13 +250,16 @@ class BrokerClient:
 
     def predict(self, data_or_path, model: str, content_type: str | None = None, params: dict | None = None,
                 idempotency_key: str | None = None, timeout: float | None = 300,
-                on_upload: blobs.Progress | None = None) -> Result:
+                on_upload: blobs.Progress | None = None, *, webhook: str | None = None,
+                webhook_events: Sequence[str] | None = None, ttl: int | None = None) -> Result:
         """Submit and wait: the finished task's Result, or TaskFailed / TaskCancelled / TaskExpired / TaskTimeout.
 
         The submit itself asks the broker to hold its answer until the result is there (`Prefer: wait`,
-        up to a minute): a quick task comes back in one request."""
+        up to a minute): a quick task comes back in one request. `webhook`, `webhook_events` and `ttl`
+        as for submit."""
         wait = int(min(MAX_WAIT, timeout if timeout is not None else MAX_WAIT))
-        response = self._submit(data_or_path, model, content_type, params, idempotency_key, on_upload, wait)
+        response = self._submit(data_or_path, model, content_type, params, idempotency_key, on_upload, wait,
+                                Options(webhook, tuple(webhook_events or ()), ttl))
         task_id = _task_id(response)
         if response.status_code != 202:
             result, _, _ = self._outcome(task_id, response)

@@ -4,7 +4,10 @@ on an Azurite of this module's own (so only these hosts deliver), POSTing to a r
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -207,3 +210,49 @@ def test_webhook_requests_that_make_no_sense_are_400(start_broker, broker, model
     refused = unsigned.post(f"/predict?model={model}&webhook=https://example.com/h", data=b"p")
     assert refused.status_code == 400 and "BROKER_WEBHOOK_SECRET" in refused.json()["error"]
     assert broker.claim(model, wait=0) == []
+
+
+def test_an_idempotent_repeat_with_another_webhook_is_a_conflict(hooked, receiver, model):
+    first = hooked.post(f"/predict?model={model}&webhook={receiver.url}/a", data=b"p", headers={"Idempotency-Key": "k1"})
+    again = hooked.post(f"/predict?model={model}&webhook={receiver.url}/a", data=b"p", headers={"Idempotency-Key": "k1"})
+    other = hooked.post(f"/predict?model={model}&webhook={receiver.url}/b", data=b"p", headers={"Idempotency-Key": "k1"})
+    assert (first.status_code, again.status_code, other.status_code) == (202, 202, 409)
+    assert again.json()["task_id"] == first.json()["task_id"]
+
+
+def test_the_python_client_and_the_cli_ask_for_webhooks_and_deadlines(hooked, receiver, model, tmp_path):
+    from clients import BrokerClient
+
+    with BrokerClient(hooked.url, upload_above=1024) as client:
+        small = client.submit(b"small", model, webhook=receiver.url + f"/lib/{model}/small",
+                              webhook_events=["started", "completed"], ttl=600)
+        large = client.submit(b"L" * 4096, model, webhook=receiver.url + f"/lib/{model}/large", ttl=600)
+    for task_id in (small, large):
+        assert hooked.status(task_id)["webhook"] == {"deliveries": 0, "last_status": None, "last_error": None}
+    (tmp_path / "in.txt").write_bytes(b"from the cli")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_")}
+    env.update({"BROKER_URL": hooked.url, "PYTHONPATH": str(ROOT)})
+    command = [sys.executable, "-m", "clients", "predict", "in.txt", "--model", model, "--timeout", "60",
+               "--webhook", receiver.url + f"/cli/{model}", "--webhook-events", "started,completed", "--ttl", "600"]
+    running = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    try:
+        finished = 0
+        deadline = time.monotonic() + 60
+        while finished < 3 and time.monotonic() < deadline:
+            for task in hooked.claim(model, max_tasks=3, wait=2):
+                assert hooked.put(task, b"done").status_code == 200
+                finished += 1
+        out, err = running.communicate(timeout=60)
+    finally:
+        running.kill()
+    assert running.returncode == 0, err
+    for path, events in ((f"/lib/{model}/small", ["started", "completed"]), (f"/lib/{model}/large", ["completed"]),
+                         (f"/cli/{model}", ["started", "completed"])):
+        receiver.wait_for(lambda _, path=path, events=events: len(receiver.of(path)) == len(events))
+        # Events of one task come in any order (a batch of the queue is delivered at once).
+        assert sorted(d.event["event"] for d in receiver.of(path)) == sorted(events), path
+    assert [d.event["status"] for d in receiver.of(f"/cli/{model}") if d.event["event"] == "completed"] == ["succeeded"]
+    refused = subprocess.run([sys.executable, "-m", "clients", "predict", "in.txt", "--model", model,
+                              "--webhook-events", "completed"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert refused.returncode == 1 and refused.stderr.strip() == "error: --webhook-events needs --webhook"
