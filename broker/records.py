@@ -93,18 +93,23 @@ def upload_owner(name: str) -> tuple[str, str] | None:
 def expiry_error(ttl: int, started: bool, deadline: float | None = None, created: float = 0.0) -> str:
     """Why a task nobody started in time ended `expired`: the queued TTL, or its own deadline (ttl=S)."""
     if deadline is not None and deadline <= created + ttl:
-        limit = f"its deadline, {round(deadline - created)} seconds after its submission (ttl)"
+        limit = f"its deadline, {_seconds(deadline - created)} after its submission (ttl)"
         if started:
             return f"its last attempt ended and it was not started again before {limit}"
         return f"not started before {limit}"
     if started:
-        return (f"its last attempt ended and it was not started again within {ttl} seconds of its submission "
+        return (f"its last attempt ended and it was not started again within {_seconds(ttl)} of its submission "
                 "(BROKER_QUEUED_TTL_SECONDS)")
-    return f"not started within {ttl} seconds of its submission (BROKER_QUEUED_TTL_SECONDS)"
+    return f"not started within {_seconds(ttl)} of its submission (BROKER_QUEUED_TTL_SECONDS)"
 
 
 def deadline_error(deadline: float, created: float) -> str:
-    return f"its deadline, {round(deadline - created)} seconds after its submission (ttl), passed while it ran"
+    return f"its deadline, {_seconds(deadline - created)} after its submission (ttl), passed while it ran"
+
+
+def _seconds(span: float) -> str:
+    whole = round(span)
+    return f"{whole} second" if whole == 1 else f"{whole} seconds"
 
 
 def _dump(obj) -> str:

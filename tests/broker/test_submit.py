@@ -303,6 +303,6 @@ def test_a_deadline_comes_as_ttl_or_cancel_after_and_a_task_nobody_starts_by_it_
     for task_id in (by_query, by_header):
         answer = broker.get(f"/getresult?task_id={task_id}")
         assert answer.status_code == 410 and answer.json()["status"] == "expired"
-        assert answer.json()["error"] == "not started before its deadline, 1 seconds after its submission (ttl)"
+        assert answer.json()["error"] == "not started before its deadline, 1 second after its submission (ttl)"
     for bad in ("0", "-1", "1.5", "x", str(365 * 86400 + 1)):
         assert broker.post(f"/predict?model={model}&ttl={bad}", data=b"x").status_code == 400, bad

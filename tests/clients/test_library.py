@@ -74,7 +74,7 @@ def test_a_task_nobody_starts_in_time_raises_task_expired(start_broker, model):
     with BrokerClient(short.url) as expiring:
         with pytest.raises(TaskExpired) as caught:
             expiring.predict(b"x", model, timeout=30)
-    assert "not started within 1 seconds" in str(caught.value) and caught.value.document["status"] == "expired"
+    assert "not started within 1 second " in str(caught.value) and caught.value.document["status"] == "expired"
 
 
 def test_cancelling_a_finished_task_says_so(client, echo):
