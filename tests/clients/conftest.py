@@ -1,4 +1,5 @@
-"""Fixtures for the client tests: a real echo worker on the main broker, a broker with client keys.
+"""Fixtures for the client tests: a real echo worker on the main broker, a broker with client keys, and
+the session's headless Chromium (Debian's; without it browser tests skip, except under CI=true).
 
 The worker serves model `echo` for the whole session (the demo page offers that name), so
 tests that need a task to stay queued use the unique `model` fixture, which no worker serves.
@@ -6,7 +7,9 @@ tests that need a task to stay queued use the unique `model` fixture, which no w
 
 from __future__ import annotations
 
+import os
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -41,3 +44,32 @@ def dead_url() -> str:
         port = sock.getsockname()[1]
     return f"http://127.0.0.1:{port}/api"
 
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+def missing_browser() -> str | None:
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "the playwright package is not installed (scripts/setup installs requirements-dev.txt)"
+    if not Path(CHROMIUM).exists():
+        return f"Chromium is not installed at {CHROMIUM} (scripts/setup --browser installs it as root)"
+    return None
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    reason = missing_browser()
+    if reason:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"browser tests cannot run: {reason}", pytrace=False)
+        pytest.skip(reason)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield browser
+        browser.close()

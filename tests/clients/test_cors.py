@@ -14,8 +14,6 @@ import pytest
 from devstack.services import DevHost, Worker
 from tests.conftest import CLIENT_KEY, WORKER_KEY
 
-from .test_page import chromium  # noqa: F401 - the session's browser
-
 PAGE = b"<!doctype html><title>another origin</title><p>an app's page"
 
 SUBMIT_AND_WAIT = """async ({url, token, model}) => {
@@ -94,7 +92,7 @@ def mint(host: DevHost) -> str:
     return answer.json()["token"]
 
 
-def test_a_page_on_a_listed_origin_submits_and_polls_with_a_token(chromium, pages, cors_broker):  # noqa: F811
+def test_a_page_on_a_listed_origin_submits_and_polls_with_a_token(chromium, pages, cors_broker):
     context = chromium.new_context()
     try:
         page = context.new_page()
@@ -110,7 +108,7 @@ def test_a_page_on_a_listed_origin_submits_and_polls_with_a_token(chromium, page
         context.close()
 
 
-def test_a_page_on_an_origin_not_listed_reads_nothing(chromium, pages, cors_broker):  # noqa: F811
+def test_a_page_on_an_origin_not_listed_reads_nothing(chromium, pages, cors_broker):
     context = chromium.new_context()
     try:
         page = context.new_page()

@@ -19,37 +19,9 @@ from tests.conftest import CLIENT_KEY, WORKER_KEY
 
 from .images import picture, voc_mask
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 XSS = "<img src=x onerror=window.__xss=1>"
 TIMEOUT_MS = 60_000
-
-
-def missing_browser() -> str | None:
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        return "the playwright package is not installed (scripts/setup installs requirements-dev.txt)"
-    if not Path(CHROMIUM).exists():
-        return f"Chromium is not installed at {CHROMIUM} (scripts/setup --browser installs it as root)"
-    return None
-
-
-@pytest.fixture(scope="session")
-def chromium():
-    reason = missing_browser()
-    if reason:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"browser tests cannot run: {reason}", pytrace=False)
-        pytest.skip(reason)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture

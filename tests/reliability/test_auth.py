@@ -89,10 +89,17 @@ def broken(start_broker):
 
 def test_a_storage_key_that_cannot_sign_is_a_503_not_a_500(broken):
     """Like a missing storage setting (tests/broker/test_outage.py): misconfigured means 503, /health included."""
-    for method, path in [("GET", "/health"), *CLIENT_ROUTES]:
+    # /token signs with BROKER_LEASE_SECRET and stores nothing (tokens are verified without storage),
+    # so it works here; every route that needs storage is a 503 (/revoke too, given a real token).
+    minted = call(broken, "POST", "/token", f"Bearer {CLIENT_KEY}")
+    assert minted.status_code == 201, minted.text
+    for method, path in [("GET", "/health"), *(route for route in CLIENT_ROUTES if route[1] not in ("/token", "/revoke"))]:
         response = call(broken, method, path, f"Bearer {CLIENT_KEY}")
         assert response.status_code == 503, (path, response.status_code, response.text)
         assert "error" in response.json()
+    revoked = broken.session.post(broken.url + "/revoke", json={"token": minted.json()["token"]},
+                                  headers={"Authorization": f"Bearer {CLIENT_KEY}"}, timeout=30)
+    assert revoked.status_code == 503 and "error" in revoked.json()
 
 
 def test_no_key_or_connection_string_in_answers_logs_or_the_demo_page(keyed, broken, tmp_path, model):
