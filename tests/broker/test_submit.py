@@ -9,7 +9,8 @@ from urllib.parse import quote
 import pytest
 
 TASK_FIELDS = {"task_id", "model", "status", "created_at", "started_at", "finished_at", "attempts", "error",
-               "result_content_type"}
+               "result_content_type", "progress", "progress_message",
+               "queue_position", "workers"}  # the last two: a queued task's
 
 
 def test_raw_submit_answers_202_with_document_links_and_headers(broker, model):
