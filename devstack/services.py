@@ -43,6 +43,13 @@ class Service:
     def command(self) -> list[str]:
         raise NotImplementedError
 
+    def __enter__(self):
+        """`with Azurite(...) as azurite:` starts it, and stops it at the end."""
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
     def environment(self) -> dict:
         return dict(os.environ)
 

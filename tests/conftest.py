@@ -74,9 +74,16 @@ class Broker:
 
 @pytest.fixture(scope="session")
 def azurite(tmp_path_factory):
-    service = Azurite(log_dir=tmp_path_factory.mktemp("azurite")).start()
-    yield service
-    service.stop()
+    with Azurite(log_dir=tmp_path_factory.mktemp("azurite")) as service:
+        yield service
+
+
+@pytest.fixture(scope="module")
+def module_azurite(tmp_path_factory):
+    """An Azurite of the test module's own: for tests whose storage no other test may share (a cleanup
+    with a short TTL, hosts that deliver every webhook queued)."""
+    with Azurite(log_dir=tmp_path_factory.mktemp("module-azurite")) as service:
+        yield service
 
 
 @pytest.fixture(scope="session")

@@ -35,18 +35,11 @@ verify = readme_verify()
 
 
 @pytest.fixture(scope="module")
-def hook_azurite(tmp_path_factory):
-    service = Azurite(log_dir=tmp_path_factory.mktemp("hook-azurite")).start()
-    yield service
-    service.stop()
-
-
-@pytest.fixture(scope="module")
-def hooked(start_broker, hook_azurite):
+def hooked(start_broker, module_azurite):
     """A broker whose host delivers webhooks: a receiver has 2 s to answer; a retry a second after a
     failed try, then 2, 4, ..."""
     return start_broker({"BROKER_WEBHOOK_BACKOFF_SECONDS": "1", "BROKER_WEBHOOK_TIMEOUT_SECONDS": "2"},
-                        connection_string=hook_azurite.connection_string, queues=True)
+                        connection_string=module_azurite.connection_string, queues=True)
 
 
 @pytest.fixture(scope="module")
@@ -155,8 +148,7 @@ def test_a_failed_or_cancelled_task_completes_its_webhook_too(hooked, receiver, 
 def test_a_retry_is_delivered_after_the_app_restarts(start_broker, tmp_path_factory, receiver, model):
     """The next try waits in storage, not in the instance that made the first: stop that host, start
     another, and the event arrives, with the same id."""
-    azurite = Azurite(log_dir=tmp_path_factory.mktemp("restart-azurite")).start()
-    try:
+    with Azurite(log_dir=tmp_path_factory.mktemp("restart-azurite")) as azurite:
         settings = {"BROKER_WEBHOOK_BACKOFF_SECONDS": "2"}
         first = start_broker(settings, connection_string=azurite.connection_string, queues=True)
         path = f"/hooks/{model}/restart"
@@ -174,8 +166,6 @@ def test_a_retry_is_delivered_after_the_app_restarts(start_broker, tmp_path_fact
         assert tries[0].headers["webhook-id"] == tries[1].headers["webhook-id"]
         assert _report_settles(second, task_id, 2)["webhook"]["last_status"] == 200
         second.host.stop()
-    finally:
-        azurite.stop()
 
 
 @pytest.mark.parametrize("url, why", [

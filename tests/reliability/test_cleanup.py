@@ -15,8 +15,6 @@ from pathlib import Path
 import pytest
 from azure.storage.blob import BlobServiceClient
 
-from devstack.services import Azurite
-
 from .conftest import record
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,11 +24,9 @@ RUN_CLEANUP = ("import asyncio; from broker.cleanup import cleanup; print('runni
 
 
 @pytest.fixture(scope="module")
-def storage(tmp_path_factory):
+def storage(module_azurite):
     """Storage of its own: a cleanup with a 5 s TTL would otherwise delete other tests' results."""
-    service = Azurite(log_dir=tmp_path_factory.mktemp("cleanup-azurite")).start()
-    yield service
-    service.stop()
+    return module_azurite
 
 
 @pytest.fixture(scope="module")
