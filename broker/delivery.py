@@ -10,9 +10,13 @@ One message is one try of one event:
 - it goes only where destinations.py allows (checked again as it connects), follows no redirect,
   and must be answered within BROKER_WEBHOOK_TIMEOUT_SECONDS; the answer's body is not read;
 - a 2xx answer delivers the event; anything else (another status, a timeout, a refused or failed
-  connection) queues the next try, BROKER_WEBHOOK_BACKOFF_SECONDS * 2^(try-1) later, up to
-  BROKER_WEBHOOK_TRIES tries. The next try is queued before the report is written: a crash in
-  between loses a line of the report, never a try.
+  connection) queues the next try, BROKER_WEBHOOK_BACKOFF_SECONDS * 2^(try-1) later (a day at
+  most), up to BROKER_WEBHOOK_TRIES tries; a `progress` event is tried once (a later one
+  supersedes it). The next try is queued before the report is written, and a report that cannot
+  be written is logged, not raised: a failure there loses a line of the report, never a try, and
+  never makes a second chain of tries;
+- an event of a task that keeps no webhook any more (its result expired, or a later task under
+  the same Idempotency-Key has the id) is dropped.
 
 A storage error raises, and the Functions host hands the message over again (host.json's
 visibilityTimeout later, up to maxDequeueCount times, then to the `webhooks-poison` queue).
@@ -40,6 +44,8 @@ bp = func.Blueprint()
 log = logging.getLogger("broker.delivery")
 
 USER_AGENT = "ml-broker-webhooks/1"
+MAX_DELAY = 86400  # seconds between two tries at most (a queue message may wait 7 days at most)
+CONNECT_SECONDS = 5.0  # a receiver's TCP and TLS handshake within this, whatever the answer's timeout
 
 
 def sign(key: bytes, event_id: str, timestamp: int, payload: bytes) -> str:
@@ -49,8 +55,8 @@ def sign(key: bytes, event_id: str, timestamp: int, payload: bytes) -> str:
 
 
 def backoff(attempt: int, base: int) -> float:
-    """Seconds between try `attempt` and the next: base, 2 base, 4 base, ..."""
-    return base * 2 ** (attempt - 1)
+    """Seconds between try `attempt` and the next: base, 2 base, 4 base, ... (a day at most)."""
+    return min(base * 2 ** (attempt - 1), MAX_DELAY)
 
 
 class Courier:
@@ -75,7 +81,8 @@ class Courier:
             return None, refused
         try:
             async with self._session().post(url, data=payload, headers=headers, allow_redirects=False,
-                                            timeout=aiohttp.ClientTimeout(total=timeout)) as answer:
+                                            timeout=aiohttp.ClientTimeout(total=timeout,
+                                                                          sock_connect=min(timeout, CONNECT_SECONDS))) as answer:
                 status = answer.status
         except TimeoutError:
             return None, f"no answer within {timeout:g} seconds"
@@ -102,7 +109,9 @@ def courier(settings: Settings) -> Courier:
 async def deliver(store: TaskStore, settings: Settings, event: HookEvent, now=time.time) -> Report | None:
     """Make one try of `event`; the task's report after it (None: nothing to do)."""
     webhooks = store.webhooks
-    report = await webhooks.report(event.task_id)
+    report = await webhooks.report(event.task_id, event.created)
+    if report is None:
+        return None
     if event.event == "completed" and (report.completed_delivered or report.completed_tries >= settings.webhook_tries
                                        or (event.backstop and report.completed_tries)):
         return None
@@ -125,7 +134,7 @@ async def deliver(store: TaskStore, settings: Settings, event: HookEvent, now=ti
     headers = {"Content-Type": "application/json", "webhook-id": event.id, "webhook-timestamp": str(timestamp),
                "webhook-signature": sign(key, event.id, timestamp, data)}
     status, error = await courier(settings).post(event.url, data, headers, settings.webhook_timeout_seconds)
-    if error is not None and event.attempt < settings.webhook_tries:
+    if error is not None and event.attempt < settings.webhook_tries and event.event != "progress":
         await store.storage.webhooks.send(event.next_try(payload).dump(),
                                           delay=backoff(event.attempt, settings.webhook_backoff_seconds))
     if error is not None:
@@ -138,7 +147,12 @@ async def deliver(store: TaskStore, settings: Settings, event: HookEvent, now=ti
                       max(report.completed_tries, event.attempt) if completed else report.completed_tries,
                       report.completed_delivered or (completed and error is None))
 
-    return await webhooks.record(event.task_id, tried)
+    try:
+        return await webhooks.record(event.task_id, event.created, tried)
+    except Exception as exc:  # noqa: BLE001 - raising would have the host run this try again, and fork its retries
+        log.warning("task %s: the report of its %s event's try %d could not be written (%s)", event.task_id,
+                    event.event, event.attempt, type(exc).__name__)
+        return None
 
 
 @bp.queue_trigger(arg_name="message", queue_name=WEBHOOK_QUEUE, connection="AzureWebJobsStorage")

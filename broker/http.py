@@ -22,7 +22,7 @@ from .respond import ALL_METHODS, claims_response, endpoint, error_response, jso
 from .settings import Settings, worker_auth_level
 from .store import get_store, shown_inline
 from .tokens import BadToken, Token
-from .webhooks import Hook
+from .webhooks import Hook, Report
 
 bp = func.Blueprint()
 
@@ -91,7 +91,7 @@ async def _document(store, task) -> dict:
     if document["status"] == "queued":
         document.update(await store.presence.describe(task.task_id, task.model))
     if task.hooked:
-        document["webhook"] = (await store.webhooks.report(task.task_id)).shown()
+        document["webhook"] = (await store.webhooks.report(task.task_id, task.created) or Report()).shown()
     return document
 
 

@@ -250,6 +250,8 @@ class TaskStore:
                 # (if that fails too, the sweep deletes it once its queued TTL has passed).
                 with contextlib.suppress(Exception):
                     await self.storage.inbox.delete(sub.task_id)
+                    if sub.hooked:
+                        await self.webhooks.forget(sub.task_id, sub.created)
                 raise
             return Task(sub.task_id, model, sub.created, owner=owner, with_hook=sub.hooked), True
         task_id = idempotent_id(self.settings.lease_secrets[0], scope, idempotency_key)
@@ -1048,7 +1050,7 @@ class TaskStore:
             if outcome.ref:
                 await self.storage.uploads.delete(outcome.ref)
             if outcome.hooked:
-                await self.webhooks.forget(out.name)
+                await self.webhooks.forget(out.name, outcome.created)
         inbox = await self.storage.inbox.head(out.name)
         if inbox is None:
             return
@@ -1144,6 +1146,8 @@ class TaskStore:
             # keeps it, and then its upload too.
             if await self.storage.inbox.delete(blob.name, blob.etag):
                 await self.storage.uploads.delete(payload_blob(blob.name, sub.created))
+                if sub.hooked:
+                    await self.webhooks.forget(blob.name, sub.created)
             return
         state = LeaseState.from_metadata(blob.metadata)
         if state is not None and state.holds(self.now()):  # running at its deadline (its worker may be gone)

@@ -173,34 +173,39 @@ class Webhooks:
 
     async def hook(self, task_id: str, created: float) -> Hook | None:
         """The webhook of the task submitted at `created`, if it has one."""
-        found = await self.storage.hooks.head(task_id)
-        if found is None or _created(found.metadata) != created:
-            return None
-        return Hook.from_record(json.loads(found.metadata["hook"]))
+        found = await self._kept(task_id, created)
+        return Hook.from_record(json.loads(found.metadata["hook"])) if found is not None else None
 
-    async def report(self, task_id: str) -> Report:
+    async def _kept(self, task_id: str, created: float):
+        """The `hooks` blob of the task submitted at `created`; None if there is none (the task's
+        result expired and took it, or a later task under the same id has its own)."""
         await self.storage.ensure_containers()
         found = await self.storage.hooks.head(task_id)
-        return Report.from_metadata(found.metadata) if found is not None else Report()
+        return found if found is not None and _created(found.metadata) == created else None
 
-    async def record(self, task_id: str, change) -> Report:
-        """Apply `change(report) -> report` to the task's Report, written only over what was read."""
-        await self.storage.ensure_containers()
+    async def report(self, task_id: str, created: float) -> Report | None:
+        """What the deliveries of the task submitted at `created` did; None: it keeps no webhook."""
+        found = await self._kept(task_id, created)
+        return Report.from_metadata(found.metadata) if found is not None else None
+
+    async def record(self, task_id: str, created: float, change) -> Report | None:
+        """Apply `change(report) -> report` to the task's Report, written only over what was read;
+        None (nothing written) when the task keeps no webhook any more."""
         for _ in range(REPORT_TRIES):
-            found = await self.storage.hooks.head(task_id)
+            found = await self._kept(task_id, created)
             if found is None:
-                updated = change(Report())
-                if await self.storage.hooks.create(task_id, b"", updated.metadata(), "application/octet-stream"):
-                    return updated
-                continue
+                return None
             updated = change(Report.from_metadata(found.metadata))
             if await self.storage.hooks.set_metadata(task_id, {**found.metadata, **updated.metadata()},
                                                      found.etag) is not None:
                 return updated
         raise RuntimeError(f"task {task_id}: its webhook report kept changing under this write")
 
-    async def forget(self, task_id: str) -> None:
-        await self.storage.hooks.delete(task_id)
+    async def forget(self, task_id: str, created: float) -> None:
+        """Delete the webhook of the task submitted at `created` (not a later task's under its id)."""
+        found = await self._kept(task_id, created)
+        if found is not None:
+            await self.storage.hooks.delete(task_id, found.etag)
 
 
 def _created(metadata: dict) -> float | None:

@@ -133,6 +133,9 @@ class Trigger:
             return None
 
     async def handle(self, message) -> None:
+        if message.dequeue_count > self.options.max_dequeue:  # it took its process down that often: no more
+            await self._settle_failure(message)
+            return
         body = self._body(message.content or "")
         began = time.perf_counter()
         try:

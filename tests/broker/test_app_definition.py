@@ -30,6 +30,18 @@ def test_function_app_defines_exactly_the_broker_functions():
     assert (deliveries.queue_name, deliveries.connection) == ("webhooks", "AzureWebJobsStorage")
 
 
+def test_host_json_loads_the_extensions_the_queue_trigger_needs():
+    """Azure loads no trigger but HTTP and timers without the extension bundle: the webhooks queue
+    trigger (and host.json's messageEncoding, identity-based connections) need Storage extension 5.x,
+    which bundle 4 carries."""
+    import json
+    from pathlib import Path
+
+    host = json.loads((Path(__file__).resolve().parents[2] / "host.json").read_text())
+    assert host["extensionBundle"] == {"id": "Microsoft.Azure.Functions.ExtensionBundle", "version": "[4.*, 5.0.0)"}
+    assert host["extensions"]["queues"]["messageEncoding"] == "none"
+
+
 def test_http_functions_are_coroutines():
     import inspect
 

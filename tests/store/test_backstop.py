@@ -55,3 +55,28 @@ def test_a_completed_event_is_delivered_once_whether_or_not_its_instance_queued_
     event = delivered.event
     assert (event["event"], event["task_id"], event["status"]) == ("completed", task_id, "succeeded")
     assert event["result_url"] == f"https://broker.example/api/getresult?task_id={task_id}"
+
+
+def test_an_earlier_tasks_retry_leaves_a_later_tasks_webhook_alone(run_store, model):
+    """Two tasks under one id (an Idempotency-Key used again after the first's result expired): a try
+    of the first's event, still queued, is dropped, and the second's report stays its own."""
+    with Receiver() as receiver:
+        async def scenario(store):
+            task_id = "ab" * 16
+            first = Hook(receiver.url + "/first", ("completed",))
+            second = Hook(receiver.url + "/second", ("completed",))
+            await store.webhooks.attach(task_id, 100.0, first)
+            await store.webhooks.attach(task_id, 200.0, second)  # the later task replaces the earlier's
+            stale = HookEvent(task_id, 100.0, "completed", "evt_old", first.url, attempt=2, body='{"old":1}')
+            dropped = await delivery.deliver(store, store.settings, stale)
+            kept = await store.webhooks.hook(task_id, 200.0), await store.webhooks.report(task_id, 200.0)
+            await store.webhooks.forget(task_id, 100.0)  # the first's cleanup: not the second's blob
+            still = await store.webhooks.hook(task_id, 200.0)
+            await store.webhooks.forget(task_id, 200.0)
+            return dropped, kept, still, await store.webhooks.hook(task_id, 200.0)
+
+        dropped, (hook, report), still, gone = run_store(scenario, webhook_secret=WEBHOOK_SECRET,
+                                                         webhook_allow=("127.0.0.1",))
+        assert receiver.deliveries == []
+    assert dropped is None and hook.url.endswith("/second") and report.deliveries == 0
+    assert still is not None and gone is None
