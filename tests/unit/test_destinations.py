@@ -14,6 +14,7 @@ import pytest
 from broker import destinations
 from broker.delivery import backoff, sign
 from broker.settings import Settings, SettingsError, load
+from tests.support.polling import run_async
 
 
 @pytest.mark.parametrize("address, public", [
@@ -32,11 +33,11 @@ def test_only_global_unicast_addresses_are_public(address, public):
 
 
 def test_an_allowed_host_may_be_private_and_plain_http_but_no_other_host_may():
-    asyncio.run(destinations.check("http://127.0.0.1:8080/hook", ("127.0.0.1",)))
-    asyncio.run(destinations.check("https://LOCALHOST/hook", ("localhost",)))
+    run_async(lambda: destinations.check("http://127.0.0.1:8080/hook", ("127.0.0.1",)))
+    run_async(lambda: destinations.check("https://LOCALHOST/hook", ("localhost",)))
     for url in ("http://127.0.0.1:8080/hook", "https://127.0.0.1/hook", "https://localhost/hook"):
         with pytest.raises(destinations.Refused):
-            asyncio.run(destinations.check(url, ("example.com",)))
+            run_async(lambda url=url: destinations.check(url, ("example.com",)))
 
 
 def test_at_delivery_the_addresses_connected_to_are_checked_again():
@@ -52,8 +53,8 @@ def test_at_delivery_the_addresses_connected_to_are_checked_again():
         return await guard.resolve("hooks.example.com", 443)
 
     with pytest.raises(OSError, match="not public"):
-        asyncio.run(resolve(()))
-    assert asyncio.run(resolve(("hooks.example.com",)))[0]["host"] == "10.0.0.7"
+        run_async(lambda: resolve(()))
+    assert run_async(lambda: resolve(("hooks.example.com",)))[0]["host"] == "10.0.0.7"
     assert destinations.refused_literal("https://10.0.0.7/hook", ()) == "the webhook host 10.0.0.7 is not a public address"
     assert destinations.refused_literal("https://93.184.215.14/hook", ()) is None
 
@@ -62,7 +63,7 @@ def test_an_address_written_in_a_shorthand_is_refused_even_when_public():
     assert destinations.refused_literal("https://1572395042/hook", ()) == \
         "the webhook host 1572395042 must be written as a dotted-quad or standard IPv6 address"
     with pytest.raises(destinations.Refused, match="dotted-quad"):
-        asyncio.run(destinations.check("https://93.184.55022/hook", ()))
+        run_async(lambda: destinations.check("https://93.184.55022/hook", ()))
 
 
 def test_a_lookup_that_never_answers_ties_up_only_the_webhook_pool(monkeypatch):
@@ -91,7 +92,7 @@ def test_a_lookup_that_never_answers_ties_up_only_the_webhook_pool(monkeypatch):
         return await refused, served_while_hanging
 
     try:
-        outcomes, served_while_hanging = asyncio.run(scenario())
+        outcomes, served_while_hanging = run_async(lambda: scenario())
     finally:
         release.set()
     assert all(isinstance(o, destinations.Refused) and "does not resolve" in str(o) for o in outcomes)
