@@ -89,7 +89,8 @@ log = logging.getLogger("broker.store")
 
 POLL_FIRST = 0.02  # long-poll backoff: tens of milliseconds, capped at POLL_CAP
 POLL_CAP = 0.1
-RESULT_POLL_CAP = 0.5  # getresult?wait= polls storage for results committed by other instances
+RESULT_POLL_FIRST = 0.05  # getresult?wait= looks for outcomes committed by other instances, from 50 ms ...
+RESULT_POLL_CAP = 0.5  # ... growing to half a second
 CLEANUP_PARALLEL = 32
 SWEEP_PAGE = 1000  # inbox blobs the sweep looks at per listing page
 SWEEP_PAGES = 20  # pages per run at most; the next run goes on from there
@@ -215,18 +216,42 @@ class TaskStore:
         return task
 
     async def result(self, task_id: str, wait: float, owner: str | None = None) -> tuple[Task, bytes | None]:
+        """The task and its result, once it has ended or `wait` seconds have passed.
+
+        A wait reads the task in full once; then, until it is woken (a put on this instance) or its
+        view of the task says it has ended by now (a deadline or the queued TTL passing, which
+        nothing writes at once), it only looks for an outcome in the outbox - one storage call, for
+        an outcome another instance committed - at growing intervals. A wait ended by anything but
+        that outcome is answered from a full read."""
         deadline = time.monotonic() + wait
-        delay = POLL_FIRST
+        delay, task, body = RESULT_POLL_FIRST, None, None
         while True:
             with self.wakeups.watch("task:" + task_id) as ticket:
-                task, body = await self._get(task_id, with_result=True, owner=owner)
                 if task is None:
-                    raise TaskNotFound()
+                    task, body = await self._get(task_id, with_result=True, owner=owner)
+                    if task is None:
+                        raise TaskNotFound()
+                    fresh = True
+                else:
+                    out = await self.storage.outbox.read(task_id)
+                    if out is not None:  # it ended on another instance
+                        finished = self._finished_task(task_id, out)
+                        if finished is not None and finished.visible_to(owner):
+                            return finished, out.body
+                        task = None  # past its result TTL, or not the caller's: as a full read says
+                        continue
+                    fresh = False
                 remaining = deadline - time.monotonic()
                 if task.ended(self.now()) or remaining <= 0:
-                    return task, body
+                    if fresh:
+                        return task, body
+                    task = None  # the view is old: read it all before answering
+                    continue
                 woken = await self.wakeups.wait(ticket, min(delay, remaining))
-            delay = POLL_FIRST if woken else min(delay * 2, RESULT_POLL_CAP)
+            if woken:
+                task, delay = None, RESULT_POLL_FIRST
+            else:
+                delay = min(delay * 2, RESULT_POLL_CAP)
 
     # ---- submitting ----------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 import base64
 import threading
+import time
 
 import pytest
 
@@ -141,3 +142,47 @@ def test_every_answer_says_nosniff(broker, model):
                broker.post("/predict", data=b"x"), broker.get("/stats"), broker.get("/nothing-here")]
     for response in answers:
         assert response.headers.get("X-Content-Type-Options") == "nosniff", (response.url, response.status_code)
+
+
+@pytest.fixture(scope="module")
+def other(start_broker):
+    """Another instance of the same app (its own dev host on the same storage)."""
+    return start_broker()
+
+
+def _waiting(broker, task_id: str, wait: int = 30) -> tuple[threading.Thread, list]:
+    answers: list = []
+    waiter = threading.Thread(target=lambda: answers.append(broker.get(f"/getresult?task_id={task_id}&wait={wait}")))
+    waiter.start()
+    return waiter, answers
+
+
+def test_a_wait_sees_a_result_put_on_another_instance(broker, other, model):
+    task_id = broker.submit(model)
+    [task] = other.claim(model)
+    waiter, answers = _waiting(broker, task_id)
+    time.sleep(1)  # the wait is polling by now (nothing on its instance will wake it)
+    assert other.put(task, b"from elsewhere").status_code == 200
+    waiter.join(30)
+    assert answers and answers[0].status_code == 200 and answers[0].content == b"from elsewhere"
+
+
+def test_a_wait_sees_a_cancel_on_another_instance(broker, other, model):
+    task_id = broker.submit(model)
+    waiter, answers = _waiting(broker, task_id)
+    time.sleep(1)
+    assert other.post(f"/cancel?task_id={task_id}").status_code == 200
+    waiter.join(30)
+    assert answers and answers[0].status_code == 410 and answers[0].json()["status"] == "cancelled"
+
+
+@pytest.mark.parametrize("claimed", [False, True])
+def test_a_wait_ends_when_the_tasks_deadline_passes(broker, model, claimed):
+    """Nothing is written when a deadline passes (the status is derived): the wait's own view of the
+    task ends it, and it answers what a fresh read says."""
+    task_id = broker.submit(model, params={"ttl": "2"})
+    if claimed:
+        broker.claim(model, lease=60)
+    answer = broker.get(f"/getresult?task_id={task_id}&wait=20")
+    assert answer.status_code == 410
+    assert answer.json()["status"] == ("cancelled" if claimed else "expired")
