@@ -8,8 +8,10 @@ how many tasks they hold, where a queued task is in line, how long the oldest ha
   while it polled within two of its poll intervals.
 - The queue: a peek at its first 32 visible messages (a peek changes nothing) names the tasks in
   line, exactly up to 32; past them a position is an estimate (the queue's approximate count less
-  the tasks held). Peeks and listings are shared by every request of an instance for CACHE seconds,
-  except that a task missing from a short view of the line (it joined since) has the line looked at again.
+  the tasks held). Peeks and listings are shared by every request of an instance for CACHE seconds.
+  A task this instance queued since its view was taken stands behind everything in that view, in
+  the order this instance queued them (no storage call: a submit's own answer needs none); a task
+  missing from a short view that another instance queued has the line looked at again.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ CACHE = 1.0
 PEEK = 32  # what one peek returns at most
 WORKER_ID = re.compile(r"[A-Za-z0-9-]{1,64}")
 MAX_REMEMBERED = 10_000
+MAX_JOINED = 1000  # tasks queued since a view, remembered per model
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,16 @@ class Presence:
         self._written: dict[tuple[str, str], tuple[float, str]] = {}  # (model, worker) -> (when, what)
         self._workers: dict[str, tuple[float, Workers]] = {}
         self._lines: dict[str, tuple[float, Line]] = {}
+        self._joined: dict[str, dict[str, int]] = {}  # model -> tasks this instance queued since its view
+
+    def joined(self, model: str, task_id: str) -> None:
+        """This instance queued `task_id` (after every task in its current view of the line)."""
+        if len(self._joined) >= MAX_REMEMBERED and model not in self._joined:
+            self._joined.clear()
+        since = self._joined.setdefault(model, {})
+        if len(since) >= MAX_JOINED:  # far down the line by now: an estimate will do for the rest
+            return
+        since.setdefault(task_id, len(since))
 
     async def seen(self, model: str, worker: str | None, interval: float, held: int) -> None:
         """A worker of `model` polled (best effort: presence is a courtesy, never a reason to fail)."""
@@ -99,6 +112,7 @@ class Presence:
         cached = self._lines.get(model)
         if not fresh and cached is not None and time.monotonic() - cached[0] < CACHE:
             return cached[1]
+        self._joined.pop(model, None)  # the view about to be taken holds them (or they are gone)
         peeked, depth = await self.storage.queues.peek(model, PEEK), await self.storage.queues.depth(model)
         ahead, oldest = {}, None
         for message in peeked:
@@ -115,11 +129,19 @@ class Presence:
     async def describe(self, task_id: str, model: str) -> dict:
         """What a queued task's status document adds: its place in line and its model's workers."""
         line, workers = await self.line(model), await self.workers(model)
-        if task_id not in line.ahead and len(line.ahead) < PEEK:  # it joined after the view was taken
+        since = self._joined.get(model, {})
+        if task_id in since:  # queued here since the view was taken: behind all of it
+            position = max(len(line.ahead), line.depth - workers.running) + since[task_id]
+            return self._described(position, workers)
+        if task_id not in line.ahead and len(line.ahead) < PEEK:  # queued elsewhere since the view
             line = await self.line(model, fresh=True)
         position = line.ahead.get(task_id)
         if position is None:  # not among the first PEEK in line: an estimate
             position = max(len(line.ahead), line.depth - workers.running - 1)
+        return self._described(position, workers)
+
+    @staticmethod
+    def _described(position: int, workers: Workers) -> dict:
         return {"queue_position": position,
                 "workers": {"online": workers.online, "last_seen": iso(workers.last_seen)}}
 

@@ -248,6 +248,8 @@ class TaskStore:
                     task = None  # the view is old: read it all before answering
                     continue
                 woken = await self.wakeups.wait(ticket, min(delay, remaining))
+                if woken and ticket.value is not None and ticket.value[0].visible_to(owner):
+                    return ticket.value  # committed by this instance: as a read would find it
             if woken:
                 task, delay = None, RESULT_POLL_FIRST
             else:
@@ -300,6 +302,7 @@ class TaskStore:
             self.storage.queues.send(sub.model, TaskMessage(sub.task_id, sub.size, sub.created).dump(), ttl),
             self._touch(sub.model))
         self.wakeups.notify("model:" + sub.model)
+        self.presence.joined(sub.model, sub.task_id)
         return message
 
     async def _touch(self, model: str) -> None:
@@ -950,12 +953,12 @@ class TaskStore:
                              self._quietly(self.storage.uploads.delete(payload_blob(task_id, outcome.created)))
                              if uploaded else _nothing())
         if first is None:
-            self.wakeups.notify("task:" + task_id)
+            finished = Task(task_id, model, outcome.created, outcome.digest, None, outcome, content_type,
+                            owner=outcome.owner)  # as _finished_task reads it back
+            self.wakeups.notify("task:" + task_id, (finished, body))  # waiters here need not read it back
             if hook is not None and hook.wants("completed"):
-                ended = Task(task_id, model, outcome.created, outcome.digest, None, outcome,
-                             content_type if outcome.status == "succeeded" else None, owner=outcome.owner)
                 with contextlib.suppress(Exception):  # the backstop delivers it in BACKSTOP seconds
-                    await self.webhooks.send(hook, task_id, outcome.created, "completed", 0, ended.document())
+                    await self.webhooks.send(hook, task_id, outcome.created, "completed", 0, finished.document())
         return first
 
     async def cancel(self, task_id: str, owner: str | None = None) -> Task:
