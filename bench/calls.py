@@ -50,7 +50,7 @@ def run(stack: common.Stack, root: str | None, tag: str, tasks: int) -> dict:
              or (c["req"] is None and began_at <= c["start"] < ended_at)]  # background work (a trailing touch)
     by_route = Counter(routes.get(c["req"], "(no request)") for c in calls)
     asked = Counter(r["route"] for r in window)
-    kinds = Counter(f"{c['method']} {c['what']}" for c in calls)
+    kinds = Counter(f"{routes.get(c['req'], '(no request)')}: {c['method']} {c['what']}" for c in calls)
     tasks_seen = max(asked.get("predict", 0), 1)
     per = {route: {"requests": round(asked[route] / tasks_seen, 2), "storage_calls": round(by_route[route] / tasks_seen, 2)}
            for route in sorted(set(asked) | set(by_route))}
