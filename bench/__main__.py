@@ -1,8 +1,9 @@
 """`python -m bench [--quick] [name ...]`: run the benchmarks (all, or the ones named), then print
 the summary table and write docs/bench.png.
 
-Names: pickup, claim_depth, overhead, throughput, celery_ref, memory, constant_time, large (a 1 GiB payload
-and result through storage), idle (an idle worker's execution time and pickup), and worker (ResNet50
+Names: pickup, claim_depth, overhead, throughput, calls (storage calls per task and route in the
+round-trip run), celery_ref, memory, constant_time, large (a 1 GiB payload and result through
+storage), idle (an idle worker's execution time and pickup), and worker (ResNet50
 through the broker vs bare; run when named, or in the full run). Each is also runnable alone:
 `python -m bench.pickup [--quick]`. Results go to bench/results/<name>.json.
 """
@@ -17,7 +18,8 @@ import traceback
 
 from . import common
 
-MINE = ["pickup", "claim_depth", "overhead", "throughput", "celery_ref", "memory", "constant_time", "large", "idle"]
+MINE = ["pickup", "claim_depth", "overhead", "throughput", "calls", "celery_ref", "memory", "constant_time", "large",
+        "idle"]
 ALL = MINE + ["worker"]
 
 

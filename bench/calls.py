@@ -94,9 +94,22 @@ def main(argv=None) -> dict:
 
 
 def summary(d: dict) -> list[list]:
+    """This benchmark's row of the summary table (bench.plot)."""
     own = [r for r in d["results"] if r["host"] == "broker"]
-    return [["8 calls", "storage calls per task (round trip, 2 workers)", own[-1]["storage_calls_per_task"],
-             "", "", "report", f"host CPU {own[-1]['host_cpu_ms_per_task']} ms/task"]] if own else []
+    return [["8 calls", "storage calls per task (round trip, 2 echo workers)", own[-1]["storage_calls_per_task"],
+             "", "", "report", ""]] if own else []
+
+
+def summary_compare(d: dict) -> list[list]:
+    """One row for a compare run: this checkout's calls per task against the other's."""
+    own = [r["storage_calls_per_task"] for r in d["results"] if r["host"] == "broker"]
+    other = [r["storage_calls_per_task"] for r in d["results"] if r["host"] == "variant"]
+    if not own or not other:
+        return []
+    label = d.get("variant_label", "scratch copy")
+    mine, theirs = sorted(own)[len(own) // 2], sorted(other)[len(other) // 2]
+    return [["8 calls", f"storage calls per task: broker / {label}", mine, f"{theirs} ({label})",
+             common.ratio(mine, theirs), "report", ""]]
 
 
 if __name__ == "__main__":

@@ -1,0 +1,69 @@
+"""Where a queued task stands (broker/presence.py), over a storage fake that counts its calls: the
+fast layer beside tests/mlserver/test_queue_view.py, which runs it on Azurite with real workers."""
+
+from __future__ import annotations
+
+from broker.presence import Presence
+from broker.records import TaskMessage
+from broker.storage import Message
+from tests.support.polling import run_async
+
+A, B, C = "a" * 32, "b" * 32, "c" * 32
+
+
+class Queue:
+    def __init__(self) -> None:
+        self.line: list[str] = []
+        self.calls = 0
+
+    async def peek(self, model: str, count: int) -> list[Message]:
+        self.calls += 1
+        return [Message(f"m{i}", "r", TaskMessage(task_id, 1, 1.0).dump()) for i, task_id in enumerate(self.line[:count])]
+
+    async def depth(self, model: str) -> int:
+        self.calls += 1
+        return len(self.line)
+
+
+class Signals:
+    async def page(self, continuation, size, metadata=False, uncommitted=False, prefix=None):
+        return [], None
+
+
+class Storage:
+    def __init__(self) -> None:
+        self.queues, self.signals = Queue(), Signals()
+
+    async def ensure_containers(self) -> None:
+        pass
+
+
+def test_tasks_this_instance_queued_since_its_view_are_placed_without_a_storage_call():
+    storage = Storage()
+    presence = Presence(storage)
+
+    async def scenario():
+        places = []
+        for task_id in (A, B, C):
+            storage.queues.line.append(task_id)  # what sending its message does
+            presence.joined("m", task_id)
+            places.append((await presence.describe(task_id, "m"))["queue_position"])
+        return places
+
+    assert run_async(scenario) == [0, 1, 2]
+    assert storage.queues.calls == 2  # one view (a peek and a count), taken for the first
+
+
+def test_a_task_another_instance_queued_since_the_view_has_the_line_looked_at_again():
+    storage = Storage()
+    presence = Presence(storage)
+
+    async def scenario():
+        storage.queues.line.append(A)
+        presence.joined("m", A)
+        first = (await presence.describe(A, "m"))["queue_position"]
+        storage.queues.line.append(B)  # queued by another instance: not joined here
+        return first, (await presence.describe(B, "m"))["queue_position"]
+
+    assert run_async(scenario) == (0, 1)
+    assert storage.queues.calls == 4  # the first view, and a fresh one for the stranger
