@@ -4,8 +4,9 @@ how many tasks they hold, where a queued task is in line, how long the oldest ha
 - Workers: each claim (and each look for work of an idle worker) says who the worker is, how often
   it polls, and how many tasks it holds (X-Worker-Id, X-Worker-Poll, X-Worker-Tasks). The broker
   keeps a blob per worker and model (`signals/workers/<model>/<worker id>`, its metadata those
-  figures), written at most every SEEN_EVERY seconds per worker and instance. A worker is online
-  while it polled within two of its poll intervals.
+  figures), written every SEEN_EVERY seconds per worker and instance at most, or sooner when its
+  poll interval changes or it turns busy or idle (so a busy worker's task count may be that old).
+  A worker is online while it polled within two of its poll intervals.
 - The queue: a peek at its first 32 visible messages (a peek changes nothing) names the tasks in
   line, exactly up to 32; past them a position is an estimate (the queue's approximate count less
   the tasks held). Peeks and listings are shared by every request of an instance for CACHE seconds.
@@ -67,7 +68,10 @@ class Presence:
         """A worker of `model` polled (best effort: presence is a courtesy, never a reason to fail)."""
         if not worker or not WORKER_ID.fullmatch(worker):
             return
-        figures = f"{interval:g}/{held}"
+        # Written again when SEEN_EVERY has passed, or when the worker's poll interval changes or it
+        # turns busy or idle; a busy worker's count of tasks may be that old (a claim per batch
+        # would otherwise cost a write each).
+        figures = f"{interval:g}/{held > 0}"
         key, at = (model, worker), time.monotonic()
         last = self._written.get(key)
         if last is not None and last[1] == figures and at - last[0] < SEEN_EVERY:
