@@ -60,6 +60,7 @@ from .errors import (
 from .lease import Lease, receipt_hash
 from .limits import Limits
 from .presence import Presence
+from .recent import RecentTasks
 from .records import (
     MAX_PROGRESS_BYTES,
     Claim,
@@ -149,6 +150,7 @@ class TaskStore:
         self.wakeups = Wakeups()
         self.limits = Limits(storage, clock)  # rate limits, token quotas and revocations (limits.py)
         self.presence = Presence(storage, clock)  # workers online, places in line (presence.py)
+        self.recent = RecentTasks()  # what this instance queued a moment ago, for waits (recent.py)
         self.webhooks = Webhooks(storage)  # events queued for delivery, and what deliveries did (webhooks.py)
         self._looked_at: dict[str, float] = {}  # model -> when a long-poll here last began a receive
         self._touched: dict[str, float] = {}  # model -> when this instance last touched its signal blob
@@ -166,6 +168,13 @@ class TaskStore:
                     expiry_error=expiry_error(ttl, state is not None, sub.deadline, sub.created),
                     upload=Upload.from_metadata(inbox.metadata), owner=sub.owner, deadline=sub.deadline,
                     with_hook=sub.hooked)
+
+    def _queued_task(self, sub: Submission) -> Task:
+        """A task just queued, as a read of its inbox blob would find it (no lease state yet)."""
+        ttl = self.settings.queued_ttl_seconds
+        return Task(sub.task_id, sub.model, sub.created, sub.digest, None, expires=sub.expires(ttl),
+                    expiry_error=expiry_error(ttl, False, sub.deadline, sub.created), owner=sub.owner,
+                    deadline=sub.deadline, with_hook=sub.hooked)
 
     def _finished_task(self, task_id: str, out: Blob) -> Task | None:
         """The finished task, or None once its result is past BROKER_RESULT_TTL_SECONDS."""
@@ -218,13 +227,17 @@ class TaskStore:
     async def result(self, task_id: str, wait: float, owner: str | None = None) -> tuple[Task, bytes | None]:
         """The task and its result, once it has ended or `wait` seconds have passed.
 
-        A wait reads the task in full once; then, until it is woken (a put on this instance) or its
+        A wait starts from the view of the task its instance kept when it queued it a moment ago
+        (recent.py), or else reads it in full once; then, until it is woken (a put on this instance) or its
         view of the task says it has ended by now (a deadline or the queued TTL passing, which
         nothing writes at once), it only looks for an outcome in the outbox - one storage call, for
         an outcome another instance committed - at growing intervals. A wait ended by anything but
         that outcome is answered from a full read."""
         deadline = time.monotonic() + wait
-        delay, task, body = RESULT_POLL_FIRST, None, None
+        delay, body = RESULT_POLL_FIRST, None
+        task = self.recent.get(task_id) if wait else None  # queued here a moment ago: no need to read it back
+        if task is not None and not task.visible_to(owner):
+            task = None
         while True:
             with self.wakeups.watch("task:" + task_id) as ticket:
                 if task is None:
@@ -303,6 +316,7 @@ class TaskStore:
             self._touch(sub.model))
         self.wakeups.notify("model:" + sub.model)
         self.presence.joined(sub.model, sub.task_id)
+        self.recent.remember(self._queued_task(sub))
         return message
 
     async def _touch(self, model: str) -> None:
