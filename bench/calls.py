@@ -61,11 +61,7 @@ def run(stack: common.Stack, root: str | None, tag: str, tasks: int) -> dict:
 
 
 def main(argv=None) -> dict:
-    def extra(parser):
-        common.add_compare_args(parser, "count the calls of")
-
-    args = common.parse_args("calls", argv, extra)
-    common.note_load("calls")
+    args = common.compare_args("calls", argv, "count the calls of")
     tasks = common.pick(150, 600)
     results = []
     with common.Stack(hosts=0) as stack:

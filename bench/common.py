@@ -233,6 +233,14 @@ def save_compared(name: str, data: dict, args) -> None:
         save(f"{name}-compare", data)
 
 
+def compare_args(name: str, argv, what: str):
+    """The arguments of a benchmark that can also measure another checkout (--compare-root), with
+    the machine's load noted at its start."""
+    args = parse_args(name, argv, lambda parser: add_compare_args(parser, what))
+    note_load(name)
+    return args
+
+
 def parse_args(name: str, argv, extra=None):
     import argparse
 

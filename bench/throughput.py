@@ -148,11 +148,7 @@ def bottleneck(cpu: dict, cpus: int, load_avg: float, sleep_ms: int) -> str:
 
 
 def main(argv=None) -> dict:
-    def extra(parser):
-        common.add_compare_args(parser, "measure")
-
-    args = common.parse_args("throughput", argv, extra)
-    common.note_load("throughput")
+    args = common.compare_args("throughput", argv, "measure")
     window = common.pick(4.0, 15.0)
     counts = (1, 2, 4)
     rows, results = [], []
