@@ -218,7 +218,7 @@ def test_a_client_killed_mid_upload_leaves_no_task_and_the_sweep_takes_what_it_w
     from broker.storage import Storage
     from broker.store import TaskStore
     from tests.store.conftest import Clock
-    from tests.support.polling import run_async
+    from tests.support.polling import run_async, wait_for
     from tests.support.storage_proxy import StorageProxy
 
     model = "t-killed-" + os.urandom(4).hex()
@@ -232,6 +232,8 @@ def test_a_client_killed_mid_upload_leaves_no_task_and_the_sweep_takes_what_it_w
                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         assert proxy.stalled.wait(60), process.stderr.read1().decode() if process.poll() is not None else "no block PUT"
+        # Blocks go up in parallel: kill once an earlier one is staged, so there is something to sweep.
+        wait_for(lambda: any("comp=block&" in url for url in proxy.answered), 60, 0.05, "a block staged")
         process.send_signal(signal.SIGKILL)
         process.wait(30)
     finally:

@@ -22,6 +22,7 @@ class StorageProxy:
         """`stall(method, url)` says which requests to hold, `refuse(method, url)` which to answer 403."""
         self.stall, self.refuse = stall, refuse
         self.seen: list[str] = []  # every URL asked for, in order
+        self.answered: list[str] = []  # every URL passed on and answered, in order
         self.stalled = threading.Event()
         self.release = threading.Event()
         proxy = self
@@ -55,6 +56,7 @@ class StorageProxy:
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(answer.content)
+                proxy.answered.append(self.path)
 
             do_GET = do_PUT = do_HEAD = do_POST = do_DELETE = _forward
 
