@@ -29,7 +29,7 @@ CACHE = 1.0
 PEEK = 32  # what one peek returns at most
 WORKER_ID = re.compile(r"[A-Za-z0-9-]{1,64}")
 MAX_REMEMBERED = 10_000
-MAX_JOINED = 1000  # tasks queued since a view, remembered per model
+MAX_JOINED = 10_000  # tasks queued since a view, remembered in all
 
 
 @dataclass(frozen=True)
@@ -54,24 +54,31 @@ class Presence:
         self._workers: dict[str, tuple[float, Workers]] = {}
         self._lines: dict[str, tuple[float, Line]] = {}
         self._joined: dict[str, dict[str, int]] = {}  # model -> tasks this instance queued since its view
+        self._joined_count = 0
 
     def joined(self, model: str, task_id: str) -> None:
-        """This instance queued `task_id` (after every task in its current view of the line)."""
-        if len(self._joined) >= MAX_REMEMBERED and model not in self._joined:
-            self._joined.clear()
-        since = self._joined.setdefault(model, {})
-        if len(since) >= MAX_JOINED:  # far down the line by now: an estimate will do for the rest
+        """This instance queued `task_id` (after every task in its current view of the line). Kept
+        only while that view is one describe() would use; at most MAX_JOINED in all."""
+        cached = self._lines.get(model)
+        if cached is None or time.monotonic() - cached[0] >= CACHE:
+            self._joined.pop(model, None)  # the next look at the line takes a fresh view anyway
             return
-        since.setdefault(task_id, len(since))
+        if self._joined_count >= MAX_JOINED:
+            self._joined.clear()
+            self._joined_count = 0
+        since = self._joined.setdefault(model, {})
+        if task_id not in since:
+            since[task_id] = len(since)
+            self._joined_count += 1
 
     async def seen(self, model: str, worker: str | None, interval: float, held: int) -> None:
         """A worker of `model` polled (best effort: presence is a courtesy, never a reason to fail)."""
         if not worker or not WORKER_ID.fullmatch(worker):
             return
-        # Written again when SEEN_EVERY has passed, or when the worker's poll interval changes or it
-        # turns busy or idle; a busy worker's count of tasks may be that old (a claim per batch
-        # would otherwise cost a write each).
-        figures = f"{interval:g}/{held > 0}"
+        # Written again when SEEN_EVERY has passed, or when the worker's poll interval changes or its
+        # count of tasks halves or doubles (0 and 1 included): a claim per batch would otherwise
+        # cost a write each.
+        figures = f"{interval:g}/{held.bit_length()}"  # 0, 1, 2-3, 4-7, ...: a halving or doubling counts
         key, at = (model, worker), time.monotonic()
         last = self._written.get(key)
         if last is not None and last[1] == figures and at - last[0] < SEEN_EVERY:
@@ -116,7 +123,7 @@ class Presence:
         cached = self._lines.get(model)
         if not fresh and cached is not None and time.monotonic() - cached[0] < CACHE:
             return cached[1]
-        self._joined.pop(model, None)  # the view about to be taken holds them (or they are gone)
+        self._joined_count -= len(self._joined.pop(model, {}))  # the view about to be taken holds them
         peeked, depth = await self.storage.queues.peek(model, PEEK), await self.storage.queues.depth(model)
         ahead, oldest = {}, None
         for message in peeked:
@@ -134,9 +141,9 @@ class Presence:
         """What a queued task's status document adds: its place in line and its model's workers."""
         line, workers = await self.line(model), await self.workers(model)
         since = self._joined.get(model, {})
-        if task_id in since:  # queued here since the view was taken: behind all of it
-            position = max(len(line.ahead), line.depth - workers.running) + since[task_id]
-            return self._described(position, workers)
+        if task_id not in line.ahead and task_id in since:  # queued here since the view: behind all of it
+            behind = len(line.ahead) if len(line.ahead) < PEEK else max(PEEK, line.depth - workers.running)
+            return self._described(behind + since[task_id], workers)
         if task_id not in line.ahead and len(line.ahead) < PEEK:  # queued elsewhere since the view
             line = await self.line(model, fresh=True)
         position = line.ahead.get(task_id)

@@ -60,6 +60,7 @@ from .errors import (
 from .lease import Lease, receipt_hash
 from .limits import Limits
 from .presence import Presence
+from .recent import SECONDS as RECENT_SECONDS
 from .recent import RecentTasks
 from .records import (
     MAX_PROGRESS_BYTES,
@@ -150,7 +151,9 @@ class TaskStore:
         self.wakeups = Wakeups()
         self.limits = Limits(storage, clock)  # rate limits, token quotas and revocations (limits.py)
         self.presence = Presence(storage, clock)  # workers online, places in line (presence.py)
-        self.recent = RecentTasks()  # what this instance queued a moment ago, for waits (recent.py)
+        # What this instance queued a moment ago, for waits (recent.py); never trusted longer than a
+        # result lives, so a view cannot outlast its task's cleanup.
+        self.recent = RecentTasks(min(RECENT_SECONDS, settings.result_ttl_seconds))
         self.webhooks = Webhooks(storage)  # events queued for delivery, and what deliveries did (webhooks.py)
         self._looked_at: dict[str, float] = {}  # model -> when a long-poll here last began a receive
         self._touched: dict[str, float] = {}  # model -> when this instance last touched its signal blob
@@ -170,16 +173,21 @@ class TaskStore:
                     with_hook=sub.hooked)
 
     def _queued_task(self, sub: Submission) -> Task:
-        """A task just queued, as a read of its inbox blob would find it (no lease state yet)."""
+        """A task just queued, as a read of its inbox blob would find it (no lease state yet; an
+        upload's record left out: this view only tells a wait whether to go on)."""
         ttl = self.settings.queued_ttl_seconds
         return Task(sub.task_id, sub.model, sub.created, sub.digest, None, expires=sub.expires(ttl),
                     expiry_error=expiry_error(ttl, False, sub.deadline, sub.created), owner=sub.owner,
                     deadline=sub.deadline, with_hook=sub.hooked)
 
+    def _result_gone(self, outcome: Outcome) -> bool:
+        """Past BROKER_RESULT_TTL_SECONDS: the task reads as unknown, whether or not cleanup ran."""
+        return outcome.finished + self.settings.result_ttl_seconds <= self.now()
+
     def _finished_task(self, task_id: str, out: Blob) -> Task | None:
         """The finished task, or None once its result is past BROKER_RESULT_TTL_SECONDS."""
         outcome = Outcome.from_metadata(out.metadata)
-        if outcome.finished + self.settings.result_ttl_seconds <= self.now():
+        if self._result_gone(outcome):
             return None
         return Task(task_id, outcome.model, outcome.created, outcome.digest, None, outcome, out.content_type,
                     owner=outcome.owner)
@@ -261,8 +269,9 @@ class TaskStore:
                     task = None  # the view is old: read it all before answering
                     continue
                 woken = await self.wakeups.wait(ticket, min(delay, remaining))
-                if woken and ticket.value is not None and ticket.value[0].visible_to(owner):
-                    return ticket.value  # committed by this instance: as a read would find it
+                handed = ticket.value if woken else None
+                if handed is not None and handed[0].visible_to(owner) and not self._result_gone(handed[0].outcome):
+                    return handed  # committed by this instance: as a read would find it
             if woken:
                 task, delay = None, RESULT_POLL_FIRST
             else:

@@ -13,7 +13,8 @@ A, B, C = "a" * 32, "b" * 32, "c" * 32
 
 class Queue:
     def __init__(self) -> None:
-        self.line: list[str] = []
+        self.line: list[str] = []  # visible messages, in order
+        self.held = 0  # messages workers hold (invisible: counted in the depth only)
         self.calls = 0
 
     async def peek(self, model: str, count: int) -> list[Message]:
@@ -22,7 +23,7 @@ class Queue:
 
     async def depth(self, model: str) -> int:
         self.calls += 1
-        return len(self.line)
+        return len(self.line) + self.held
 
 
 class Signals:
@@ -67,3 +68,19 @@ def test_a_task_another_instance_queued_since_the_view_has_the_line_looked_at_ag
 
     assert run_async(scenario) == (0, 1)
     assert storage.queues.calls == 4  # the first view, and a fresh one for the stranger
+
+
+def test_tasks_workers_hold_do_not_push_a_new_task_back_in_a_short_line():
+    """Held messages count in the queue's depth, not in the line: a task queued behind an empty
+    visible line is first, whatever the workers hold (and however stale their count is)."""
+    storage = Storage()
+    storage.queues.held = 8
+    presence = Presence(storage)
+
+    async def scenario():
+        await presence.describe(A, "m")  # some earlier look: the line is empty, 8 held
+        storage.queues.line.append(B)
+        presence.joined("m", B)
+        return (await presence.describe(B, "m"))["queue_position"]
+
+    assert run_async(scenario) == 0
