@@ -57,12 +57,9 @@ class Presence:
         self._joined_count = 0
 
     def joined(self, model: str, task_id: str) -> None:
-        """This instance queued `task_id` (after every task in its current view of the line). Kept
-        only while that view is one describe() would use; at most MAX_JOINED in all."""
-        cached = self._lines.get(model)
-        if cached is None or time.monotonic() - cached[0] >= CACHE:
-            self._joined.pop(model, None)  # the next look at the line takes a fresh view anyway
-            return
+        """This instance queued `task_id` (after every task in its current view of the line; a task
+        queued while a view is being taken is in the next one's list). At most MAX_JOINED in all,
+        whatever models come: past that they are forgotten, and a look at the line places them."""
         if self._joined_count >= MAX_JOINED:
             self._joined.clear()
             self._joined_count = 0
