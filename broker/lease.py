@@ -14,33 +14,19 @@ writes anything.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import hashlib
-import hmac
 import json
 import math
 from dataclasses import dataclass, replace
 
 from . import strictjson
+from .signing import seal, unseal
 
-MAC_BYTES = 16
-
+PURPOSE = b"lease"
 
 class BadToken(ValueError):
     """The token is not one this broker issued for that task."""
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).decode().rstrip("=")
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-def _mac(secret: bytes, body: bytes) -> bytes:
-    return hmac.new(secret, b"lease\0" + body, hashlib.sha256).digest()[:MAC_BYTES]
 
 
 def _timestamp(value) -> bool:
@@ -77,7 +63,7 @@ class Lease:
                            self.created, self.started, self.digest, self.upload, self.owner, self.deadline,
                            self.hooked],
                           separators=(",", ":")).encode()
-        return f"{_b64(body)}.{_b64(_mac(secrets[0], body))}"
+        return seal(PURPOSE, secrets[0], body)
 
     def renewed(self, receipt: str) -> Lease:
         return replace(self, receipt=receipt)
@@ -91,10 +77,8 @@ class Lease:
     @classmethod
     def decode(cls, token: str, task_id: str, secrets: tuple[bytes, ...]) -> Lease:
         try:
-            body_text, _, mac_text = token.partition(".")
-            body, mac = _unb64(body_text), _unb64(mac_text)
-            signed = any(hmac.compare_digest(mac, _mac(secret, body)) for secret in secrets)
-            lease = cls(*strictjson.loads(body)) if signed else None
+            body = unseal(PURPOSE, secrets, token)
+            lease = cls(*strictjson.loads(body)) if body is not None else None
         except (binascii.Error, ValueError, TypeError, UnicodeDecodeError):
             lease = None
         if lease is None or not lease._well_formed():

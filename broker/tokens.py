@@ -14,16 +14,15 @@ are that key's, and it sees that key's tasks and no other's.
 
 from __future__ import annotations
 
-import base64
 import binascii
-import hashlib
-import hmac
 import json
 import secrets
 from dataclasses import dataclass
 
+from .signing import seal, unseal
+
 PREFIX = "tok_"
-MAC_BYTES = 16
+PURPOSE = b"client-token"
 MAX_LIFETIME = 86400
 MAX_MODELS = 16
 MAX_TASKS = 50_000  # a token's counter is an append blob: at most 50,000 blocks
@@ -31,18 +30,6 @@ MAX_TASKS = 50_000  # a token's counter is an append blob: at most 50,000 blocks
 
 class BadToken(ValueError):
     """Not a token this broker issued, or one that ran out; the message is one sentence."""
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).decode().rstrip("=")
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-def _mac(secret: bytes, body: bytes) -> bytes:
-    return hmac.new(secret, b"client-token\0" + body, hashlib.sha256).digest()[:MAC_BYTES]
 
 
 def looks_like_token(bearer: str) -> bool:
@@ -64,14 +51,13 @@ class Token:
     def encode(self, secrets_: tuple[bytes, ...]) -> str:
         body = json.dumps([self.id, self.owner, list(self.models), self.expires, self.max_tasks],
                           separators=(",", ":")).encode()
-        return f"{PREFIX}{_b64(body)}.{_b64(_mac(secrets_[0], body))}"
+        return PREFIX + seal(PURPOSE, secrets_[0], body)
 
     @classmethod
     def decode(cls, text: str, secrets_: tuple[bytes, ...], now: float) -> Token:
         try:
-            body_text, _, mac_text = text.removeprefix(PREFIX).partition(".")
-            body, mac = _unb64(body_text), _unb64(mac_text)
-            if not any(hmac.compare_digest(mac, _mac(secret, body)) for secret in secrets_):
+            body = unseal(PURPOSE, secrets_, text.removeprefix(PREFIX))
+            if body is None:
                 raise BadToken("the token is not one this broker issued")
             token_id, owner, models, expires, max_tasks = json.loads(body)
             token = cls(token_id, owner, tuple(models), float(expires), int(max_tasks))
