@@ -479,7 +479,7 @@ class Storage:
         queue_retry = QueueRetry(backoff=0.3, retry_total=2, random_jitter_range=0.2)
         self.credential = None
         if config.identity_based:
-            self.credential = _identity(config)
+            self.credential = identity_credential(config)
             self.blobs = BlobServiceClient(config.blob_uri, credential=self.credential, retry_policy=blob_retry, **options)
             queues = QueueServiceClient(config.queue_uri, credential=self.credential, retry_policy=queue_retry, **options)
             signer = DelegationSigner(self.blobs)
@@ -524,7 +524,7 @@ class Storage:
             await self.credential.close()
 
 
-def _identity(config: StorageConfig):
+def identity_credential(config: StorageConfig):
     """The Microsoft Entra credential of an identity-based connection, as the Functions host reads its
     settings: __credential=managedidentity (with __clientId for a user-assigned identity) is the
     managed identity alone; otherwise azure-identity's default chain (which tries it too)."""

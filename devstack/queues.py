@@ -27,13 +27,13 @@ import azure.functions as func
 from azure.core.exceptions import ResourceExistsError
 from azure.storage.queue.aio import QueueClient, QueueServiceClient
 
+from broker.settings import AZURITE_CONNECTION, StorageConfig
+from broker.storage import identity_credential
+
 log = logging.getLogger("devstack.queues")
 
 LEASE_SECONDS = 600  # how long a message being processed stays invisible (the Functions host renews it)
 FIRST_POLL = 0.1
-AZURITE = ("DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
-           "AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;"
-           "QueueEndpoint=http://127.0.0.1:10001/devstoreaccount1;")
 
 
 @dataclass(frozen=True)
@@ -75,21 +75,16 @@ def service(connection: str) -> QueueServiceClient:
     raw = os.environ.get(connection, "").strip()
     if raw:
         if raw.replace(" ", "").rstrip(";").lower() == "usedevelopmentstorage=true":
-            raw = AZURITE
+            raw = AZURITE_CONNECTION
         return QueueServiceClient.from_connection_string(raw)
     prefix = connection + "__"
     account = os.environ.get(prefix + "accountName", "")
     uri = os.environ.get(prefix + "queueServiceUri") or (f"https://{account}.queue.core.windows.net" if account else "")
     if not uri:
         raise RuntimeError(f"no storage for queue triggers: set {connection} or {prefix}queueServiceUri")
-    from azure.identity.aio import DefaultAzureCredential, ManagedIdentityCredential
-
-    client_id = os.environ.get(prefix + "clientId") or None
-    if os.environ.get(prefix + "credential", "").lower() == "managedidentity":
-        credential = ManagedIdentityCredential(client_id=client_id) if client_id else ManagedIdentityCredential()
-    else:
-        credential = DefaultAzureCredential(managed_identity_client_id=client_id)
-    return QueueServiceClient(uri, credential=credential)
+    config = StorageConfig(None, None, uri, os.environ.get(prefix + "credential", "").lower(),
+                           os.environ.get(prefix + "clientId") or None)
+    return QueueServiceClient(uri, credential=identity_credential(config))  # as the broker signs in
 
 
 class Trigger:
