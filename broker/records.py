@@ -19,11 +19,18 @@ most 8 KiB, so every record is bounded in stored bytes, not characters: params a
 metadata stays under METADATA_BUDGET whatever a request holds (tests/broker/test_bounds.py).
 
 A queue message names its task and the size of its payload, so a claim can stay within its byte
-budget before it downloads anything.
+budget before it downloads anything. A plain submit's message also carries a copy of the inbox blob
+as the submit wrote it (its etag, its metadata and, when it fits in MESSAGE_BYTES, the payload):
+a first claim writes its lease state with If-Match on that etag and needs no read, because the
+write succeeding proves the blob still holds exactly that copy. Any other write to the blob (a
+claim, a cancel's delete, an idempotent submit's marks) changes the etag, and the claim then reads
+the blob as it always did.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -33,6 +40,10 @@ TERMINAL = ("succeeded", "failed", "cancelled", "expired")
 MAX_ERROR_BYTES = 1024  # an error as stored: a JSON string with non-ASCII escaped, quotes included
 MAX_PROGRESS_BYTES = 256  # a progress message as stored, the same way
 METADATA_BUDGET = 7 * 1024
+# A queue message's text, as sent (XML-escaped), at most: Azure allows 64 KiB, so this leaves room
+# for the request's XML around it. A payload rides in its task's message only if the whole fits.
+MESSAGE_BYTES = 48 * 1024
+MAX_ETAG = 256
 
 
 def iso(ts: float | None) -> str | None:
@@ -321,9 +332,42 @@ class TaskMessage:
     # The submission it was sent for: an Idempotency-Key used again after its task's result expired
     # makes a new task under the same id, and the old task's message must not deliver the new one.
     created: float | None = None
+    # A copy of the inbox blob as its submit wrote it (see the module's docstring), or None.
+    etag: str | None = None
+    metadata: dict | None = None
+    body: str | None = None  # the payload, base64, when it fit
+
+    @classmethod
+    def carrying(cls, task_id: str, size: int, created: float, etag: str, metadata: dict,
+                 payload: bytes | None) -> TaskMessage:
+        """A plain submit's message: the blob's copy, with the payload if it is given and fits."""
+        if payload is not None and 4 * ((size + 2) // 3) < MESSAGE_BYTES:  # base64 alone would not fit
+            message = cls(task_id, size, created, etag, metadata, base64.b64encode(payload).decode())
+            if message.fits():
+                return message
+        return cls(task_id, size, created, etag, metadata)
 
     def dump(self) -> str:
-        return _dump({"id": self.task_id, "size": self.size, "created": self.created})
+        record = {"id": self.task_id, "size": self.size, "created": self.created}
+        if self.etag is not None:
+            record.update(etag=self.etag, meta=self.metadata)
+        if self.body is not None:
+            record["body"] = self.body
+        return _dump(record)
+
+    def fits(self) -> bool:
+        text = self.dump()  # ASCII; XML escapes &, < and > (the SDK sends the text as it is)
+        return len(text) + 4 * (text.count("&") + text.count("<") + text.count(">")) <= MESSAGE_BYTES
+
+    def payload(self) -> bytes | None:
+        """The payload it carries, if any and whole."""
+        if self.body is None:
+            return None
+        try:
+            payload = base64.b64decode(self.body, validate=True)
+        except (binascii.Error, ValueError):
+            return None
+        return payload if len(payload) == self.size else None
 
     def sent_for(self, sub_created: float) -> bool:
         """Whether this message belongs to the task submitted at `sub_created` (older messages say nothing)."""
@@ -344,7 +388,11 @@ class TaskMessage:
             return None
         if created is not None and (isinstance(created, bool) or not isinstance(created, (int, float))):
             return None
-        return cls(task_id, size, created)
+        etag, metadata, body = raw.get("etag"), raw.get("meta"), raw.get("body")
+        if not (isinstance(etag, str) and 0 < len(etag) <= MAX_ETAG and isinstance(metadata, dict)
+                and all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())):
+            return cls(task_id, size, created)  # no copy (or one that is not well formed): the claim reads the blob
+        return cls(task_id, size, created, etag, metadata, body if isinstance(body, str) else None)
 
 
 def _is_task_id(text: str) -> bool:

@@ -2,7 +2,9 @@
 queue per model (storage.py does the talking to storage).
 
 Semantics (docs/API.md):
-- submit = the payload blob, then one queue message (its time-to-live the task's queued TTL);
+- submit = the payload blob, then one queue message (its time-to-live the task's queued TTL); a
+  plain submit's message carries a copy of the blob it wrote (records.TaskMessage), so that the
+  first claim needs no read: its If-Match write of the lease state proves the copy current;
   an idempotent submit marks in the blob that the message was sent, so a retry with the key sends
   it only if the first submit died before doing so, and a task never has two live messages;
 - claim = receive with a visibility timeout (the lease), then write the lease state into the inbox
@@ -290,10 +292,12 @@ class TaskStore:
         if idempotency_key is None:
             sub = Submission(uuid.uuid4().hex, model, content_type, params, created, None, len(payload), owner, deadline,
                              hook is not None)
-            await self.storage.inbox.put(sub.task_id, payload, sub.metadata(), content_type)
+            metadata = sub.metadata()
+            etag = await self.storage.inbox.put(sub.task_id, payload, metadata, content_type)
             try:
                 await self._attach(sub, hook)
-                await self._send(sub)
+                inline = payload if len(payload) <= self.settings.inline_bytes else None
+                await self._send(sub, TaskMessage.carrying(sub.task_id, sub.size, sub.created, etag, metadata, inline))
             except BaseException:
                 # Nobody will ever be told this task id: take the payload back so nothing dangles
                 # (if that fails too, the sweep deletes it once its queued TTL has passed).
@@ -315,13 +319,14 @@ class TaskStore:
         if hook is not None:
             await self.webhooks.attach(sub.task_id, sub.created, hook)
 
-    async def _send(self, sub: Submission) -> Message:
-        """The task's queue message, living as long as the task may wait queued."""
+    async def _send(self, sub: Submission, content: TaskMessage | None = None) -> Message:
+        """The task's queue message (`content`, or one that only names the task), living as long as the
+        task may wait queued."""
         # Rounded up, and a little longer: the message must not die before the task may expire (a
         # claim that meets it past the TTL expires it; the sweep expires the rest).
         ttl = max(1, math.ceil(sub.expires(self.settings.queued_ttl_seconds) - self.now()) + SEND_TTL_MARGIN)
         message, _ = await asyncio.gather(
-            self.storage.queues.send(sub.model, TaskMessage(sub.task_id, sub.size, sub.created).dump(), ttl),
+            self.storage.queues.send(sub.model, (content or TaskMessage(sub.task_id, sub.size, sub.created)).dump(), ttl),
             self._touch(sub.model))
         self.wakeups.notify("model:" + sub.model)
         self.presence.joined(sub.model, sub.task_id)
@@ -625,14 +630,18 @@ class TaskStore:
         # the inbox blob; the first-wins outbox keeps that rare case harmless (its worker's heartbeat
         # and put get 409/410, and the put tidies up), so skip the outbox read.
         first_delivery = message.dequeue_count <= 1
-        # A small payload is downloaded to go inside the claim; a large one only named (a URL).
-        read_inbox = self.storage.inbox.read if self._inline(sent) else self.storage.inbox.head
-        inbox, out = await asyncio.gather(read_inbox(task_id),
-                                          _nothing() if first_delivery else self.storage.outbox.head(task_id))
-        if out is not None or inbox is None:  # finished (maybe healed now), cancelled or expired
-            await asyncio.gather(self._drop(model, message),
-                                 self.storage.inbox.delete(task_id) if inbox is not None else _nothing())
-            return None
+        # On a first delivery the message's copy of the blob stands in for reading it: the state
+        # write below is conditional on the copy's etag, and goes to a fresh read if it fails.
+        inbox = self._copy(sent) if first_delivery else None
+        if inbox is None:
+            # A small payload is downloaded to go inside the claim; a large one only named (a URL).
+            read_inbox = self.storage.inbox.read if self._inline(sent) else self.storage.inbox.head
+            inbox, out = await asyncio.gather(read_inbox(task_id),
+                                              _nothing() if first_delivery else self.storage.outbox.head(task_id))
+            if out is not None or inbox is None:  # finished (maybe healed now), cancelled or expired
+                await asyncio.gather(self._drop(model, message),
+                                     self.storage.inbox.delete(task_id) if inbox is not None else _nothing())
+                return None
         payload = inbox.body
         for again in range(CLAIM_TRIES):
             sub = Submission.from_metadata(task_id, inbox.metadata)
@@ -689,6 +698,20 @@ class TaskStore:
             payload_url = await self.storage.inbox.url(task_id, "r", readable)
         return Claim(task_id, model, sub.params, sub.content_type, payload, lease.encode(self.settings.lease_secrets),
                      expires, attempt, sub.size, payload_url, await self._result_url(lease, lease_seconds))
+
+    def _copy(self, sent: TaskMessage) -> Blob | None:
+        """The inbox blob as the message's copy has it, if the message carries one with all a claim
+        needs of the blob (the payload too, when it goes inline); else None, and the claim reads it."""
+        if sent.etag is None or sent.metadata is None:
+            return None
+        payload = sent.payload() if self._inline(sent) else None
+        if self._inline(sent) and payload is None:
+            return None
+        try:
+            Submission.from_metadata(sent.task_id, sent.metadata)
+        except Exception:  # noqa: BLE001 - a copy that does not read well is no copy: the blob is read instead
+            return None
+        return Blob(sent.task_id, sent.metadata, sent.etag, None, 0.0, sent.size, payload)
 
     def _inline(self, sent: TaskMessage) -> bool:
         """Whether a claim carries this task's payload itself (else a URL to it)."""

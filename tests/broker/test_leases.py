@@ -39,6 +39,18 @@ def test_batch_claim_is_in_submission_order_and_fields_are_complete(broker, mode
     assert all(c.isalnum() or c in "-_." for c in first["lease"])  # URL-safe
 
 
+def test_a_first_claim_writes_the_lease_state_without_reading_the_payload_blob(broker, azurite, model):
+    """The submit's message carries a copy of the blob (records.TaskMessage): storage sees the submit's
+    upload and the claim's conditional metadata write, and no read, until the task is read back."""
+    task_id = broker.submit(model, b"a small payload")
+    [task] = broker.claim(model)
+    assert base64.b64decode(task["payload"]) == b"a small payload" and task["attempt"] == 1
+    calls = [line.split('"')[1].split()[0] + " " + line.split('"')[1].split()[1].split(task_id)[1]
+             for line in azurite.log_text().splitlines() if f"/inbox/{task_id}" in line]
+    assert calls == ["PUT ", "PUT ?comp=metadata"], calls
+    assert broker.status(task_id)["status"] == "running"
+
+
 def test_claim_answers_without_waiting_to_fill_the_batch(broker, model):
     broker.submit(model)
     assert len(broker.claim(model, max_tasks=32, wait=30)) == 1
