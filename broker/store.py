@@ -15,7 +15,8 @@ Semantics (docs/API.md):
 - give back / retryable failure = hold the message a few seconds, write the state, then make the
   message visible: the next claim always reads how the last one ended;
 - finish = write the outbox blob with If-None-Match: * (the first outcome wins), then delete the
-  message and the inbox blob; a crash in between is healed by the next claim or a repeated put;
+  message and the inbox blob (a plain task's in a batch a moment later: discards.py); a crash in
+  between is healed by the next claim or a repeated put;
 - a task not started within BROKER_QUEUED_TTL_SECONDS of its submit reads `expired`, and whoever
   meets it next (a claim, a put, a cancel, the sweep) writes that outcome and deletes its payload;
 - upload = the inbox blob, empty, with an `upload` record saying until when the client may write
@@ -43,6 +44,7 @@ import time
 import uuid
 from collections.abc import Callable
 
+from .discards import Discards
 from .errors import (
     IdempotencyConflict,
     LeaseLost,
@@ -157,6 +159,7 @@ class TaskStore:
         # result lives, so a view cannot outlast its task's cleanup.
         self.recent = RecentTasks(min(RECENT_SECONDS, settings.result_ttl_seconds))
         self.webhooks = Webhooks(storage)  # events queued for delivery, and what deliveries did (webhooks.py)
+        self.discards = Discards(storage.inbox)  # payloads of ended tasks, deleted in batches (discards.py)
         self._looked_at: dict[str, float] = {}  # model -> when a long-poll here last began a receive
         self._touched: dict[str, float] = {}  # model -> when this instance last touched its signal blob
         self._trailing: dict[str, asyncio.Task] = {}  # model -> the touch due at the end of its interval
@@ -729,7 +732,7 @@ class TaskStore:
         outcome = Outcome("failed", sub.model, sub.created, self.now(), state.started if state else None,
                           attempts, clip_error(reason), sub.digest, owner=sub.owner)
         await self._end(sub.task_id, sub.model, outcome, _error_body(outcome.error), JSON, message,
-                        uploaded=_uploaded(inbox), hooked=sub.hooked)
+                        uploaded=_uploaded(inbox), hooked=sub.hooked, plain=sub.digest is None)
 
     async def _give_up_unreadable(self, model: str, message: Message, task_id: str, exc: BaseException) -> None:
         """A task whose stored record cannot be read (written by hand, or by a broken version) fails
@@ -748,7 +751,7 @@ class TaskStore:
         outcome = Outcome("expired", sub.model, sub.created, self.now(), None, state.attempt if state else 0,
                           expiry_error(ttl, state is not None, sub.deadline, sub.created), sub.digest, owner=sub.owner)
         await self._end(sub.task_id, sub.model, outcome, b"", JSON, message, uploaded=_uploaded(inbox),
-                        hooked=sub.hooked)
+                        hooked=sub.hooked, plain=sub.digest is None)
 
     # ---- holding a lease -----------------------------------------------------------------
 
@@ -941,7 +944,8 @@ class TaskStore:
             if inbox is not None and self._open_task(lease.task_id, inbox).status(at) == "expired":
                 await self._expire_now(lease, inbox)
         first = await self._end(lease.task_id, lease.model, outcome, body, content_type,
-                                Message(lease.msg, lease.receipt), incarnation, lease.upload, await self._open(lease))
+                                Message(lease.msg, lease.receipt), incarnation, lease.upload, await self._open(lease),
+                                plain=lease.digest is None)
         if first is None and outcome.status == "cancelled":  # its deadline passed first: this put is too late
             task, _ = await self._get(lease.task_id)
             raise TaskCancelled("the task was cancelled: " + outcome.error, task)
@@ -966,7 +970,7 @@ class TaskStore:
 
     async def _end(self, task_id: str, model: str, outcome: Outcome, body: bytes, content_type: str,
                    message: Message | None, incarnation: float | None = None, uploaded: bool = False,
-                   hooked: bool = False) -> Outcome | None:
+                   hooked: bool = False, plain: bool = False) -> Outcome | None:
         """Write the task's outcome unless it has one, then drop its message and payload either way
         (so a repeat heals a finish that could not tidy up); the outcome that was there first, if any.
         `uploaded`: the payload is in `uploads` too (records.payload_blob), and goes as well. When it is
@@ -974,7 +978,9 @@ class TaskStore:
 
         With `incarnation` (the submission time a late put's lease names), an outcome written while
         its Idempotency-Key made a new task under the same id is taken back (LeaseLost), and the new
-        task's payload is left alone."""
+        task's payload is left alone. A `plain` task's id is never used again (no Idempotency-Key):
+        when its message goes in this same step, its payload's delete can wait for a batch
+        (discards.py)."""
         first, inbox_etag, hook = None, None, None
         if hooked:
             outcome = dataclasses.replace(outcome, hooked=True)
@@ -993,8 +999,9 @@ class TaskStore:
                 await self.storage.outbox.delete(task_id, etag)
                 raise LeaseLost()
             inbox_etag = inbox.etag if inbox else None
+        later = plain and message is not None and incarnation is None
         await asyncio.gather(self._drop(model, message) if message else _nothing(),
-                             self.storage.inbox.delete(task_id, inbox_etag),
+                             self.discards.add(task_id) if later else self.storage.inbox.delete(task_id, inbox_etag),
                              # what is left of an uploaded payload, the sweep of uploads takes
                              self._quietly(self.storage.uploads.delete(payload_blob(task_id, outcome.created)))
                              if uploaded else _nothing())

@@ -7,6 +7,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from azure.storage.blob import BlobServiceClient, ContentSettings
 
+from tests.support.polling import wait_for
+
 
 def plant_outcome(azurite, task_id, status, model, body, content_type) -> BlobServiceClient:
     """Write a task's outbox blob as a finish (or a cancel) would, as if it died right after."""
@@ -208,16 +210,17 @@ def test_a_cancel_that_died_half_way_costs_a_wasted_run_never_the_outcome(broker
 
 def test_a_repeated_put_tidies_up_what_the_first_one_left(broker, azurite, model):
     """A put wrote its result but could not delete the payload (a storage hiccup): the worker's retry
-    of the same put answers as the first did and deletes it."""
+    of the same put answers as the first did and deletes it (in a batch a moment later: discards.py)."""
     task_id = broker.submit(model, b"payload")
     [task] = broker.claim(model)
     assert broker.put(task, b"done").status_code == 200
     blobs = BlobServiceClient.from_connection_string(azurite.connection_string)
     leftover = blobs.get_blob_client("inbox", task_id)
+    wait_for(lambda: not leftover.exists(), 10, 0.05, "the first put's payload delete")
     leftover.upload_blob(b"payload")  # as if the first put's delete had failed
     repeated = broker.put(task, b"done")
     assert repeated.status_code == 200 and repeated.json()["status"] == "succeeded"
-    assert leftover.exists() is False
+    wait_for(lambda: not leftover.exists(), 10, 0.05, "the repeated put's payload delete")
     assert broker.get(f"/getresult?task_id={task_id}").content == b"done"
 
 

@@ -65,6 +65,7 @@ def test_results_no_outcome_names_are_swept_once_the_task_ended_and_the_committe
         prefix = f"results/{task.task_id}/"
         assert await store.sweep_uploads() == 0  # the task is open: a late put may still commit either
         await store.complete_uploaded(token(store, second), "text/plain")
+        await store.discards.flush()  # the payload's delete, batched a moment after the put
         swept = await store.sweep_uploads()
         left = await _uploads(store, prefix)
         committed = result_blob(task.task_id, lease.created, token(store, second).claim)
