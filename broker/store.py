@@ -155,7 +155,7 @@ class TaskStore:
         self.wakeups = Wakeups()
         self.limits = Limits(storage, clock)  # rate limits, token quotas and revocations (limits.py)
         self.presence = Presence(storage, clock)  # workers online, places in line (presence.py)
-        # What this instance queued a moment ago, for waits (recent.py); never trusted longer than a
+        # What this instance queued or ended a moment ago, for waits (recent.py); never trusted longer than a
         # result lives, so a view cannot outlast its task's cleanup.
         self.recent = RecentTasks(min(RECENT_SECONDS, settings.result_ttl_seconds))
         self.webhooks = Webhooks(storage)  # events queued for delivery, and what deliveries did (webhooks.py)
@@ -240,17 +240,23 @@ class TaskStore:
     async def result(self, task_id: str, wait: float, owner: str | None = None) -> tuple[Task, bytes | None]:
         """The task and its result, once it has ended or `wait` seconds have passed.
 
-        A wait starts from the view of the task its instance kept when it queued it a moment ago
-        (recent.py), or else reads it in full once; then, until it is woken (a put on this instance) or its
-        view of the task says it has ended by now (a deadline or the queued TTL passing, which
-        nothing writes at once), it only looks for an outcome in the outbox - one storage call, for
-        an outcome another instance committed - at growing intervals. A wait ended by anything but
-        that outcome is answered from a full read."""
+        A task this instance ended a moment ago is answered with what it committed (recent.py). A wait
+        starts from the view of the task its instance kept when it queued it a moment ago, and
+        waits before its first look; or else reads it in full once. Then, until it is woken (a put on
+        this instance) or its view of the task says it has ended by now (a deadline or the queued TTL
+        passing, which nothing writes at once), it only looks for an outcome in the outbox - one
+        storage call, for an outcome another instance committed - at growing intervals. A wait ended
+        by anything but that outcome is answered from a full read."""
         deadline = time.monotonic() + wait
         delay, body = RESULT_POLL_FIRST, None
-        task = self.recent.get(task_id) if wait else None  # queued here a moment ago: no need to read it back
-        if task is not None and not task.visible_to(owner):
-            task = None
+        task, look = None, True
+        seen = self.recent.get(task_id)
+        if seen is not None and seen.task.visible_to(owner):
+            if seen.task.finished:
+                if seen.body is not None and not self._result_gone(seen.task.outcome):
+                    return seen.task, seen.body  # committed here: as a read would find it
+            elif wait:
+                task, look = seen.task, False  # queued here a moment ago: no need to read it back yet
         while True:
             with self.wakeups.watch("task:" + task_id) as ticket:
                 if task is None:
@@ -258,6 +264,8 @@ class TaskStore:
                     if task is None:
                         raise TaskNotFound()
                     fresh = True
+                elif not look:
+                    fresh, look = False, True  # the first wait on a view from this instance needs no look
                 else:
                     out = await self.storage.outbox.read(task_id)
                     if out is not None:  # it ended on another instance
@@ -1009,6 +1017,7 @@ class TaskStore:
             finished = Task(task_id, model, outcome.created, outcome.digest, None, outcome, content_type,
                             owner=outcome.owner)  # as _finished_task reads it back
             self.wakeups.notify("task:" + task_id, (finished, body))  # waiters here need not read it back
+            self.recent.remember(finished, body)  # nor later ones
             if hook is not None and hook.wants("completed"):
                 with contextlib.suppress(Exception):  # the backstop delivers it in BACKSTOP seconds
                     await self.webhooks.send(hook, task_id, outcome.created, "completed", 0, finished.document())
