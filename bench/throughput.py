@@ -2,7 +2,9 @@
 8 concurrent clients, each submitting and then waiting for its result (getresult?wait=), in a
 closed loop for a fixed window.
 
-Reference, same run: 1 worker at the same sleep_ms (scaling = tasks/s over that). Where it
+Reference, same run: 1 worker at the same sleep_ms (scaling = tasks/s over that). Every
+measurement has a fresh Azurite (and dev host): Azurite's cost per call grows with what it holds,
+so a shared one made the later configurations pay for the earlier ones' results. Where it
 saturates is read from the CPU each process used in the window (from /proc): the dev host and
 Azurite are single-threaded, so either near 100 % of a core is the limit; all of them together
 near 100 % x CPUs means the machine is.
@@ -152,26 +154,27 @@ def main(argv=None) -> dict:
     window = common.pick(4.0, 15.0)
     counts = (1, 2, 4)
     rows, results = [], []
-    with common.Stack() as stack:
-        variant = None
-        if args.compare_root:
-            from .overhead import RootHost
+    # Each measurement has an Azurite of its own: Azurite slows as it holds more (every task leaves
+    # its result for the result TTL), so on a shared one the later configurations paid for the
+    # earlier ones' data and the pairs drifted by up to 30 %.
+    for turn, (sleep_ms, n) in enumerate((s, n) for s in (0, 50) for n in counts):
+        labels = ["broker", *(["variant"] if args.compare_root else [])]
+        for label in (labels if turn % 2 == 0 else labels[::-1]):  # neither host always goes first
+            with common.Stack(hosts=0 if label == "variant" else 1) as stack:
+                host = None
+                if label == "variant":
+                    from .overhead import RootHost
 
-            variant = RootHost(args.compare_root, stack.connection_string, stack.settings,
-                               log_dir=stack.work / "variant", extra_args=["--no-timers"]).start()
-        try:
-            for turn, (sleep_ms, n) in enumerate((s, n) for s in (0, 50) for n in counts):
-                hosts = [("broker", None), *((("variant", variant),) if variant else ())]
-                # Azurite slows as it accumulates data, so neither host always goes first.
-                for label, host in (hosts if turn % 2 == 0 else hosts[::-1]):
+                    host = RootHost(args.compare_root, stack.connection_string, stack.settings,
+                                    log_dir=stack.work / "variant", extra_args=["--no-timers"]).start()
+                try:
                     result = measure(stack, n, sleep_ms, window, host)
-                    result["host"] = label
-                    results.append(result)
-                    print(f"  {label}: {n} worker(s), sleep_ms {sleep_ms}: {result['tasks_per_s']} tasks/s",
-                          flush=True)
-        finally:
-            if variant:
-                variant.stop()
+                finally:
+                    if host is not None:
+                        host.stop()
+            result["host"] = label
+            results.append(result)
+            print(f"  {label}: {n} worker(s), sleep_ms {sleep_ms}: {result['tasks_per_s']} tasks/s", flush=True)
     cpus = os.cpu_count()
     for result in results:
         base = next(r for r in results if r["sleep_ms"] == result["sleep_ms"] and r["workers"] == 1

@@ -339,7 +339,7 @@ class TaskStore:
         message, _ = await asyncio.gather(
             self.storage.queues.send(sub.model, (content or TaskMessage(sub.task_id, sub.size, sub.created)).dump(), ttl),
             self._touch(sub.model))
-        self.wakeups.notify("model:" + sub.model)
+        self.wakeups.notify_one("model:" + sub.model)
         self.presence.joined(sub.model, sub.task_id)
         self.recent.remember(self._queued_task(sub))
         return message
@@ -587,7 +587,7 @@ class TaskStore:
         self._looked_at[model] = time.monotonic()
         messages = await self.storage.queues.receive(model, max_tasks, lease_seconds)
         if len(messages) >= max_tasks:
-            self.wakeups.notify("model:" + model)  # there may be more: the other long-polls look now
+            self.wakeups.notify_one("model:" + model)  # there may be more: another long-poll looks now
         return messages
 
     def _looked_within(self, model: str, seconds: float) -> bool:
@@ -1058,7 +1058,7 @@ class TaskStore:
             await self.storage.queues.update(model, message.id, message.receipt, 0)
         except (MessageGone, ReceiptStale):
             pass
-        self.wakeups.notify("model:" + model)
+        self.wakeups.notify_one("model:" + model)
 
     @staticmethod
     async def _quietly(*steps) -> None:

@@ -31,6 +31,8 @@ def _resource(url: str) -> str:
     parts = path[0].split("/")[1:]  # drop the account
     query = path[1] if len(path) > 1 else ""
     what = "blob" if len(parts) >= 2 and not parts[-1] == "messages" else "queue"
+    if "comp=batch" in query:  # a Blob Batch request goes to its container
+        what = "blob"
     if parts and parts[-1] == "messages" or (len(parts) >= 3 and parts[-2] == "messages"):
         what = "message"
     comp = [q for q in query.split("&") if q.startswith("comp=")]

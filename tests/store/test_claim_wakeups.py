@@ -1,0 +1,36 @@
+"""Long-polls waiting on one model in one instance, on Azurite: a task queued there wakes one of
+them, which takes it; the others do not all ask storage for it (broker/wakeups.py, notify_one)."""
+
+from __future__ import annotations
+
+import asyncio
+
+
+def test_a_submit_wakes_one_waiting_long_poll_and_it_takes_the_task(run_store, model):
+    async def scenario(store):
+        receives = []
+        real = store.storage.queues.receive
+
+        async def counted(*args, **kwargs):
+            receives.append(asyncio.get_running_loop().time())
+            return await real(*args, **kwargs)
+
+        store.storage.queues.receive = counted
+        polls = [asyncio.ensure_future(store.claim(model, 1, 8, 30)) for _ in range(4)]
+        while len(receives) < 4:  # each one's first look goes to storage
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(1.5)  # they wait, sharing their polls (backoff up to 100 ms)
+        task, _ = await store.submit(model, b"p", "text/plain", {})
+        before = len(receives)
+        done, pending = await asyncio.wait(polls, return_when=asyncio.FIRST_COMPLETED)
+        after = len(receives)
+        for poll in pending:
+            poll.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        return task.task_id, [claim.task_id for poll in done for claim in poll.result()], after - before
+
+    task_id, claimed, looks = run_store(scenario)
+    assert claimed == [task_id]
+    # The woken poll's receive, and at most one shared backoff poll that was due anyway; woken all,
+    # the four would each have asked.
+    assert 1 <= looks <= 2, looks
