@@ -23,12 +23,12 @@ from .throughput import Load, start_workers, stop_workers
 WORKERS = 2
 
 
-def run(stack: common.Stack, root: str | None, tag: str, tasks: int) -> dict:
+def run(stack: common.Stack, root: str | None, tag: str, tasks: int, workers: int = WORKERS) -> dict:
     out = stack.work / f"calls-{tag}.json"
     host = ProfiledHost(out, root, stack.connection_string, stack.settings, log_dir=stack.work / f"calls-{tag}",
                         extra_args=["--no-timers"]).start()
     model = common.model_name(f"calls-{tag}")
-    workers = start_workers(host.url, model, WORKERS, stack.work)
+    running = start_workers(host.url, model, workers, stack.work)
     try:
         with Load(host.url, model, 0) as load:
             common.wait_until(lambda: len(load.done) >= 20, 60)  # warm-up
@@ -39,7 +39,7 @@ def run(stack: common.Stack, root: str | None, tag: str, tasks: int) -> dict:
             done = len(load.done) - began_count
             cpu = common.cpu_seconds(host.proc.pid) - began_cpu
     finally:
-        stop_workers(workers)
+        stop_workers(running)
         host.stop(timeout=30, sig=signal.SIGTERM)
     trace = json.loads(out.read_text())
     # The window: requests that began in it (the host's perf_counter is CLOCK_MONOTONIC, as ours).
@@ -61,14 +61,15 @@ def run(stack: common.Stack, root: str | None, tag: str, tasks: int) -> dict:
 
 
 def main(argv=None) -> dict:
-    args = common.compare_args("calls", argv, "count the calls of")
+    args = common.compare_args("calls", argv, "count the calls of", lambda parser: parser.add_argument(
+        "--workers", type=int, default=WORKERS, help=f"echo workers (default {WORKERS})"))
     tasks = common.pick(150, 600)
     results = []
     with common.Stack(hosts=0) as stack:
         variants = [("broker", None), *((("variant", args.compare_root),) if args.compare_root else ())]
         for turn in range(common.pick(1, 2)):
             for tag, root in (variants if turn % 2 == 0 else variants[::-1]):
-                result = run(stack, root, f"{tag}-{turn}", tasks)
+                result = run(stack, root, f"{tag}-{turn}", tasks, args.workers)
                 result["host"] = tag
                 results.append(result)
                 print(f"  {tag}: {result['storage_calls_per_task']} storage calls/task, "
@@ -78,13 +79,13 @@ def main(argv=None) -> dict:
         for route, figures in result["per_route"].items():
             rows.append([result["host"], route, figures["requests"], figures["storage_calls"]])
         rows.append([result["host"], "all", "", result["storage_calls_per_task"]])
-    text = common.table(f"Storage calls per task, {WORKERS} echo workers, 8 closed-loop clients (submit, getresult?wait=)",
+    text = common.table(f"Storage calls per task, {args.workers} echo workers, 8 closed-loop clients (submit, getresult?wait=)",
                         ["host", "route", "requests/task", "storage calls/task"], rows)
     kinds = common.table("Storage calls per task by kind", ["host", "call", "per task"],
                          [[r["host"], kind, n] for r in results for kind, n in r["per_kind"].items()])
     print(text)
     print(kinds)
-    data = {"workers": WORKERS, "results": results, "table": text + "\n" + kinds}
+    data = {"workers": args.workers, "results": results, "table": text + "\n" + kinds}
     common.save_compared("calls", data, args)
     return data
 
@@ -92,7 +93,7 @@ def main(argv=None) -> dict:
 def summary(d: dict) -> list[list]:
     """This benchmark's row of the summary table (bench.plot)."""
     own = [r for r in d["results"] if r["host"] == "broker"]
-    return [["8 calls", "storage calls per task (round trip, 2 echo workers)", own[-1]["storage_calls_per_task"],
+    return [["8 calls", f"storage calls per task (round trip, {d['workers']} echo workers)", own[-1]["storage_calls_per_task"],
              "", "", "report", ""]] if own else []
 
 

@@ -233,10 +233,15 @@ def save_compared(name: str, data: dict, args) -> None:
         save(f"{name}-compare", data)
 
 
-def compare_args(name: str, argv, what: str):
+def compare_args(name: str, argv, what: str, extra=None):
     """The arguments of a benchmark that can also measure another checkout (--compare-root), with
-    the machine's load noted at its start."""
-    args = parse_args(name, argv, lambda parser: add_compare_args(parser, what))
+    the machine's load noted at its start; `extra(parser)` adds the benchmark's own."""
+    def add(parser) -> None:
+        add_compare_args(parser, what)
+        if extra:
+            extra(parser)
+
+    args = parse_args(name, argv, add)
     note_load(name)
     return args
 

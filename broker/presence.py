@@ -5,7 +5,8 @@ how many tasks they hold, where a queued task is in line, how long the oldest ha
   it polls, and how many tasks it holds (X-Worker-Id, X-Worker-Poll, X-Worker-Tasks). The broker
   keeps a blob per worker and model (`signals/workers/<model>/<worker id>`, its metadata those
   figures), written every SEEN_EVERY seconds per worker and instance at most, or sooner when its
-  poll interval changes or it turns busy or idle (so a busy worker's task count may be that old).
+  poll interval changes, it turns busy or idle, or its task count halves or doubles from 4 up (so a
+  busy worker's task count may be that old).
   A worker is online while it polled within two of its poll intervals.
 - The queue: a peek at its first 32 visible messages (a peek changes nothing) names the tasks in
   line, exactly up to 32; past them a position is an estimate (the queue's approximate count less
@@ -30,6 +31,11 @@ PEEK = 32  # what one peek returns at most
 WORKER_ID = re.compile(r"[A-Za-z0-9-]{1,64}")
 MAX_REMEMBERED = 10_000
 MAX_JOINED = 10_000  # tasks queued since a view, remembered in all
+
+
+def _level(held: int) -> int:
+    """0 (idle), 1 (1-3 tasks), 2 (4-7), 3 (8-15), ...: a change of level is worth a write."""
+    return 0 if held <= 0 else max(1, held.bit_length() - 1)
 
 
 @dataclass(frozen=True)
@@ -72,10 +78,11 @@ class Presence:
         """A worker of `model` polled (best effort: presence is a courtesy, never a reason to fail)."""
         if not worker or not WORKER_ID.fullmatch(worker):
             return
-        # Written again when SEEN_EVERY has passed, or when the worker's poll interval changes or its
-        # count of tasks halves or doubles (0 and 1 included): a claim per batch would otherwise
-        # cost a write each.
-        figures = f"{interval:g}/{held.bit_length()}"  # 0, 1, 2-3, 4-7, ...: a halving or doubling counts
+        # Written again when SEEN_EVERY has passed, or when the worker's poll interval changes, it
+        # turns busy or idle, or its count of tasks halves or doubles from 4 up: a claim per batch
+        # would otherwise cost a write each (small batches, many workers: the count moves by one or
+        # two every claim).
+        figures = f"{interval:g}/{_level(held)}"
         key, at = (model, worker), time.monotonic()
         last = self._written.get(key)
         if last is not None and last[1] == figures and at - last[0] < SEEN_EVERY:

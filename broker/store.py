@@ -63,6 +63,7 @@ from .errors import (
 )
 from .lease import Lease, receipt_hash
 from .limits import Limits
+from .looks import Looks
 from .presence import Presence
 from .recent import SECONDS as RECENT_SECONDS
 from .recent import RecentTasks
@@ -160,7 +161,7 @@ class TaskStore:
         self.recent = RecentTasks(min(RECENT_SECONDS, settings.result_ttl_seconds))
         self.webhooks = Webhooks(storage)  # events queued for delivery, and what deliveries did (webhooks.py)
         self.discards = Discards(storage.inbox)  # payloads of ended tasks, deleted in batches (discards.py)
-        self._looked_at: dict[str, float] = {}  # model -> when a long-poll here last began a receive
+        self.looks = Looks()  # when this instance last looked at each queue, and what it found (looks.py)
         self._touched: dict[str, float] = {}  # model -> when this instance last touched its signal blob
         self._trailing: dict[str, asyncio.Task] = {}  # model -> the touch due at the end of its interval
         self._sweep_from: str | None = None  # where the next inbox sweep goes on
@@ -339,7 +340,7 @@ class TaskStore:
         message, _ = await asyncio.gather(
             self.storage.queues.send(sub.model, (content or TaskMessage(sub.task_id, sub.size, sub.created)).dump(), ttl),
             self._touch(sub.model))
-        self.wakeups.notify_one("model:" + sub.model)
+        self._announce(sub.model)
         self.presence.joined(sub.model, sub.task_id)
         self.recent.remember(self._queued_task(sub))
         return message
@@ -561,18 +562,20 @@ class TaskStore:
         """Up to max_tasks claimed tasks, long-polling up to `wait` seconds for the first."""
         deadline = time.monotonic() + wait
         delay = POLL_FIRST
-        woken, waited = True, 0.0  # the first look always goes to storage
+        # The first look goes to storage, unless a look here just found the queue short and nothing
+        # was queued here since: then this claim joins the waiting ones and shares their polls.
+        look = not (wait > 0 and self.looks.quiet(model, POLL_CAP))
+        if not look:
+            delay = POLL_CAP
         while True:
             with self.wakeups.watch("model:" + model) as ticket:
-                if woken or not self._looked_within(model, waited):
-                    messages = await self._look(model, max_tasks, lease_seconds)
-                else:
-                    messages = []  # another long-poll here looked while this one slept: no need to ask again
+                # (not looking: another long-poll here looked while this one slept, no need to ask again)
+                messages = await self._look(model, max_tasks, lease_seconds) if look else []
                 if messages:
                     tasks = await self._take_all(model, messages, lease_seconds)
                     if tasks or time.monotonic() >= deadline:
                         return tasks
-                    woken = True
+                    look = True
                     continue  # every message was stale; there may be live ones behind them
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -580,18 +583,23 @@ class TaskStore:
                 waited = min(delay, remaining)
                 woken = await self.wakeups.wait(ticket, waited)
             delay = POLL_FIRST if woken else min(delay * 2, POLL_CAP)
+            look = woken or not self.looks.within(model, waited)
 
     async def _look(self, model: str, max_tasks: int, lease_seconds: int) -> list[Message]:
-        """Receive, noting when: long-polls on one model in this instance share one storage poll per
-        backoff interval (a look in flight counts) instead of each polling on its own."""
-        self._looked_at[model] = time.monotonic()
+        """Receive, noting when and whether the queue came back short (looks.py): long-polls on one
+        model in this instance share one storage poll per backoff interval (a look in flight counts)
+        instead of each polling on its own."""
+        look = self.looks.began(model)
         messages = await self.storage.queues.receive(model, max_tasks, lease_seconds)
+        self.looks.ended(model, look, short=len(messages) < max_tasks)
         if len(messages) >= max_tasks:
             self.wakeups.notify_one("model:" + model)  # there may be more: another long-poll looks now
         return messages
 
-    def _looked_within(self, model: str, seconds: float) -> bool:
-        return time.monotonic() - self._looked_at.get(model, float("-inf")) < seconds
+    def _announce(self, model: str) -> None:
+        """A task was queued or given back here: a long-poll waiting here looks for it now."""
+        self.looks.announced(model)
+        self.wakeups.notify_one("model:" + model)
 
     async def _take_all(self, model: str, messages: list[Message], lease_seconds: int) -> list[Claim]:
         """Take what the claim's byte budget allows, in order; release the rest at once, untouched.
@@ -1058,7 +1066,7 @@ class TaskStore:
             await self.storage.queues.update(model, message.id, message.receipt, 0)
         except (MessageGone, ReceiptStale):
             pass
-        self.wakeups.notify_one("model:" + model)
+        self._announce(model)
 
     @staticmethod
     async def _quietly(*steps) -> None:

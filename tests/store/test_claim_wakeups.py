@@ -34,3 +34,41 @@ def test_a_submit_wakes_one_waiting_long_poll_and_it_takes_the_task(run_store, m
     # The woken poll's receive, and at most one shared backoff poll that was due anyway; woken all,
     # the four would each have asked.
     assert 1 <= looks <= 2, looks
+
+
+def test_a_claim_just_after_a_short_look_waits_with_the_others_and_still_finds_any_task(run_store, azurite, model):
+    """It skips its first receive (another look here just found the queue empty), yet a task queued
+    here wakes it, and one queued on another instance is found by the shared polls."""
+    from broker.storage import Storage
+    from broker.store import TaskStore
+
+    from .conftest import Clock
+
+    async def scenario(store):
+        receives = []
+        real = store.storage.queues.receive
+
+        async def counted(*args, **kwargs):
+            receives.append(1)
+            return await real(*args, **kwargs)
+
+        store.storage.queues.receive = counted
+        assert await store.claim(model, 8, 0, 30) == []  # the queue is empty: found short
+        looked = len(receives)
+        here = asyncio.ensure_future(store.claim(model, 1, 8, 30))
+        await asyncio.sleep(0)
+        skipped = len(receives) == looked  # it went straight to waiting
+        task, _ = await store.submit(model, b"here", "text/plain", {})
+        [mine] = await here
+        other = TaskStore(Storage(azurite.connection_string, 2), store.settings, clock=Clock())
+        try:
+            assert await store.claim(model, 8, 0, 30) == []
+            waiting = asyncio.ensure_future(store.claim(model, 1, 8, 30))
+            elsewhere, _ = await other.submit(model, b"there", "text/plain", {})
+            [theirs] = await waiting
+        finally:
+            await other.storage.close()
+        return skipped, (mine.task_id, mine.payload), task.task_id, (theirs.task_id, theirs.payload), elsewhere.task_id
+
+    skipped, mine, task_id, theirs, elsewhere_id = run_store(scenario)
+    assert skipped and mine == (task_id, b"here") and theirs == (elsewhere_id, b"there")
