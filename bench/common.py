@@ -194,6 +194,13 @@ def cpu_seconds(pid: int) -> float:
     return _stat_cpu(Path(f"/proc/{pid}/stat")) or 0.0
 
 
+def pin(pid: int, cpus: set[int]) -> None:
+    """Pin every thread of a process to `cpus` (threads it starts later inherit their creator's)."""
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            os.sched_setaffinity(int(task.name), cpus)
+
+
 def thread_cpu_seconds(pid: int) -> dict[str, float]:
     """CPU seconds so far of each thread of a process, summed by thread name (/proc/PID/task/*/comm)."""
     totals: dict[str, float] = {}

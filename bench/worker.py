@@ -7,6 +7,10 @@ in this process, with nothing else running, measured just before and just after 
 Azurite, the dev host and the worker share this machine's cores, as they would on a single small
 box. The worker's peak memory is its VmHWM.
 
+`--pin` runs the model (the worker, and the bare reference in this process) on CPU 0 and Azurite and
+the dev host on CPU 1, as in a deployment where storage and the app run elsewhere: the img/s ratio
+is then the worker's own efficiency on its core (results in worker-pinned.json).
+
 The machine may be shared, so it also reports CPU seconds per image: the bare model's against the
 worker's + the dev host's + Azurite's during the broker run. Their ratio is what the wall-clock
 ratio would be on an otherwise idle machine where the model saturates the CPU.
@@ -37,6 +41,7 @@ from .common import (
     note_load,
     parse_args,
     pick,
+    pin,
     ratio,
     rss_mib,
     save,
@@ -99,7 +104,8 @@ def parse_time(stamp: str) -> float:
     return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
 
-def broker_rate(stack: Stack, payloads: list[bytes], batch: int, host_samples: Path | None = None) -> dict:
+def broker_rate(stack: Stack, payloads: list[bytes], batch: int, host_samples: Path | None = None,
+                model_cpus: set[int] | None = None) -> dict:
     """Queue every payload, start a worker, and time it from its first claim to its last result.
 
     Also the CPU seconds per image that the worker, the dev host and Azurite spent meanwhile: on a
@@ -119,6 +125,8 @@ def broker_rate(stack: Stack, payloads: list[bytes], batch: int, host_samples: P
     services = [stack.hosts[0].proc.pid, stack.azurite.proc.pid]
     before = [cpu_seconds(pid) for pid in services]
     worker.start(timeout=600)
+    if model_cpus:
+        pin(worker.proc.pid, model_cpus)
     # Model loading (the main and TensorFlow's threads) is not the serving cost: start from what they
     # have spent by now. The worker's own threads (mls:*) count from zero: the fetch thread may have
     # claimed and decoded the first batch before the ready line was read.
@@ -175,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument("--size", default="640x480", help="image width x height (default 640x480)")
         parser.add_argument("--profile-azurite", action="store_true",
                             help="also profile Azurite (node --cpu-prof) while the workers run")
+        parser.add_argument("--pin", action="store_true",
+                            help="the model on CPU 0, Azurite and the dev host on CPU 1 (results in worker-pinned.json)")
         parser.add_argument("--profile-host", action="store_true",
                             help="also sample the dev host with py-spy (--gil) while the workers run")
 
@@ -195,13 +205,18 @@ def main(argv: list[str] | None = None) -> int:
 
     rows, windows = [], []
     profile_dir = Path(tempfile.mkdtemp(prefix="azurite-profile-")) if args.profile_azurite else None
+    model_cpus = {0} if args.pin else None
     with Stack(azurite_node_args=["--cpu-prof", "--cpu-prof-dir", str(profile_dir)] if profile_dir else None) as stack:
+        if args.pin:
+            for pid in (stack.azurite.proc.pid, stack.hosts[0].proc.pid):
+                pin(pid, {1})
+            pin(os.getpid(), model_cpus)  # the bare reference runs here
         for batch in batches:
             # The bare model just before and just after, so load from elsewhere on the machine
             # weighs on both figures alike.
             before = bare_rate(handler, inputs, batch)
             through = broker_rate(stack, payloads, batch,
-                                  stack.work / f"host-samples-{batch}.txt" if args.profile_host else None)
+                                  stack.work / f"host-samples-{batch}.txt" if args.profile_host else None, model_cpus)
             after = bare_rate(handler, inputs, batch)
             bare, bare_cpu = (before[0] + after[0]) / 2, (before[1] + after[1]) / 2
             windows.append(through["window"])
@@ -255,7 +270,8 @@ def main(argv: list[str] | None = None) -> int:
             table("Azurite's CPU while the workers ran, by where its own code spends it (node --cpu-prof)",
                   ["share", "seconds", "area"],
                   [[f"{row['share'] * 100:.1f} %", row["seconds"], row["area"]] for row in result["azurite_profile"]])
-    save(NAME, result)
+    result["pinned"] = bool(args.pin)
+    save(NAME + ("-pinned" if args.pin else ""), result)
     return 0
 
 

@@ -4,8 +4,9 @@ on one model in one instance share their storage polls.
 - A long-poll that wakes on its timer skips its receive if another one here began a look while it
   slept (`within`): one storage poll per backoff interval per instance, however many wait.
 - A claim that arrives just after a look here found the queue short (fewer messages than it asked
-  for), with no task queued or given back here since (`announced`), does not look at once
-  (`quiet`): it waits with the others and shares their polls. What this instance queues wakes a
+  for), with no task queued or given back here since (`announced`) and no look coming back full
+  since, does not look at once (`quiet`) if other long-polls are waiting here (the store checks
+  that): it waits with them and shares their polls. A lone claim always looks first. What this instance queues wakes a
   waiter (wakeups.notify_one); what other instances queue, and leases that run out, are found by the
   shared polls, as they are for every waiter.
 
@@ -47,9 +48,11 @@ class Looks:
         return seen.began, seen.announced
 
     def ended(self, model: str, look: tuple[float, int], short: bool) -> None:
+        seen = self._get(model)
         if short:
-            seen = self._get(model)
             seen.short, seen.short_at = look
+        else:  # there may be more now, whatever an earlier look found
+            seen.short, seen.short_at = float("-inf"), -1
 
     def announced(self, model: str) -> None:
         """A task was queued or given back here: the queue is not known short any more."""

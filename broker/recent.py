@@ -41,6 +41,9 @@ class RecentTasks:
     def remember(self, task: Task, body: bytes | None = None) -> None:
         """A task queued here (`task` as a read would find it), or ended here with `body` its result."""
         at = time.monotonic()
+        known = self._tasks.get(task.task_id)
+        if known is not None and known.task.finished and not task.finished:
+            return  # ended here already (a fast worker, before its submit got to this): keep that
         self._forget(task.task_id)
         if body is not None and len(body) > MAX_BODY:
             body = None

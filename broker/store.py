@@ -485,6 +485,10 @@ class TaskStore:
             if upload is None:
                 raise NotAnUpload()
             if upload.committed:
+                out = await self.storage.outbox.head(task_id)  # it may have ended (its payload goes in a batch)
+                finished = self._finished_task(task_id, out) if out is not None else None
+                if finished is not None:
+                    return finished
                 task = self._open_task(task_id, inbox)
                 if self._send_was_lost(task, inbox):
                     await self._take_over_send(inbox)
@@ -562,9 +566,10 @@ class TaskStore:
         """Up to max_tasks claimed tasks, long-polling up to `wait` seconds for the first."""
         deadline = time.monotonic() + wait
         delay = POLL_FIRST
-        # The first look goes to storage, unless a look here just found the queue short and nothing
-        # was queued here since: then this claim joins the waiting ones and shares their polls.
-        look = not (wait > 0 and self.looks.quiet(model, POLL_CAP))
+        # The first look goes to storage, unless a look here just found the queue short, nothing was
+        # queued here since, and other long-polls wait here: then this claim joins them and shares
+        # their polls (a lone claim always looks: nobody else would poll for what other instances queue).
+        look = not (wait > 0 and self.looks.quiet(model, POLL_CAP) and self.wakeups.waiting("model:" + model))
         if not look:
             delay = POLL_CAP
         while True:

@@ -7,7 +7,7 @@ only ever makes an answer come sooner. An entry lives only while somebody watche
 keys nobody waits on (every task id ever asked about) do not pile up. A wake-up may carry what the
 waiters wait for (a committed outcome), which saves them reading it back from storage.
 
-`notify_one` wakes the watcher that has waited longest among those waiting now; when none is
+`notify_one` wakes the watcher that began watching first among those waiting now; when none is
 waiting (all are looking at storage already) it wakes them all, so that each looks once more
 rather than miss what was just queued.
 """
@@ -51,7 +51,7 @@ class Wakeups:
             ticket.set()
 
     def notify_one(self, key: str) -> None:
-        """Wake the watcher of `key` waiting longest, or all of them if none is waiting now."""
+        """Wake the first watcher of `key` among those waiting now, or all of them if none is waiting."""
         tickets = self._events.get(key, ())
         for ticket in tickets:
             if ticket.waiting and not ticket.is_set():
@@ -59,6 +59,10 @@ class Wakeups:
                 return
         for ticket in tickets:
             ticket.set()
+
+    def waiting(self, key: str) -> int:
+        """Watchers of `key` waiting now (not looking at storage)."""
+        return sum(1 for ticket in self._events.get(key, ()) if ticket.waiting)
 
     def __len__(self) -> int:
         """Keys being watched now."""

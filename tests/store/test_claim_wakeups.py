@@ -37,8 +37,9 @@ def test_a_submit_wakes_one_waiting_long_poll_and_it_takes_the_task(run_store, m
 
 
 def test_a_claim_just_after_a_short_look_waits_with_the_others_and_still_finds_any_task(run_store, azurite, model):
-    """It skips its first receive (another look here just found the queue empty), yet a task queued
-    here wakes it, and one queued on another instance is found by the shared polls."""
+    """With another long-poll waiting here, it skips its first receive (a look here just found the
+    queue empty), yet a task queued here is handed out, and one queued on another instance is found
+    by the shared polls; a lone claim looks at once."""
     from broker.storage import Storage
     from broker.store import TaskStore
 
@@ -55,11 +56,17 @@ def test_a_claim_just_after_a_short_look_waits_with_the_others_and_still_finds_a
         store.storage.queues.receive = counted
         assert await store.claim(model, 8, 0, 30) == []  # the queue is empty: found short
         looked = len(receives)
-        here = asyncio.ensure_future(store.claim(model, 1, 8, 30))
+        lone = asyncio.ensure_future(store.claim(model, 1, 3, 30))
         await asyncio.sleep(0)
-        skipped = len(receives) == looked  # it went straight to waiting
+        alone_looked = len(receives) == looked + 1  # nobody else polls here: it must
+        await asyncio.sleep(0.05)  # it waits now
+        assert await store.claim(model, 8, 0, 30) == []  # found short again
+        looked = len(receives)
+        here = asyncio.ensure_future(store.claim(model, 1, 3, 30))
+        await asyncio.sleep(0)
+        skipped = len(receives) == looked  # another waits here: it went straight to waiting
         task, _ = await store.submit(model, b"here", "text/plain", {})
-        [mine] = await here
+        mine, = [claim for poll in await asyncio.gather(lone, here) for claim in poll]
         other = TaskStore(Storage(azurite.connection_string, 2), store.settings, clock=Clock())
         try:
             assert await store.claim(model, 8, 0, 30) == []
@@ -68,7 +75,8 @@ def test_a_claim_just_after_a_short_look_waits_with_the_others_and_still_finds_a
             [theirs] = await waiting
         finally:
             await other.storage.close()
-        return skipped, (mine.task_id, mine.payload), task.task_id, (theirs.task_id, theirs.payload), elsewhere.task_id
+        return (alone_looked, skipped, (mine.task_id, mine.payload), task.task_id, (theirs.task_id, theirs.payload),
+                elsewhere.task_id)
 
-    skipped, mine, task_id, theirs, elsewhere_id = run_store(scenario)
-    assert skipped and mine == (task_id, b"here") and theirs == (elsewhere_id, b"there")
+    alone_looked, skipped, mine, task_id, theirs, elsewhere_id = run_store(scenario)
+    assert alone_looked and skipped and mine == (task_id, b"here") and theirs == (elsewhere_id, b"there")

@@ -19,8 +19,10 @@ def test_a_short_look_makes_the_queue_quiet_until_a_task_is_queued_here(monkeypa
     seen.ended("m", seen.began("m"), short=True)
     seen.announced("m")
     assert not seen.quiet("m", 0.1)  # something was queued here since
+    seen.ended("m", seen.began("m"), short=True)
+    assert seen.quiet("m", 0.1)
     seen.ended("m", seen.began("m"), short=False)
-    assert not seen.quiet("m", 0.1)  # a full look says there may be more
+    assert not seen.quiet("m", 0.1)  # a full look since says there may be more
 
 
 def test_a_look_during_which_a_task_was_queued_here_proves_nothing(monkeypatch):

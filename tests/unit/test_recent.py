@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from broker import recent
-from broker.records import Task
+from broker.records import Outcome, Task
 
 
 def test_views_are_bounded_in_number_and_age(monkeypatch):
@@ -32,3 +32,12 @@ def test_result_bodies_are_bounded_each_and_in_all(monkeypatch):
     assert seen.body is None and seen.task.task_id == "e" * 32  # too large to keep: a wait reads it from storage
     tasks.remember(Task(ids[4], "m", 1.0), b"small")  # the same task again replaces its entry and its bytes
     assert tasks.get(ids[4]).body == b"small" and tasks._bytes == 2 * recent.MAX_BODY + 5
+
+
+def test_a_task_ended_here_is_not_replaced_by_its_queued_view():
+    """A fast worker on this instance may put before its submit got to remember the queued view."""
+    tasks = recent.RecentTasks()
+    ended = Task("a" * 32, "m", 1.0, outcome=Outcome("succeeded", "m", 1.0, 2.0, 1.5, 1))
+    tasks.remember(ended, b"result")
+    tasks.remember(Task("a" * 32, "m", 1.0))
+    assert tasks.get("a" * 32).task is ended and tasks.get("a" * 32).body == b"result"
