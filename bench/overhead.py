@@ -116,6 +116,13 @@ class Bare:
             except ResourceExistsError:
                 pass
 
+    async def _receive(self):
+        """One message, received with a 60 s visibility timeout (the lease)."""
+        async for page in self.queue.receive_messages(max_messages=1, messages_per_page=1,
+                                                      visibility_timeout=60).by_page():
+            return [m async for m in page][0]
+        raise AssertionError("the queue is empty")
+
     async def _cycle(self) -> tuple[float, list[float]]:
         name = uuid.uuid4().hex
         marks = [time.perf_counter()]
@@ -123,11 +130,7 @@ class Bare:
         marks.append(time.perf_counter())
         await self.queue.send_message(name)
         marks.append(time.perf_counter())
-        message = None
-        async for page in self.queue.receive_messages(max_messages=1, messages_per_page=1,
-                                                      visibility_timeout=60).by_page():
-            message = [m async for m in page][0]
-            break
+        message = await self._receive()
         marks.append(time.perf_counter())
         payload = await (await self.inbox.download_blob(message.content)).readall()
         marks.append(time.perf_counter())
@@ -163,11 +166,7 @@ class Same(Bare):
         await self.queue.send_message(json.dumps({"id": name, "etag": written["etag"], "meta": record,
                                                   "body": base64.b64encode(PAYLOAD).decode()}))
         marks.append(time.perf_counter())
-        message = None
-        async for page in self.queue.receive_messages(max_messages=1, messages_per_page=1,
-                                                      visibility_timeout=60).by_page():
-            message = [m async for m in page][0]
-            break
+        message = await self._receive()
         marks.append(time.perf_counter())
         sent = json.loads(message.content)
         await self.inbox.get_blob_client(name).set_blob_metadata({**sent["meta"], "state": "{}"}, etag=sent["etag"],

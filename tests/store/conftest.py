@@ -8,6 +8,7 @@ import dataclasses
 import time
 
 import pytest
+import requests
 
 from broker import settings as broker_settings
 from broker.lease import Lease
@@ -32,6 +33,15 @@ async def lapse(store: TaskStore, claim) -> None:
     lease = Lease.decode(claim.lease, claim.task_id, store.settings.lease_secrets)
     store.now.advance(3600)
     await store.storage.queues.update(lease.model, lease.msg, lease.receipt, 0)
+
+
+async def claimed_upload(store: TaskStore, model: str, payload: bytes = b"abcd"):
+    """An upload's grant and its task's claim: granted, written through its URL, committed, claimed."""
+    grant = await store.begin_upload(model, len(payload), "text/plain", {})
+    requests.put(grant.url, data=payload, headers={"x-ms-blob-type": "BlockBlob"}, timeout=30)
+    await store.commit_upload(grant.task_id)
+    [claim] = await store.claim(model, 1, 0, 30)
+    return grant, claim
 
 
 def token(store: TaskStore, claim) -> Lease:

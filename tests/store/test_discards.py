@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import asyncio
 
-import requests
-
 from broker.discards import BATCH, SENDING, Discards
 from broker.errors import StorageUnavailable
 from tests.support.polling import run_async
 
-from .conftest import token
+from .conftest import claimed_upload, token
 
 
 def spy(store, name: str) -> list:
@@ -111,10 +109,7 @@ def test_a_batch_that_fails_leaves_the_payloads_to_the_sweep(run_store, model):
 
 def test_a_repeated_commit_of_an_upload_that_just_ended_answers_its_outcome(run_store, model):
     async def scenario(store):
-        grant = await store.begin_upload(model, 4, "text/plain", {})
-        requests.put(grant.url, data=b"abcd", headers={"x-ms-blob-type": "BlockBlob"}, timeout=30)
-        await store.commit_upload(grant.task_id)
-        [claim] = await store.claim(model, 1, 0, 30)
+        grant, claim = await claimed_upload(store, model)
         await store.complete(token(store, claim), b"done", "text/plain")
         again = await store.commit_upload(grant.task_id)  # its payload's delete still waits for its batch
         return again.status(store.now())

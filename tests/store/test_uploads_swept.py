@@ -12,7 +12,7 @@ import requests
 from broker.errors import UploadPending
 from broker.records import payload_blob, result_blob
 
-from .conftest import token
+from .conftest import claimed_upload, token
 
 
 def _stage_block(url: str, data: bytes) -> None:
@@ -82,10 +82,7 @@ def test_results_no_outcome_names_are_swept_once_the_task_ended_and_the_committe
 
 def test_an_uploaded_payload_goes_with_its_task(run_store, model):
     async def scenario(store):
-        grant = await store.begin_upload(model, 4, "text/plain", {})
-        requests.put(grant.url, data=b"abcd", headers={"x-ms-blob-type": "BlockBlob"}, timeout=30)
-        await store.commit_upload(grant.task_id)
-        [claim] = await store.claim(model, 1, 0, 30)
+        grant, claim = await claimed_upload(store, model)
         name = payload_blob(grant.task_id, token(store, claim).created)
         before = await _uploads(store, name)
         await store.complete(token(store, claim), b"done", "text/plain")
