@@ -148,6 +148,13 @@ class Bare:
     def cycle(self) -> tuple[float, list[float]]:
         return self.loop.run_until_complete(self._cycle())
 
+    def close(self) -> None:
+        async def close() -> None:
+            await asyncio.gather(self.service.close(), self.queue.close())
+
+        self.loop.run_until_complete(close())
+        self.loop.close()
+
 
 class Same(Bare):
     """The storage calls the broker's own cycle makes (since 2026-12-06), bare and one after another:
@@ -161,7 +168,7 @@ class Same(Bare):
         record = {"task": json.dumps({"model": "m", "ct": "application/octet-stream", "params": {},
                                       "created": time.time(), "digest": None, "size": len(PAYLOAD)})}
         marks = [time.perf_counter()]
-        written = await self.inbox.upload_blob(name, PAYLOAD, overwrite=True, metadata=record)
+        written = await self.inbox.get_blob_client(name).upload_blob(PAYLOAD, overwrite=True, metadata=record)
         marks.append(time.perf_counter())
         await self.queue.send_message(json.dumps({"id": name, "etag": written["etag"], "meta": record,
                                                   "body": base64.b64encode(PAYLOAD).decode()}))
@@ -177,13 +184,6 @@ class Same(Bare):
         await self.queue.delete_message(message.id, message.pop_receipt)
         marks.append(time.perf_counter())
         return marks[-1] - marks[0], [b - a for a, b in zip(marks, marks[1:])]
-
-    def close(self) -> None:
-        async def close() -> None:
-            await asyncio.gather(self.service.close(), self.queue.close())
-
-        self.loop.run_until_complete(close())
-        self.loop.close()
 
 
 def hop(url: str, session: requests.Session) -> float:
