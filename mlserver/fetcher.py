@@ -2,11 +2,13 @@
 
 It claims a new batch only when the model has taken the previous one (`take()`), so at most one
 batch waits in hand (its leases kept alive by the heartbeat) and other workers are not starved of
-tasks. A payload too large to come inside the claim it downloads from storage (the claim's
-`payload_url`). It reports nothing to the broker itself: a task it cannot fetch or decode travels
-in its batch as `undecodable`, and tasks claimed after the stop flag went up as `unstarted`, for
-the worker to settle. When there has been no work for a while it lets the watcher (watcher.py)
-wait for some instead of long-polling.
+tasks. A batch holding a task back from a lost lease (attempt > 1: it may be what killed the last
+worker) lets the next claim go only when the worker says it is done with it (`resume()`): that
+task runs alone, and nothing claimed meanwhile would die with it. A payload too large to come
+inside the claim it downloads from storage (the claim's `payload_url`). It reports nothing to the
+broker itself: a task it cannot fetch or decode travels in its batch as `undecodable`, and tasks
+claimed after the stop flag went up as `unstarted`, for the worker to settle. When there has been
+no work for a while it lets the watcher (watcher.py) wait for some instead of long-polling.
 """
 
 from __future__ import annotations
@@ -59,19 +61,30 @@ class Fetcher(threading.Thread):
         self.ledger, self.stop = ledger, stop
         self._ready: queue.Queue[Batch] = queue.Queue()
         self._room = threading.Semaphore(1)  # a claim may be made: the last batch was taken
+        self._held = False  # the batch taken last holds a suspect: the room waits for resume()
         self.fatal: Exception | None = None  # why the worker must stop: a refusal, or a bug
         self.watcher = Watcher(client, claiming.model, stop, claiming.idle_after, claiming.watch_interval,
                                claiming.idle_check)
         self._storage = None  # the session payloads are downloaded through, made on first use
 
     def take(self, timeout: float) -> Batch | None:
-        """The next batch, if one arrives within `timeout` seconds; taking it lets the next claim go."""
+        """The next batch, if one arrives within `timeout` seconds; taking it lets the next claim go,
+        unless it holds a task back from a lost lease: then `resume()` does, once that has run."""
         try:
             batch = self._ready.get(timeout=timeout)
         except queue.Empty:
             return None
-        self._room.release()
+        if any(task.attempt > 1 for task in batch.tasks):
+            self._held = True
+        else:
+            self._room.release()
         return batch
+
+    def resume(self) -> None:
+        """The batch taken last is done with: the next claim may go (if `take()` held it back)."""
+        if self._held:
+            self._held = False
+            self._room.release()
 
     def leftovers(self) -> list[Batch]:
         """The batches fetched and not taken (on the way out: no further claim follows)."""

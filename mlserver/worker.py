@@ -67,10 +67,13 @@ class Worker:
                     return
                 continue
             self._settle(batch)
-            if self.stop.is_set():
-                self._give_back(batch.tasks)
-            else:
-                self.run_batch(batch.tasks)
+            try:
+                if self.stop.is_set():
+                    self._give_back(batch.tasks)
+                else:
+                    self.run_batch(batch.tasks)
+            finally:
+                self.fetcher.resume()  # a batch with a suspect held the next claim back until now
 
     def _settle(self, batch: Batch) -> None:
         """What a batch brings that the model will not run: inputs it cannot use, and tasks claimed as

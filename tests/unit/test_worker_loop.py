@@ -139,3 +139,33 @@ def test_a_handler_reports_progress_for_its_tasks():
     reports = broker.tasks["stepped"].progress
     assert reports and reports[-1] == (1.0, "step 4 of 4")  # the end is always sent
     assert all(0 < fraction <= 1 for fraction, _ in reports) and len(reports) <= 4
+
+
+def test_nothing_is_claimed_while_a_task_back_from_a_lost_lease_runs_alone():
+    """It may be what killed the last worker: whatever the worker held beside it would die with it
+    again and lose an attempt (tests/reliability/test_poison.py holds the same with real crashes)."""
+    broker = FakeBroker(max_attempts=5)
+    broker.submit("suspect", b"suspect", params={"sleep_ms": 200}, attempt=1)  # claimed now: attempt 2
+    for i in range(5):
+        broker.submit(f"fresh-{i}")
+    beside: list[list[str]] = []
+
+    class Watching(Echo):
+        def predict(self, inputs):
+            if any(item.payload == b"suspect" for item in inputs):
+                with broker._lock:
+                    beside.append([t.task_id for t in broker.tasks.values()
+                                   if t.status == "running" and t.task_id != "suspect"])
+            return super().predict(inputs)
+
+    worker = Worker(broker, Watching(batch_size=2), Claiming("echo", 2, 1, 30), status_interval=3600, upload_threads=2)
+
+    def stop_when_settled():
+        while not broker.settled():
+            threading.Event().wait(0.02)
+        worker.stop.set()
+
+    threading.Thread(target=stop_when_settled, daemon=True).start()
+    assert worker.run() is None
+    assert beside == [[]]  # it ran once, and the worker held nothing else meanwhile
+    assert all(t.status == "succeeded" for t in broker.tasks.values())
