@@ -25,6 +25,7 @@ from .signing import seal, unseal
 
 PURPOSE = b"lease"
 
+
 class BadToken(ValueError):
     """The token is not one this broker issued for that task."""
 

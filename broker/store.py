@@ -190,6 +190,11 @@ class TaskStore:
         """Past BROKER_RESULT_TTL_SECONDS: the task reads as unknown, whether or not cleanup ran."""
         return outcome.finished + self.settings.result_ttl_seconds <= self.now()
 
+    def _answerable(self, finished: Task, owner: str | None) -> bool:
+        """Whether a finished task this instance committed may be answered as a read would: the
+        caller's, and its result not past its TTL."""
+        return finished.visible_to(owner) and not self._result_gone(finished.outcome)
+
     def _finished_task(self, task_id: str, out: Blob) -> Task | None:
         """The finished task, or None once its result is past BROKER_RESULT_TTL_SECONDS."""
         outcome = Outcome.from_metadata(out.metadata)
@@ -252,12 +257,11 @@ class TaskStore:
         delay, body = RESULT_POLL_FIRST, None
         task, look = None, True
         seen = self.recent.get(task_id)
-        if seen is not None and seen.task.visible_to(owner):
-            if seen.task.finished:
-                if seen.body is not None and not self._result_gone(seen.task.outcome):
-                    return seen.task, seen.body  # committed here: as a read would find it
-            elif wait:
-                task, look = seen.task, False  # queued here a moment ago: no need to read it back yet
+        if seen is not None and seen.task.finished:
+            if seen.body is not None and self._answerable(seen.task, owner):
+                return seen.task, seen.body  # committed here: as a read would find it
+        elif seen is not None and wait and seen.task.visible_to(owner):
+            task, look = seen.task, False  # queued here a moment ago: no need to read it back yet
         while True:
             with self.wakeups.watch("task:" + task_id) as ticket:
                 if task is None:
@@ -284,7 +288,7 @@ class TaskStore:
                     continue
                 woken = await self.wakeups.wait(ticket, min(delay, remaining))
                 handed = ticket.value if woken else None
-                if handed is not None and handed[0].visible_to(owner) and not self._result_gone(handed[0].outcome):
+                if handed is not None and self._answerable(handed[0], owner):
                     return handed  # committed by this instance: as a read would find it
             if woken:
                 task, delay = None, RESULT_POLL_FIRST
@@ -728,8 +732,9 @@ class TaskStore:
         needs of the blob (the payload too, when it goes inline); else None, and the claim reads it."""
         if sent.etag is None or sent.metadata is None:
             return None
-        payload = sent.payload() if self._inline(sent) else None
-        if self._inline(sent) and payload is None:
+        inline = self._inline(sent)
+        payload = sent.payload() if inline else None
+        if inline and payload is None:
             return None
         try:
             Submission.from_metadata(sent.task_id, sent.metadata)
