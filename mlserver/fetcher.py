@@ -74,7 +74,7 @@ class Fetcher(threading.Thread):
             batch = self._ready.get(timeout=timeout)
         except queue.Empty:
             return None
-        if any(task.attempt > 1 for task in batch.tasks):
+        if any(task.suspect for task in batch.tasks):
             self._held = True
         else:
             self._room.release()

@@ -47,6 +47,12 @@ class Task:
                    result_upload_url=claim.get("result_upload_url"),
                    inline_bytes=inline_bytes or cls.inline_bytes)
 
+    @property
+    def suspect(self) -> bool:
+        """Back for another attempt: it may be what killed the last worker that held it, so it runs
+        alone, with nothing else held meanwhile (worker.run_batch, Fetcher.take)."""
+        return self.attempt > 1
+
     def schedule_renewal(self) -> None:
         # Renew at half the lease: one missed heartbeat (a slow or failed request) still leaves time.
         self.renew_at = time.monotonic() + self.lease_seconds / 2

@@ -92,8 +92,8 @@ class Worker:
             return
         now = time.monotonic()
         self.stats.batch(len(live), [now - task.claimed_at for task in live])
-        fresh = [task for task in live if task.attempt <= 1]
-        retried = [task for task in live if task.attempt > 1]
+        fresh = [task for task in live if not task.suspect]
+        retried = [task for task in live if task.suspect]
         # A task back from a lost lease may be what killed the last worker that held it (a poison
         # input). Run one such task at a time, alone, once every other outcome is put back and the
         # other retried tasks are given back (keeping their attempt number): if it kills this
