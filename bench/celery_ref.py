@@ -99,6 +99,22 @@ def closed_loop(trip, total: int) -> float:
     return total / (time.perf_counter() - t0)
 
 
+def echo_worker(stack, model: str, batch: int, name: str) -> Worker:
+    """An mlserver echo worker on `model`, started and ready."""
+    return Worker(stack.url, common.WORKER_KEY, ["--model", model, "--handler", "echo", "--batch", str(batch),
+                                                 "--wait", "5", "--status-interval", "600"],
+                  log_dir=stack.work / name).start(timeout=60)
+
+
+def broker_echo(session: requests.Session, url: str, model: str) -> None:
+    """Submit PAYLOAD and wait until it comes back."""
+    r = session.post(f"{url}/predict?model={model}", data=PAYLOAD, headers={"Content-Type": "application/octet-stream"})
+    task_id = r.json()["task_id"]
+    while (r := session.get(f"{url}/getresult", params={"task_id": task_id, "wait": 20})).status_code == 202:
+        pass
+    assert r.content == PAYLOAD
+
+
 def main(argv=None) -> dict:
     common.parse_args("celery_ref", argv)
     common.note_load("celery_ref")
@@ -109,13 +125,9 @@ def main(argv=None) -> dict:
         redis, cworker, celery_client = start_celery(stack.work)
         capp = celery_client()
         model = common.model_name("peer")
-        worker = Worker(stack.url, common.WORKER_KEY, ["--model", model, "--handler", "echo", "--batch", "1",
-                                                       "--wait", "5", "--status-interval", "600"],
-                        log_dir=stack.work / "mlserver").start(timeout=60)
+        worker = echo_worker(stack, model, 1, "mlserver")
         many = common.model_name("peer-many")
-        batch_worker = Worker(stack.url, common.WORKER_KEY, ["--model", many, "--handler", "echo", "--batch", "8",
-                                                             "--wait", "5", "--status-interval", "600"],
-                              log_dir=stack.work / "mlserver-many").start(timeout=60)
+        batch_worker = echo_worker(stack, many, 8, "mlserver-many")
         try:
             task = capp.signature("bench.echo")
             task.delay(text64).get(timeout=60)  # warm-up: the Celery worker is up once this answers
@@ -123,12 +135,7 @@ def main(argv=None) -> dict:
 
             def broker_trip() -> float:
                 t0 = time.perf_counter()
-                r = session.post(f"{stack.url}/predict?model={model}", data=PAYLOAD,
-                                 headers={"Content-Type": "application/octet-stream"})
-                task_id = r.json()["task_id"]
-                while (r := session.get(f"{stack.url}/getresult", params={"task_id": task_id, "wait": 20})).status_code == 202:
-                    pass
-                assert r.content == PAYLOAD
+                broker_echo(session, stack.url, model)
                 return time.perf_counter() - t0
 
             def celery_trip() -> float:
@@ -146,13 +153,7 @@ def main(argv=None) -> dict:
             def broker_loop(local) -> None:
                 if not hasattr(local, "session"):
                     local.session = requests.Session()
-                r = local.session.post(f"{stack.url}/predict?model={many}", data=PAYLOAD,
-                                       headers={"Content-Type": "application/octet-stream"})
-                task_id = r.json()["task_id"]
-                while (r := local.session.get(f"{stack.url}/getresult",
-                                              params={"task_id": task_id, "wait": 20})).status_code == 202:
-                    pass
-                assert r.content == PAYLOAD
+                broker_echo(local.session, stack.url, many)
 
             def celery_loop(local) -> None:
                 if not hasattr(local, "task"):
