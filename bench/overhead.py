@@ -301,10 +301,8 @@ def main(argv=None) -> dict:
     def extra(parser):
         parser.add_argument("--cycles", type=int, help="timed cycles (default 40 quick, 150 full)")
         parser.add_argument("--no-profile", action="store_true", help="skip the instrumented run")
-        common.add_compare_args(parser, "time")
 
-    args = common.parse_args("overhead", argv, extra)
-    common.note_load("overhead")
+    args = common.compare_args("overhead", argv, "time", extra)
     cycles = args.cycles or common.pick(40, 150)
     with common.Stack() as stack:
         url = stack.url
