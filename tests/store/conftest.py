@@ -44,6 +44,21 @@ async def claimed_upload(store: TaskStore, model: str, payload: bytes = b"abcd")
     return grant, claim
 
 
+def spy(target, *names: str) -> list[tuple[str, tuple]]:
+    """Record each call of the async methods `names` of `target` (a storage container, the queues) as
+    (name, args), in order; the calls still go through, to Azurite."""
+    calls: list[tuple[str, tuple]] = []
+    for name in names:
+        real = getattr(target, name)
+
+        async def recorded(*args, _real=real, _name=name, **kwargs):
+            calls.append((_name, args))
+            return await _real(*args, **kwargs)
+
+        setattr(target, name, recorded)
+    return calls
+
+
 def token(store: TaskStore, claim) -> Lease:
     return Lease.decode(claim.lease, claim.task_id, store.settings.lease_secrets)
 

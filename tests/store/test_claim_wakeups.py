@@ -5,17 +5,12 @@ from __future__ import annotations
 
 import asyncio
 
+from .conftest import Clock, spy
+
 
 def test_a_submit_wakes_one_waiting_long_poll_and_it_takes_the_task(run_store, model):
     async def scenario(store):
-        receives = []
-        real = store.storage.queues.receive
-
-        async def counted(*args, **kwargs):
-            receives.append(asyncio.get_running_loop().time())
-            return await real(*args, **kwargs)
-
-        store.storage.queues.receive = counted
+        receives = spy(store.storage.queues, "receive")
         polls = [asyncio.ensure_future(store.claim(model, 1, 8, 30)) for _ in range(4)]
         while len(receives) < 4:  # each one's first look goes to storage
             await asyncio.sleep(0.01)
@@ -43,17 +38,8 @@ def test_a_claim_just_after_a_short_look_waits_with_the_others_and_still_finds_a
     from broker.storage import Storage
     from broker.store import TaskStore
 
-    from .conftest import Clock
-
     async def scenario(store):
-        receives = []
-        real = store.storage.queues.receive
-
-        async def counted(*args, **kwargs):
-            receives.append(1)
-            return await real(*args, **kwargs)
-
-        store.storage.queues.receive = counted
+        receives = spy(store.storage.queues, "receive")
         assert await store.claim(model, 8, 0, 30) == []  # the queue is empty: found short
         looked = len(receives)
         lone = asyncio.ensure_future(store.claim(model, 1, 3, 30))

@@ -9,20 +9,7 @@ from broker.discards import BATCH, SENDING, Discards
 from broker.errors import StorageUnavailable
 from tests.support.polling import run_async
 
-from .conftest import claimed_upload, token
-
-
-def spy(store, name: str) -> list:
-    """Record the calls of one of the inbox container's methods (they still go to Azurite)."""
-    calls: list = []
-    real = getattr(store.storage.inbox, name)
-
-    async def recorded(*args, **kwargs):
-        calls.append(args)
-        return await real(*args, **kwargs)
-
-    setattr(store.storage.inbox, name, recorded)
-    return calls
+from .conftest import claimed_upload, spy, token
 
 
 async def payloads(store, ids) -> list[str]:
@@ -33,7 +20,7 @@ def test_a_put_leaves_its_payload_to_a_batch_that_deletes_it(run_store, model):
     async def scenario(store):
         ids = [(await store.submit(model, b"p%d" % i, "text/plain", {}))[0].task_id for i in range(5)]
         claims = await store.claim(model, 5, 0, 30)
-        single, batches = spy(store, "delete"), spy(store, "delete_batch")
+        single, batches = spy(store.storage.inbox, "delete"), spy(store.storage.inbox, "delete_batch")
         for claim in claims:
             await store.complete(token(store, claim), b"done", "text/plain")
         await store.discards.flush()
@@ -41,7 +28,7 @@ def test_a_put_leaves_its_payload_to_a_batch_that_deletes_it(run_store, model):
         return ids, single, batches, await payloads(store, ids), results
 
     ids, single, batches, left, results = run_store(scenario)
-    assert single == [] and [sorted(names) for names, in batches] == [sorted(ids)]  # one request for the five
+    assert single == [] and [sorted(names) for _, (names,) in batches] == [sorted(ids)]  # one request for the five
     assert left == [] and results == [b"done"] * 5
 
 
@@ -65,12 +52,12 @@ def test_an_idempotent_tasks_payload_is_deleted_at_once(run_store, model):
     async def scenario(store):
         task, _ = await store.submit(model, b"p", "text/plain", {}, idempotency_key=f"{model}-key")
         [claim] = await store.claim(model, 1, 0, 30)
-        single, batches = spy(store, "delete"), spy(store, "delete_batch")
+        single, batches = spy(store.storage.inbox, "delete"), spy(store.storage.inbox, "delete_batch")
         await store.complete(token(store, claim), b"done", "text/plain")
         return task.task_id, single, batches, len(store.discards), await payloads(store, [task.task_id])
 
     task_id, single, batches, held, left = run_store(scenario)
-    assert [call[0] for call in single] == [task_id] and batches == [] and held == 0 and left == []
+    assert [args[0] for _, args in single] == [task_id] and batches == [] and held == 0 and left == []
 
 
 def test_a_cancel_deletes_at_once(run_store, model):

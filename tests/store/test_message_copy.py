@@ -12,22 +12,12 @@ import pytest
 
 from broker.records import MESSAGE_BYTES, LeaseState, TaskMessage
 
-from .conftest import lapse
+from .conftest import lapse, spy
 
 
-def count_reads(store) -> list[str]:
-    """Spy on the store's reads of inbox blobs (the calls still go to Azurite)."""
-    reads: list[str] = []
-    inbox = store.storage.inbox
-    for name in ("read", "head"):
-        real = getattr(inbox, name)
-
-        async def spy(blob_name, *args, _real=real, _name=name, **kwargs):
-            reads.append(_name)
-            return await _real(blob_name, *args, **kwargs)
-
-        setattr(inbox, name, spy)
-    return reads
+def reads_of(calls) -> list[str]:
+    """Which inbox reads the calls spied on were ("read", "head")."""
+    return [name for name, _ in calls]
 
 
 async def sent(store, model) -> TaskMessage:
@@ -39,9 +29,9 @@ def test_a_first_claim_takes_the_blob_from_its_message_without_reading_it(run_st
     async def scenario(store):
         task, _ = await store.submit(model, b"small payload", "text/plain", {"k": 1})
         message = await sent(store, model)
-        reads = count_reads(store)
+        calls = spy(store.storage.inbox, "read", "head")
         [claim] = await store.claim(model, 1, 0, 30)
-        reads = list(reads)  # the claim's; not the reads below
+        reads = reads_of(calls)  # the claim's; not the reads below
         state = LeaseState.from_metadata((await store.storage.inbox.head(task.task_id)).metadata)
         return message, reads, claim, state, (await store.status(task.task_id)).status(store.now())
 
@@ -59,9 +49,9 @@ def test_a_blob_changed_since_its_submit_is_read_and_claimed_as_it_stands(run_st
         blob = await store.storage.inbox.head(task.task_id)
         # Anything that writes the blob changes its etag: here its metadata is written again, unchanged.
         assert await store.storage.inbox.set_metadata(task.task_id, blob.metadata, blob.etag)
-        reads = count_reads(store)
+        calls = spy(store.storage.inbox, "read", "head")
         [claim] = await store.claim(model, 1, 0, 30)
-        return list(reads), claim, (await store.status(task.task_id)).status(store.now())
+        return reads_of(calls), claim, (await store.status(task.task_id)).status(store.now())
 
     reads, claim, status = run_store(scenario)
     assert reads == ["head"]  # the copy's write was refused (412): the claim looked, and wrote again
@@ -84,9 +74,9 @@ def test_a_redelivery_reads_the_blob_and_counts_the_attempt(run_store, model):
         await store.submit(model, b"payload", "text/plain", {})
         [first] = await store.claim(model, 1, 0, 30)
         await lapse(store, first)
-        reads = count_reads(store)
+        calls = spy(store.storage.inbox, "read", "head")
         [second] = await store.claim(model, 1, 0, 30)
-        return reads, second
+        return reads_of(calls), second
 
     reads, second = run_store(scenario)
     assert reads == ["read"] and (second.payload, second.attempt) == (b"payload", 2)
@@ -98,9 +88,9 @@ def test_a_payload_too_large_for_the_message_is_read_from_its_blob(run_store, mo
     async def scenario(store):
         await store.submit(model, payload, "application/octet-stream", {})
         message = await sent(store, model)
-        reads = count_reads(store)
+        calls = spy(store.storage.inbox, "read", "head")
         [claim] = await store.claim(model, 1, 0, 30)
-        return message, reads, claim
+        return message, reads_of(calls), claim
 
     message, reads, claim = run_store(scenario)
     assert message.etag and message.body is None and message.size == len(payload)
@@ -111,9 +101,9 @@ def test_a_payload_handed_out_by_url_needs_no_read_either(run_store, model):
     async def scenario(store):
         await store.submit(model, b"x" * 2000, "application/octet-stream", {})
         message = await sent(store, model)
-        reads = count_reads(store)
+        calls = spy(store.storage.inbox, "read", "head")
         [claim] = await store.claim(model, 1, 0, 30)
-        return message, reads, claim
+        return message, reads_of(calls), claim
 
     message, reads, claim = run_store(scenario, inline_bytes=1024)
     assert message.etag and message.body is None and message.size == 2000

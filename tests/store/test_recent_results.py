@@ -10,21 +10,7 @@ from broker.errors import TaskNotFound
 from broker.storage import Storage
 from broker.store import TaskStore
 
-from .conftest import Clock, token
-
-
-def count_outbox_reads(store) -> list[str]:
-    reads: list[str] = []
-    outbox = store.storage.outbox
-    for name in ("read", "head"):
-        real = getattr(outbox, name)
-
-        async def spy(*args, _real=real, _name=name, **kwargs):
-            reads.append(_name)
-            return await _real(*args, **kwargs)
-
-        setattr(outbox, name, spy)
-    return reads
+from .conftest import Clock, spy, token
 
 
 async def finish(store, model, body=b"the result", owner=""):
@@ -37,8 +23,9 @@ async def finish(store, model, body=b"the result", owner=""):
 def test_a_result_committed_here_is_answered_as_storage_has_it_without_reading_it(run_store, azurite, model):
     async def scenario(store):
         task_id = await finish(store, model)
-        reads = count_outbox_reads(store)
+        calls = spy(store.storage.outbox, "read", "head")
         here = [await store.result(task_id, wait) for wait in (0, 5)]
+        reads = [name for name, _ in calls]
         # Another instance on the same account has no memory of it: it reads storage.
         other = TaskStore(Storage(azurite.connection_string, 2), store.settings, clock=store.now)
         try:
@@ -77,9 +64,9 @@ def test_a_result_past_its_ttl_is_not_answered_from_memory(run_store, model):
 def test_a_large_result_is_read_from_storage(run_store, model):
     async def scenario(store):
         task_id = await finish(store, model, body=b"r" * (64 * 1024 + 1))
-        reads = count_outbox_reads(store)
+        calls = spy(store.storage.outbox, "read", "head")
         _, body = await store.result(task_id, 0)
-        return reads, len(body)
+        return [name for name, _ in calls], len(body)
 
     reads, size = run_store(scenario)
     assert reads == ["read"] and size == 64 * 1024 + 1
