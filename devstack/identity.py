@@ -19,12 +19,13 @@ import datetime
 import ipaddress
 import json
 import secrets
-import threading
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
+
+from .localserver import HTTPServer
 
 TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
 
@@ -99,14 +100,11 @@ class TokenEndpoint:
                 self.end_headers()
                 self.wfile.write(data)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/msi/token"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server = HTTPServer(Handler)
+        self.url = f"http://127.0.0.1:{self.server.port}/msi/token"
 
     def environment(self) -> dict:
         return {"IDENTITY_ENDPOINT": self.url, "IDENTITY_HEADER": self.secret}
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.server.close()

@@ -6,11 +6,11 @@ on an origin not listed cannot read anything at all."""
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
+from devstack.localserver import HTTPServer
 from devstack.services import DevHost, Worker
 from tests.conftest import CLIENT_KEY, WORKER_KEY
 
@@ -39,7 +39,7 @@ REACH = """async ({url}) => {
 }"""
 
 
-def serve_page() -> ThreadingHTTPServer:
+def serve_page() -> HTTPServer:
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *args) -> None:
             pass
@@ -51,18 +51,15 @@ def serve_page() -> ThreadingHTTPServer:
             self.end_headers()
             self.wfile.write(PAGE)
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
+    return HTTPServer(Handler)
 
 
 @pytest.fixture(scope="module")
 def pages():
     allowed, other = serve_page(), serve_page()
-    yield [f"http://127.0.0.1:{s.server_address[1]}" for s in (allowed, other)]
+    yield [f"http://127.0.0.1:{s.port}" for s in (allowed, other)]
     for server in (allowed, other):
-        server.shutdown()
-        server.server_close()
+        server.close()
 
 
 @pytest.fixture(scope="module")

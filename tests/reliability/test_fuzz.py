@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 import requests
 import schemathesis
-import schemathesis.specs.openapi.schemas  # noqa: F401 - imported (and rewritten by pytest) at collection, see below
 from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis import GenerationMode
 
@@ -22,12 +21,6 @@ from tests.conftest import WORKER_KEY
 from tests.support.routes import TASK_ROUTES
 
 from .conftest import record
-
-# schemathesis is a pytest plugin, so pytest rewrites its modules as they are imported. Its OpenAPI
-# loader imports a module of deeply nested literals on first use; in one full run, that parse, in
-# the middle of the run, failed with "SystemError: AST constructor recursion depth mismatch"
-# (CPython 3.11's recursion counter, likely left off by a RecursionError an earlier test caught).
-# Imported above, it is parsed at collection, before any test runs.
 
 SPEC = Path(__file__).resolve().parents[2] / "openapi.yaml"
 EXAMPLES = 400  # per generation mode

@@ -7,7 +7,9 @@ from __future__ import annotations
 import gzip
 import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from devstack.localserver import HTTPServer
 
 
 class Ingestion:
@@ -38,12 +40,10 @@ class Ingestion:
                 self.end_headers()
                 self.wfile.write(answer)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        url = f"http://127.0.0.1:{self.server.server_address[1]}/"
+        self.server = HTTPServer(Handler)
+        url = f"http://127.0.0.1:{self.server.port}/"
         self.connection_string = (f"InstrumentationKey=00000000-0000-0000-0000-000000000000;"
                                   f"IngestionEndpoint={url};LiveEndpoint={url}")
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def operations(self) -> dict[str, list[tuple[str, str]]]:
         """(type, name) of every item received, by operation id."""
@@ -57,5 +57,4 @@ class Ingestion:
         return found
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.server.close()

@@ -7,7 +7,9 @@ import json
 import threading
 import time
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from devstack.localserver import HTTPServer
 
 
 @dataclass(frozen=True)
@@ -55,18 +57,14 @@ class Receiver:
             def log_message(self, *args) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.server = HTTPServer(Handler)
+        self.url = f"http://127.0.0.1:{self.server.port}"
 
     def __enter__(self) -> Receiver:
-        self.thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.server.close()
 
     def wait_for(self, condition, timeout: float = 60) -> list[Delivery]:
         """The deliveries so far, once `condition(deliveries)` holds (AssertionError after `timeout`)."""

@@ -11,10 +11,12 @@ from __future__ import annotations
 import json
 import threading
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlsplit
 
 import requests
+
+from devstack.localserver import HTTPServer
 
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host", "content-encoding"}
 
@@ -35,18 +37,14 @@ class RecordingProxy:
         self.leases: list[tuple[str, str]] = []  # (task_id, token) as the broker handed them out
         self.fault = None  # (method, path) -> (status, JSON body) to answer instead of the broker, or None
         self._lock = threading.Lock()
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/api"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.server = HTTPServer(self._handler())
+        self.url = f"http://127.0.0.1:{self.server.port}/api"
 
     def __enter__(self) -> RecordingProxy:
-        self.thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.server.close()
 
     def _handler(self):
         proxy = self

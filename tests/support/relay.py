@@ -11,6 +11,8 @@ import socket
 import socketserver
 import threading
 
+from devstack.localserver import TCPServer
+
 
 def _read_request(sock: socket.socket) -> bytes | None:
     data = b""
@@ -44,10 +46,8 @@ class Relay:
             def handle(self) -> None:
                 relay._serve(self.request)
 
-        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server = TCPServer(Handler)
+        self.port = self.server.port
 
     def _serve(self, client: socket.socket) -> None:
         while True:
@@ -74,5 +74,4 @@ class Relay:
             return sum(1 for r in self.requests if r.startswith(prefix))
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.server.close()
