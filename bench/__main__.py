@@ -3,8 +3,9 @@ the summary table and write docs/bench.png.
 
 Names: pickup, claim_depth, overhead, throughput, calls (storage calls per task and route in the
 round-trip run), celery_ref, memory, constant_time, large (a 1 GiB payload and result through
-storage), idle (an idle worker's execution time and pickup), and worker (ResNet50
-through the broker vs bare; run when named, or in the full run). Each is also runnable alone:
+storage), idle (an idle worker's execution time and pickup), worker (ResNet50 through the broker
+vs bare) and batching (ResNet50 under a trickling load with and without --max-batch-delay-ms); the
+last two run when named, or in the full run. Each is also runnable alone:
 `python -m bench.pickup [--quick]`. Results go to bench/results/<name>.json.
 """
 
@@ -20,7 +21,7 @@ from . import common
 
 MINE = ["pickup", "claim_depth", "overhead", "throughput", "calls", "celery_ref", "memory", "constant_time", "large",
         "idle"]
-ALL = MINE + ["worker"]
+ALL = MINE + ["worker", "batching"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -61,6 +61,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                              "(default: the handler's own)")
     parser.add_argument("--batch", type=int, default=8, metavar="N",
                         help="claim and run up to N tasks at once, 1-32 (default 8)")
+    parser.add_argument("--max-batch-delay-ms", type=int, default=0, metavar="MS",
+                        help="dynamic batching: a batch short of N may wait up to MS milliseconds for tasks "
+                             "that are arriving, then claims once more to fill; never when tasks are rarer "
+                             "than one per MS, so a lone task goes at once; 0-10000 (default 0: never wait)")
     parser.add_argument("--lease", type=int, default=60, metavar="S",
                         help="seconds a claimed task is held before the broker hands it out again, "
                              "5-3600; renewed every S/2 seconds while the task is in hand (default 60)")
@@ -104,6 +108,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         (len(args.model) > 40 or not MODEL_NAME.fullmatch(args.model),
          "--model must be lowercase letters and digits in groups joined by single hyphens, at most 40 characters"),
         (not 1 <= args.batch <= 32, "--batch must be from 1 to 32"),
+        (not 0 <= args.max_batch_delay_ms <= 10_000, "--max-batch-delay-ms must be from 0 to 10000"),
         (not 5 <= args.lease <= 3600, "--lease must be from 5 to 3600 seconds"),
         (not 0 <= args.wait <= 60, "--wait must be from 0 to 60 seconds"),
         (args.status_interval <= 0, "--status-interval must be positive"),
@@ -171,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     client = BrokerClient(args.broker_url, key, pool_size=args.upload_threads + 2,
                           function_key=os.environ.get("BROKER_FUNCTION_KEY") or None)
     worker = Worker(client, handler, Claiming(args.model, args.batch, args.wait, args.lease, args.idle_after,
-                                              args.watch_interval, args.idle_check, args.max_batch_mib * 2**20),
+                                              args.watch_interval, args.idle_check, args.max_batch_mib * 2**20,
+                                              args.max_batch_delay_ms / 1000),
                     args.status_interval, args.upload_threads, metrics)
     fatal = worker.run()
     client.close()

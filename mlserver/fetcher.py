@@ -4,7 +4,9 @@ It claims a new batch only when the model has taken the previous one (`take()`),
 batch waits in hand (its leases kept alive by the heartbeat) and other workers are not starved of
 tasks. A batch holding a task back from a lost lease (attempt > 1: it may be what killed the last
 worker) lets the next claim go only when the worker says it is done with it (`resume()`): that
-task runs alone, and nothing claimed meanwhile would die with it. A payload too large to come
+task runs alone, and nothing claimed meanwhile would die with it. A batch that comes short of
+`--batch` while tasks are arriving may wait up to `--max-batch-delay-ms` and claim again, once, to
+fill (arrivals.py says when it waits). A payload too large to come
 inside the claim it downloads from storage (the claim's `payload_url`). It reports nothing to the
 broker itself: a task it cannot fetch or decode travels in its batch as `undecodable`, and tasks
 claimed after the stop flag went up as `unstarted`, for the worker to settle. When there has been
@@ -20,6 +22,7 @@ import time
 from dataclasses import dataclass, field
 
 from . import blobs
+from .arrivals import Arrivals
 from .backoff import Backoff
 from .broker_api import BrokerClient, Refused, Unavailable
 from .handlers.base import Handler, TaskError
@@ -42,15 +45,17 @@ class Claiming:
     watch_interval: float = 0.5
     idle_check: float = 60
     max_batch_bytes: int = 2 * 1024**3  # payloads downloaded for one batch at most (the first always)
+    max_batch_delay: float = 0  # seconds a short batch may wait to fill while tasks arrive (0: never)
 
 
 @dataclass
 class Batch:
-    """One claim's tasks as the fetch thread hands them over."""
+    """One batch's tasks as the fetch thread hands them over (a claim's, and a top-up's if it filled)."""
 
     tasks: list[Task] = field(default_factory=list)  # decoded, for the model
     undecodable: list[tuple[Task, Exception]] = field(default_factory=list)  # each fails alone
     unstarted: list[Task] = field(default_factory=list)  # claimed as the worker stopped: to give back
+    fetched: int = 0  # bytes of payloads downloaded from storage for it
 
 
 class Fetcher(threading.Thread):
@@ -65,6 +70,7 @@ class Fetcher(threading.Thread):
         self.fatal: Exception | None = None  # why the worker must stop: a refusal, or a bug
         self.watcher = Watcher(client, claiming.model, stop, claiming.idle_after, claiming.watch_interval,
                                claiming.idle_check)
+        self.arrivals = Arrivals(claiming.max_batch_delay)
         self._storage = None  # the session payloads are downloaded through, made on first use
 
     def take(self, timeout: float) -> Batch | None:
@@ -112,10 +118,9 @@ class Fetcher(threading.Thread):
                 self._room.release()
                 continue
             asked = time.monotonic()
+            poll = self.claiming.idle_check if self.watcher.asleep() else max(wait, MIN_EMPTY_POLL)
             try:
-                poll = self.claiming.idle_check if self.watcher.asleep() else max(wait, MIN_EMPTY_POLL)
-                claims, inline_bytes = self.client.claim(self.claiming.model, self.claiming.batch, wait,
-                                                         self.claiming.lease, len(self.ledger.held()), poll)
+                tasks = self._claim(self.claiming.batch, wait, poll)
             except Unavailable as exc:
                 self._room.release()
                 delay = backoff.next()
@@ -129,19 +134,53 @@ class Fetcher(threading.Thread):
             if backoff.failures:
                 log.info("the broker answers again")
                 backoff.reset()
-            if claims:
+            answered = time.monotonic()
+            if tasks:
                 self.watcher.worked()
-            elif time.monotonic() - asked < MIN_EMPTY_POLL:
+            elif answered - asked < MIN_EMPTY_POLL:
                 self.stop.wait(MIN_EMPTY_POLL)  # --wait 0, a look while idle, or a poll cut short: do not spin
-            tasks = [Task.from_claim(claim, self.claiming.lease, inline_bytes) for claim in claims]
-            self.ledger.add(tasks)
             if self.stop.is_set():
                 self._ready.put(Batch(unstarted=tasks))
                 return
             if tasks:
-                self._ready.put(self.decode(tasks))
+                batch = self.decode(tasks)
+                self._fill(batch, tasks, answered, poll)
+                self._ready.put(batch)
             else:
                 self._room.release()
+
+    def _claim(self, count: int, wait: int, poll: float) -> list[Task]:
+        """Up to `count` tasks, held from here on (the ledger has them, for the heartbeat)."""
+        claims, inline_bytes = self.client.claim(self.claiming.model, count, wait, self.claiming.lease,
+                                                 len(self.ledger.held()), poll)
+        tasks = [Task.from_claim(claim, self.claiming.lease, inline_bytes) for claim in claims]
+        self.ledger.add(tasks)
+        self.arrivals.claimed(len(tasks))
+        return tasks
+
+    def _fill(self, batch: Batch, tasks: list[Task], answered: float, poll: float) -> None:
+        """Dynamic batching: a batch short of full, while tasks are arriving, waits for more (counted
+        from its claim's answer, at `answered`) and claims them once with wait 0. Not a batch with a
+        suspect: that runs alone anyway. A failed top-up leaves the batch as it is."""
+        short_by = self.claiming.batch - len(tasks)
+        wait = self.arrivals.wait(short_by)
+        if not wait or any(task.suspect for task in tasks):
+            return
+        if self.stop.wait(max(0.0, answered + wait - time.monotonic())):
+            return
+        try:
+            more = self._claim(short_by, 0, poll)
+        except Unavailable as exc:
+            log.info("a claim to fill the batch failed (%s); it goes as it is", exc)
+            return
+        except Refused as exc:
+            self.fatal = exc
+            self.stop.set()
+            return
+        if self.stop.is_set():
+            batch.unstarted += more
+        else:
+            self.decode(more, into=batch)
 
     def _wait_for_room(self) -> bool:
         while not self.stop.is_set():
@@ -149,18 +188,17 @@ class Fetcher(threading.Thread):
                 return True
         return False
 
-    def decode(self, tasks: list[Task]) -> Batch:
+    def decode(self, tasks: list[Task], into: Batch | None = None) -> Batch:
         """Fetch and decode each task; one that cannot be fetched or decoded is set apart, to fail alone
         (retryably, for a payload storage would not give: another attempt may fare better). Payloads
         fetched from storage stop at `max_batch_bytes` (the first always comes): the tasks past it are
-        given back unstarted, for this worker's next claim or another's."""
-        batch = Batch()
-        fetched = 0
+        given back unstarted, for this worker's next claim or another's. `into`: a batch to add them to."""
+        batch = into or Batch()
         for task in tasks:
-            if task.payload_url and batch.tasks and fetched + task.size > self.claiming.max_batch_bytes:
+            if task.payload_url and batch.tasks and batch.fetched + task.size > self.claiming.max_batch_bytes:
                 batch.unstarted.append(task)
                 continue
-            fetched += task.size if task.payload_url else 0
+            batch.fetched += task.size if task.payload_url else 0
             try:
                 if task.payload_url:
                     task.payload = self._download(task)

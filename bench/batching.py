@@ -1,0 +1,141 @@
+"""`python -m bench.batching`: dynamic batching (`--max-batch-delay-ms`) under a trickling load.
+
+A ResNet50 worker (random weights, `--batch 8`) serves JPEGs that arrive one at a time at random
+(Poisson) intervals, at a fraction of what the bare model does at batch 8 on this machine (`--loads`).
+For each delay (`--delays`, 0 first: no waiting) it reports the batches the model ran (the worker's
+own Prometheus figures), each task's latency from the broker's timestamps (created_at to
+finished_at, so the load generator's own timing does not enter), and the worker's CPU seconds per
+image. Dynamic batching pays if it turns small batches into larger ones that cost the model less
+per image; it costs up to the delay in latency.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import sys
+import time
+
+import requests
+
+from devstack.services import Worker
+
+from .common import (
+    WORKER_KEY,
+    Stack,
+    cpu_seconds,
+    free_port,
+    model_name,
+    note_load,
+    parse_args,
+    pct,
+    pick,
+    save,
+    table,
+    thread_cpu_seconds,
+    wait_until,
+)
+from .worker import bare_rate, decode_all, parse_time, photos, worker_threads
+
+NAME = "batching"
+BATCH = 8
+
+
+def scrape(port: int) -> dict[str, float]:
+    text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    return {m.group(1): float(m.group(2)) for m in re.finditer(r"^(mlserver_\S+) (\S+)$", text, re.M)}
+
+
+def trickle(stack: Stack, worker: Worker, model: str, payloads: list[bytes], rate: float, port: int,
+            seed: int) -> dict:
+    """Submit `payloads` at Poisson arrivals of `rate` per second; wait until all are done."""
+    session = requests.Session()
+    rng = random.Random(seed)
+    before = scrape(port)
+    threads_before = thread_cpu_seconds(worker.proc.pid)
+    cpu_before = cpu_seconds(worker.proc.pid)
+    ids = []
+    due = time.monotonic()
+    for payload in payloads:
+        due += rng.expovariate(rate)
+        time.sleep(max(0.0, due - time.monotonic()))
+        response = session.post(f"{stack.url}/predict?model={model}", data=payload,
+                                headers={"Content-Type": "image/jpeg"})
+        response.raise_for_status()
+        ids.append(response.json()["task_id"])
+    if not wait_until(lambda: scrape(port)['mlserver_tasks_total{outcome="done"}']
+                      - before['mlserver_tasks_total{outcome="done"}'] >= len(ids), timeout=600, interval=0.5):
+        raise SystemExit(f"the worker did not finish; its log: {worker.log_path}")
+    after = scrape(port)
+    threads = worker_threads(threads_before, thread_cpu_seconds(worker.proc.pid), len(ids))
+    worker_cpu = (cpu_seconds(worker.proc.pid) - cpu_before) / len(ids)
+    documents = [session.get(f"{stack.url}/status?task_id={task_id}").json() for task_id in ids]
+    failed = [d for d in documents if d["status"] != "succeeded"]
+    if failed:
+        raise SystemExit(f"{len(failed)} tasks did not succeed, e.g. {failed[0]}; worker log: {worker.log_path}")
+    latency = [parse_time(d["finished_at"]) - parse_time(d["created_at"]) for d in documents]
+    batches = after["mlserver_batch_size_count"] - before["mlserver_batch_size_count"]
+    return {"tasks": len(ids), "batches": int(batches),
+            "mean_batch": round((after["mlserver_batch_size_sum"] - before["mlserver_batch_size_sum"]) / batches, 2),
+            "latency_ms": {"p50": round(pct(latency, 50) * 1000), "p95": round(pct(latency, 95) * 1000)},
+            "worker_cpu_ms_per_image": round(worker_cpu * 1000, 1),
+            "model_cpu_ms_per_image": round(threads["model"] * 1000, 1)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    def options(parser) -> None:
+        parser.add_argument("--delays", default="0,50,200", help="--max-batch-delay-ms values (default 0,50,200)")
+        parser.add_argument("--loads", default="0.3,0.6",
+                            help="arrival rates as fractions of the bare model's img/s at batch 8 (default 0.3,0.6)")
+        parser.add_argument("--images", type=int, help="images per window (default 80; 24 with --quick)")
+        parser.add_argument("--size", default="640x480", help="image width x height (default 640x480)")
+
+    args = parse_args(NAME, argv, options)
+    delays = [int(d) for d in args.delays.split(",")]
+    loads = [float(f) for f in args.loads.split(",")]
+    size = tuple(int(v) for v in args.size.lower().split("x"))
+    note_load(NAME)
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from mlserver.handlers.resnet50 import ResNet50
+
+    payloads = photos(args.images or pick(24, 80), size)
+    handler = ResNet50(weights="none", batch_size=BATCH)
+    handler.load()
+    inputs, _, _ = decode_all(handler, payloads)
+    bare = bare_rate(handler, inputs, BATCH)[0]
+    del handler, inputs
+    print(f"{len(payloads)} JPEGs of {size[0]}x{size[1]} per window; the bare model at batch {BATCH}: "
+          f"{bare:.1f} img/s", flush=True)
+
+    rows = []
+    with Stack() as stack:
+        for delay in delays:
+            model, port = model_name(), free_port()
+            worker = Worker(stack.url, WORKER_KEY, ["--model", model, "--handler", "resnet50", "--weights", "none",
+                                                    "--batch", str(BATCH), "--max-batch-delay-ms", str(delay),
+                                                    "--lease", "300", "--wait", "5", "--idle-after", "0",
+                                                    "--metrics-port", str(port)],
+                            log_dir=stack.work / f"worker-{delay}")
+            worker.start(timeout=600)
+            try:
+                for i, load in enumerate(loads):
+                    figures = trickle(stack, worker, model, payloads, load * bare, port, seed=i)
+                    rows.append({"delay_ms": delay, "load": load, "rate": round(load * bare, 2), **figures})
+                    print(f"  delay {delay} ms, load {load}: done", flush=True)
+            finally:
+                worker.stop(timeout=60)
+
+    table(f"Dynamic batching under Poisson arrivals: ResNet50, --batch {BATCH}, bare model {bare:.1f} img/s",
+          ["delay ms", "load", "tasks/s", "batches", "mean batch", "p50 ms", "p95 ms", "worker CPU ms/img",
+           "model CPU ms/img"],
+          [[r["delay_ms"], r["load"], r["rate"], r["batches"], r["mean_batch"], r["latency_ms"]["p50"],
+            r["latency_ms"]["p95"], r["worker_cpu_ms_per_image"], r["model_cpu_ms_per_image"]] for r in rows])
+    save(NAME, {"batch": BATCH, "bare_images_per_s": round(bare, 2), "images": len(payloads), "size": list(size),
+                "rows": rows})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
