@@ -2,7 +2,8 @@
 
 A ResNet50 worker (random weights, `--batch 8`) serves JPEGs that arrive one at a time at random
 (Poisson) intervals, at a fraction of what the bare model does at batch 8 on this machine (`--loads`).
-For each delay (`--delays`, 0 first: no waiting) it reports the batches the model ran (the worker's
+One worker per delay (`--delays`; 0: no dynamic batching) serves, in turns, over `--rounds` rounds;
+for each it reports (medians) the batches the model ran (the worker's
 own Prometheus figures), each task's latency from the broker's timestamps (created_at to
 finished_at, so the load generator's own timing does not enter), and the worker's CPU seconds per
 image. Dynamic batching pays if it turns small batches into larger ones that cost the model less
@@ -14,6 +15,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import statistics
 import sys
 import time
 
@@ -83,57 +85,83 @@ def trickle(stack: Stack, worker: Worker, model: str, payloads: list[bytes], rat
             "model_cpu_ms_per_image": round(threads["model"] * 1000, 1)}
 
 
+def median_row(rows: list[dict]) -> dict:
+    """One (delay, load) cell: the median of each figure over the rounds."""
+    first = rows[0]
+    pick_ = lambda get: round(statistics.median(get(r) for r in rows), 2)  # noqa: E731
+    return {"delay_ms": first["delay_ms"], "load": first["load"], "rate": first["rate"], "rounds": len(rows),
+            "batches": pick_(lambda r: r["batches"]), "mean_batch": pick_(lambda r: r["mean_batch"]),
+            "latency_ms": {"p50": pick_(lambda r: r["latency_ms"]["p50"]), "p95": pick_(lambda r: r["latency_ms"]["p95"])},
+            "worker_cpu_ms_per_image": pick_(lambda r: r["worker_cpu_ms_per_image"]),
+            "model_cpu_ms_per_image": pick_(lambda r: r["model_cpu_ms_per_image"])}
+
+
 def main(argv: list[str] | None = None) -> int:
     def options(parser) -> None:
-        parser.add_argument("--delays", default="0,50,200", help="--max-batch-delay-ms values (default 0,50,200)")
-        parser.add_argument("--loads", default="0.3,0.6",
-                            help="arrival rates as fractions of the bare model's img/s at batch 8 (default 0.3,0.6)")
-        parser.add_argument("--images", type=int, help="images per window (default 80; 24 with --quick)")
+        parser.add_argument("--delays", default="0,10,300", help="--max-batch-delay-ms values (default 0,10,300)")
+        parser.add_argument("--loads", default="0.25,0.5",
+                            help="arrival rates as fractions of the bare model's img/s at batch 8 (default 0.25,0.5)")
+        parser.add_argument("--images", type=int, help="images per window (default 60; 24 with --quick)")
+        parser.add_argument("--rounds", type=int, help="rounds of every (load, delay) window, in turns (default 3; "
+                                                      "1 with --quick); the tables give medians")
         parser.add_argument("--size", default="640x480", help="image width x height (default 640x480)")
 
     args = parse_args(NAME, argv, options)
     delays = [int(d) for d in args.delays.split(",")]
     loads = [float(f) for f in args.loads.split(",")]
+    rounds = args.rounds or pick(1, 3)
     size = tuple(int(v) for v in args.size.lower().split("x"))
     note_load(NAME)
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from mlserver.handlers.resnet50 import ResNet50
 
-    payloads = photos(args.images or pick(24, 80), size)
+    payloads = photos(args.images or pick(24, 60), size)
     handler = ResNet50(weights="none", batch_size=BATCH)
     handler.load()
     inputs, _, _ = decode_all(handler, payloads)
-    bare = bare_rate(handler, inputs, BATCH)[0]
+    bare = {batch: bare_rate(handler, inputs, batch) for batch in (1, BATCH)}
     del handler, inputs
-    print(f"{len(payloads)} JPEGs of {size[0]}x{size[1]} per window; the bare model at batch {BATCH}: "
-          f"{bare:.1f} img/s", flush=True)
+    rate8 = bare[BATCH][0]
+    print(f"{len(payloads)} JPEGs of {size[0]}x{size[1]} per window; the bare model: "
+          + ", ".join(f"batch {b}: {r:.1f} img/s, {c * 1000:.0f} CPU ms/img" for b, (r, c) in bare.items()), flush=True)
 
-    rows = []
+    windows = []
     with Stack() as stack:
-        for delay in delays:
-            model, port = model_name(), free_port()
-            worker = Worker(stack.url, WORKER_KEY, ["--model", model, "--handler", "resnet50", "--weights", "none",
-                                                    "--batch", str(BATCH), "--max-batch-delay-ms", str(delay),
-                                                    "--lease", "300", "--wait", "5", "--idle-after", "0",
-                                                    "--metrics-port", str(port)],
-                            log_dir=stack.work / f"worker-{delay}")
-            worker.start(timeout=600)
-            try:
+        # One worker per delay, each on its own model, all started first: the load goes to one at a
+        # time, in turns, so drift on the machine weighs on every delay alike (the others idle in a
+        # long-poll meanwhile).
+        workers = {}
+        try:
+            for delay in delays:
+                model, port = model_name(), free_port()
+                workers[delay] = (Worker(stack.url, WORKER_KEY, [
+                    "--model", model, "--handler", "resnet50", "--weights", "none", "--batch", str(BATCH),
+                    "--max-batch-delay-ms", str(delay), "--lease", "300", "--wait", "5", "--idle-after", "0",
+                    "--metrics-port", str(port)], log_dir=stack.work / f"worker-{delay}").start(timeout=600),
+                    model, port)
+            for round_ in range(rounds):
                 for i, load in enumerate(loads):
-                    figures = trickle(stack, worker, model, payloads, load * bare, port, seed=i)
-                    rows.append({"delay_ms": delay, "load": load, "rate": round(load * bare, 2), **figures})
-                    print(f"  delay {delay} ms, load {load}: done", flush=True)
-            finally:
+                    for delay, (worker, model, port) in workers.items():
+                        figures = trickle(stack, worker, model, payloads, load * rate8, port, seed=round_ * 100 + i)
+                        windows.append({"delay_ms": delay, "load": load, "rate": round(load * rate8, 2), **figures})
+                print(f"  round {round_ + 1} of {rounds}: done", flush=True)
+        finally:
+            for worker, _, _ in workers.values():
                 worker.stop(timeout=60)
 
-    table(f"Dynamic batching under Poisson arrivals: ResNet50, --batch {BATCH}, bare model {bare:.1f} img/s",
+    rows = [median_row([w for w in windows if (w["delay_ms"], w["load"]) == (delay, load)])
+            for load in loads for delay in delays]
+    table(f"Dynamic batching under Poisson arrivals: ResNet50, --batch {BATCH}, bare model {rate8:.1f} img/s at batch "
+          f"{BATCH} ({bare[1][0]:.1f} at 1); medians of {rounds} rounds",
           ["delay ms", "load", "tasks/s", "batches", "mean batch", "p50 ms", "p95 ms", "worker CPU ms/img",
            "model CPU ms/img"],
           [[r["delay_ms"], r["load"], r["rate"], r["batches"], r["mean_batch"], r["latency_ms"]["p50"],
             r["latency_ms"]["p95"], r["worker_cpu_ms_per_image"], r["model_cpu_ms_per_image"]] for r in rows])
-    save(NAME, {"batch": BATCH, "bare_images_per_s": round(bare, 2), "images": len(payloads), "size": list(size),
-                "rows": rows})
+    save(NAME, {"batch": BATCH, "images": len(payloads), "size": list(size), "rounds": rounds,
+                "bare": {str(b): {"images_per_s": round(r, 2), "cpu_ms_per_image": round(c * 1000, 1)}
+                         for b, (r, c) in bare.items()},
+                "rows": rows, "windows": windows})
     return 0
 
 

@@ -40,9 +40,7 @@ class Arrivals:
 
     def wait(self, short_by: int) -> float:
         """Seconds a batch `short_by` tasks short of full should wait for more (0: go now)."""
-        if self.delay <= 0 or short_by <= 0:
-            return 0.0
         rate = self.rate()
-        if rate * self.delay < 1:  # not even one more task is likely within the delay
+        if short_by <= 0 or self.delay <= 0 or rate * self.delay < 1:  # not one more is likely within it
             return 0.0
         return min(self.delay, short_by / rate)

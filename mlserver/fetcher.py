@@ -4,9 +4,9 @@ It claims a new batch only when the model has taken the previous one (`take()`),
 batch waits in hand (its leases kept alive by the heartbeat) and other workers are not starved of
 tasks. A batch holding a task back from a lost lease (attempt > 1: it may be what killed the last
 worker) lets the next claim go only when the worker says it is done with it (`resume()`): that
-task runs alone, and nothing claimed meanwhile would die with it. A batch that comes short of
-`--batch` while tasks are arriving may wait up to `--max-batch-delay-ms` and claim again, once, to
-fill (arrivals.py says when it waits). A payload too large to come
+task runs alone, and nothing claimed meanwhile would die with it. With `--max-batch-delay-ms`, a
+batch short of `--batch` may wait up to the delay while tasks are arriving, then claims again (wait
+0) to fill, before it is handed over (arrivals.py says when a wait pays). A payload too large to come
 inside the claim it downloads from storage (the claim's `payload_url`). It reports nothing to the
 broker itself: a task it cannot fetch or decode travels in its batch as `undecodable`, and tasks
 claimed after the stop flag went up as `unstarted`, for the worker to settle. When there has been
@@ -56,6 +56,11 @@ class Batch:
     undecodable: list[tuple[Task, Exception]] = field(default_factory=list)  # each fails alone
     unstarted: list[Task] = field(default_factory=list)  # claimed as the worker stopped: to give back
     fetched: int = 0  # bytes of payloads downloaded from storage for it
+    answered: float = 0.0  # when its claim answered (time.monotonic())
+
+    @property
+    def claimed(self) -> int:
+        return len(self.tasks) + len(self.undecodable) + len(self.unstarted)
 
 
 class Fetcher(threading.Thread):
@@ -71,6 +76,7 @@ class Fetcher(threading.Thread):
         self.watcher = Watcher(client, claiming.model, stop, claiming.idle_after, claiming.watch_interval,
                                claiming.idle_check)
         self.arrivals = Arrivals(claiming.max_batch_delay)
+        self._poll = float(claiming.wait)  # what the last claim told the broker of this worker's next
         self._storage = None  # the session payloads are downloaded through, made on first use
 
     def take(self, timeout: float) -> Batch | None:
@@ -118,9 +124,9 @@ class Fetcher(threading.Thread):
                 self._room.release()
                 continue
             asked = time.monotonic()
-            poll = self.claiming.idle_check if self.watcher.asleep() else max(wait, MIN_EMPTY_POLL)
+            self._poll = self.claiming.idle_check if self.watcher.asleep() else max(wait, MIN_EMPTY_POLL)
             try:
-                tasks = self._claim(self.claiming.batch, wait, poll)
+                tasks = self._claim(self.claiming.batch, wait)
             except Unavailable as exc:
                 self._room.release()
                 delay = backoff.next()
@@ -144,32 +150,41 @@ class Fetcher(threading.Thread):
                 return
             if tasks:
                 batch = self.decode(tasks)
-                self._fill(batch, tasks, answered, poll)
+                batch.answered = answered
+                self._fill(batch)
                 self._ready.put(batch)
             else:
                 self._room.release()
 
-    def _claim(self, count: int, wait: int, poll: float) -> list[Task]:
+    def _claim(self, count: int, wait: int) -> list[Task]:
         """Up to `count` tasks, held from here on (the ledger has them, for the heartbeat)."""
         claims, inline_bytes = self.client.claim(self.claiming.model, count, wait, self.claiming.lease,
-                                                 len(self.ledger.held()), poll)
+                                                 len(self.ledger.held()), self._poll)
         tasks = [Task.from_claim(claim, self.claiming.lease, inline_bytes) for claim in claims]
         self.ledger.add(tasks)
         self.arrivals.claimed(len(tasks))
         return tasks
 
-    def _fill(self, batch: Batch, tasks: list[Task], answered: float, poll: float) -> None:
-        """Dynamic batching: a batch short of full, while tasks are arriving, waits for more (counted
-        from its claim's answer, at `answered`) and claims them once with wait 0. Not a batch with a
-        suspect: that runs alone anyway. A failed top-up leaves the batch as it is."""
-        short_by = self.claiming.batch - len(tasks)
-        wait = self.arrivals.wait(short_by)
-        if not wait or any(task.suspect for task in tasks):
+    def _short(self, batch: Batch) -> bool:
+        """Dynamic batching is on and the batch could take more: not full, nothing set aside to give
+        back, no suspect (that runs alone anyway)."""
+        return (self.claiming.max_batch_delay > 0 and batch.claimed < self.claiming.batch and not batch.unstarted
+                and not any(task.suspect for task in batch.tasks))
+
+    def _fill(self, batch: Batch) -> None:
+        """A short batch, while tasks are arriving, waits for more (counted from its claim's answer)
+        before it is handed over, then claims them."""
+        if not self._short(batch):
             return
-        if self.stop.wait(max(0.0, answered + wait - time.monotonic())):
-            return
+        wait = self.arrivals.wait(self.claiming.batch - batch.claimed)
+        if wait and not self.stop.wait(max(0.0, batch.answered + wait - time.monotonic())):
+            self._top_up(batch)
+
+    def _top_up(self, batch: Batch) -> None:
+        """Claim (wait 0) what the batch lacks and decode it into the batch. A failed claim leaves the
+        batch as it is; a refusal stops the worker, as any other claim's would."""
         try:
-            more = self._claim(short_by, 0, poll)
+            more = self._claim(self.claiming.batch - batch.claimed, 0)
         except Unavailable as exc:
             log.info("a claim to fill the batch failed (%s); it goes as it is", exc)
             return
