@@ -23,6 +23,7 @@ import requests
 
 from devstack.services import Worker
 
+from . import common
 from .common import (
     WORKER_KEY,
     Stack,
@@ -163,6 +164,17 @@ def main(argv: list[str] | None = None) -> int:
                          for b, (r, c) in bare.items()},
                 "rows": rows, "windows": windows})
     return 0
+
+
+def summary(d: dict) -> list[list]:
+    """For the summary table: each delay against none, at the lightest load measured."""
+    load = min(r["load"] for r in d["rows"])
+    base = next(r for r in d["rows"] if r["load"] == load and r["delay_ms"] == 0)
+    return [["12 batching", f"{r['delay_ms']} ms delay, load {load}: mean batch, p50 ms, worker CPU ms/img",
+             f"{r['mean_batch']}, {r['latency_ms']['p50']:.0f}, {r['worker_cpu_ms_per_image']}",
+             f"no delay: {base['mean_batch']}, {base['latency_ms']['p50']:.0f}, {base['worker_cpu_ms_per_image']}",
+             common.ratio(base["worker_cpu_ms_per_image"], r["worker_cpu_ms_per_image"]), "measure it", ""]
+            for r in d["rows"] if r["load"] == load and r["delay_ms"] != 0]
 
 
 if __name__ == "__main__":

@@ -29,7 +29,8 @@ SOURCES = [("pickup", "pickup", "summary"), ("claim_depth", "claim_depth", "summ
            ("throughput", "throughput", "summary"), ("throughput-compare", "throughput", "summary_compare"),
            ("worker", "worker", "summary"), ("celery_ref", "celery_ref", "summary"), ("memory", "memory", "summary"),
            ("constant_time", "constant_time", "summary"), ("large", "large", "summary"), ("idle", "idle", "summary"),
-           ("calls", "calls", "summary"), ("calls-compare", "calls", "summary_compare")]
+           ("calls", "calls", "summary"), ("calls-compare", "calls", "summary_compare"),
+           ("batching", "batching", "summary")]
 
 
 def summary_rows() -> list[list]:
