@@ -99,7 +99,7 @@ def median_row(rows: list[dict]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     def options(parser) -> None:
-        parser.add_argument("--delays", default="0,10,300", help="--max-batch-delay-ms values (default 0,10,300)")
+        parser.add_argument("--delays", default="0,100,300", help="--max-batch-delay-ms values (default 0,100,300)")
         parser.add_argument("--loads", default="0.25,0.5",
                             help="arrival rates as fractions of the bare model's img/s at batch 8 (default 0.25,0.5)")
         parser.add_argument("--images", type=int, help="images per window (default 60; 24 with --quick)")

@@ -8,7 +8,8 @@ claim, so it is spent only when it is likely to pay: when the tasks claimed over
 sees tasks more rarely than that, never waits: a lone task goes to the model at once.
 
 Invariants: a wait is 0 for a full batch and when nothing is arriving, and never longer than the
-delay or than the time the recent rate needs to fill the batch.
+delay or than the time the recent rate needs to fill the batch. It holds at most one entry per
+claim of the last `window` seconds (none with no delay).
 """
 
 from __future__ import annotations
@@ -28,15 +29,19 @@ class Arrivals:
 
     def claimed(self, count: int) -> None:
         """A claim brought `count` tasks just now."""
-        if count:
+        if count and self.delay > 0:
             self._claimed.append((self.clock(), count))
+            self._forget()
 
     def rate(self) -> float:
         """Tasks claimed per second over the last `window` seconds."""
+        self._forget()
+        return sum(count for _, count in self._claimed) / self.window
+
+    def _forget(self) -> None:
         since = self.clock() - self.window
         while self._claimed and self._claimed[0][0] < since:
             self._claimed.popleft()
-        return sum(count for _, count in self._claimed) / self.window
 
     def wait(self, short_by: int) -> float:
         """Seconds a batch `short_by` tasks short of full should wait for more (0: go now)."""

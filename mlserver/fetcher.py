@@ -76,7 +76,6 @@ class Fetcher(threading.Thread):
         self.watcher = Watcher(client, claiming.model, stop, claiming.idle_after, claiming.watch_interval,
                                claiming.idle_check)
         self.arrivals = Arrivals(claiming.max_batch_delay)
-        self._poll = float(claiming.wait)  # what the last claim told the broker of this worker's next
         self._storage = None  # the session payloads are downloaded through, made on first use
 
     def take(self, timeout: float) -> Batch | None:
@@ -124,9 +123,9 @@ class Fetcher(threading.Thread):
                 self._room.release()
                 continue
             asked = time.monotonic()
-            self._poll = self.claiming.idle_check if self.watcher.asleep() else max(wait, MIN_EMPTY_POLL)
+            poll = self.claiming.idle_check if self.watcher.asleep() else max(wait, MIN_EMPTY_POLL)
             try:
-                tasks = self._claim(self.claiming.batch, wait)
+                tasks = self._claim(self.claiming.batch, wait, poll)
             except Unavailable as exc:
                 self._room.release()
                 delay = backoff.next()
@@ -151,15 +150,17 @@ class Fetcher(threading.Thread):
             if tasks:
                 batch = self.decode(tasks)
                 batch.answered = answered
-                self._fill(batch)
-                self._ready.put(batch)
+                try:
+                    self._fill(batch, poll)
+                finally:  # held tasks always reach the worker, to run or give back, whatever a top-up met
+                    self._ready.put(batch)
             else:
                 self._room.release()
 
-    def _claim(self, count: int, wait: int) -> list[Task]:
+    def _claim(self, count: int, wait: int, poll: float) -> list[Task]:
         """Up to `count` tasks, held from here on (the ledger has them, for the heartbeat)."""
         claims, inline_bytes = self.client.claim(self.claiming.model, count, wait, self.claiming.lease,
-                                                 len(self.ledger.held()), self._poll)
+                                                 len(self.ledger.held()), poll)
         tasks = [Task.from_claim(claim, self.claiming.lease, inline_bytes) for claim in claims]
         self.ledger.add(tasks)
         self.arrivals.claimed(len(tasks))
@@ -171,20 +172,20 @@ class Fetcher(threading.Thread):
         return (self.claiming.max_batch_delay > 0 and batch.claimed < self.claiming.batch and not batch.unstarted
                 and not any(task.suspect for task in batch.tasks))
 
-    def _fill(self, batch: Batch) -> None:
+    def _fill(self, batch: Batch, poll: float) -> None:
         """A short batch, while tasks are arriving, waits for more (counted from its claim's answer)
-        before it is handed over, then claims them."""
+        before it is handed over, then claims them (telling the broker `poll`, as its claim did)."""
         if not self._short(batch):
             return
         wait = self.arrivals.wait(self.claiming.batch - batch.claimed)
         if wait and not self.stop.wait(max(0.0, batch.answered + wait - time.monotonic())):
-            self._top_up(batch)
+            self._top_up(batch, poll)
 
-    def _top_up(self, batch: Batch) -> None:
+    def _top_up(self, batch: Batch, poll: float) -> None:
         """Claim (wait 0) what the batch lacks and decode it into the batch. A failed claim leaves the
         batch as it is; a refusal stops the worker, as any other claim's would."""
         try:
-            more = self._claim(self.claiming.batch - batch.claimed, 0)
+            more = self._claim(self.claiming.batch - batch.claimed, 0, poll)
         except Unavailable as exc:
             log.info("a claim to fill the batch failed (%s); it goes as it is", exc)
             return

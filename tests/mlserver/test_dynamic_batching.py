@@ -30,13 +30,14 @@ def lone_then_three(broker, model) -> list[str]:
 
 def test_a_short_batch_waits_for_arriving_tasks_but_a_lone_one_goes_at_once(broker, model, start_worker):
     port = free_port()
-    start_worker(model, "--handler", "echo", "--batch", "4", "--max-batch-delay-ms", "3000",
+    start_worker(model, "--handler", "echo", "--batch", "4", "--max-batch-delay-ms", "5000",
                  "--metrics-port", str(port))
 
-    # A quiet worker: the lone task runs alone (a worker that waited would still hold it when the three
-    # come, and they would join it).
+    # A quiet worker: the lone task runs alone. A worker that waited would still hold it when the three
+    # come (within 5 s), and all four would run as one batch.
     lone_then_three(broker, model)
-    assert batches(port)[2] >= 1, scrape(port)
+    count, tasks, ones = batches(port)
+    assert tasks == 4 and count >= 2 and ones >= 1, scrape(port)
 
     # A busy one (8 tasks just went through): the lone task's batch waits, and the three join it.
     for task_id in [broker.submit(model, f"busy {i}".encode(), "text/plain") for i in range(8)]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 
 from mlserver.arrivals import Arrivals
+from mlserver.broker_api import Unavailable
 from mlserver.fetcher import Claiming, Fetcher
 from mlserver.handlers.echo import Echo
 from mlserver.tasks import Ledger
@@ -46,6 +47,17 @@ def test_the_wait_is_what_the_rate_needs_to_fill_the_batch_and_never_more_than_t
     assert Arrivals(0, clock).wait(7) == 0  # no delay set: never wait
 
 
+def test_it_holds_only_the_window_s_claims_and_none_without_a_delay():
+    clock = Clock()
+    off, on = Arrivals(0, clock), Arrivals(0.05, clock)
+    for _ in range(10_000):  # a day's claims of a busy worker, compressed: one every 10 ms
+        clock.now += 0.01
+        off.claimed(8)
+        on.claimed(8)
+    assert len(off._claimed) == 0
+    assert len(on._claimed) <= 501  # 5 s of them
+
+
 def fetcher(broker: FakeBroker, delay: float) -> Fetcher:
     return Fetcher(broker, Echo(batch_size=4), Claiming("echo", 4, 1, 30, max_batch_delay=delay), Ledger(),
                    threading.Event())
@@ -72,7 +84,8 @@ def test_a_short_batch_with_tasks_arriving_claims_once_more_and_goes_full():
     batch = fetch.take(timeout=10)
     fetch.stop.set()
     assert [task.task_id for task in batch.tasks] == ["first", "second", "third", "fourth"]
-    assert broker.claims == [["first"], ["second", "third", "fourth"]]  # the top-up asked for 3
+    # (once the batch is taken, the fetch thread may claim "fifth" for the next one)
+    assert broker.claims[:2] == [["first"], ["second", "third", "fourth"]]  # the top-up asked for 3
     assert batch.unstarted == [] and batch.undecodable == []
 
 
@@ -85,7 +98,7 @@ def test_a_lone_task_after_a_quiet_spell_goes_at_once():
     batch = fetch.take(timeout=10)
     fetch.stop.set()
     assert [task.task_id for task in batch.tasks] == ["lone"]
-    assert broker.claims == [["lone"]]
+    assert broker.claims[0] == ["lone"]
 
 
 def test_a_stop_while_a_batch_waits_hands_it_over_without_claiming_more():
@@ -97,7 +110,48 @@ def test_a_stop_while_a_batch_waits_hands_it_over_without_claiming_more():
     while not broker.claims:
         threading.Event().wait(0.005)
     broker.submit("second")
+    threading.Event().wait(0.1)  # the batch waits about 0.6 s for more (3 short, 5 a second)
     fetch.stop.set()
     batch = fetch.take(timeout=10)
     assert [task.task_id for task in batch.tasks] == ["first"]
     assert broker.claims == [["first"]]
+
+
+def failing_top_up(broker: FakeBroker, error: Exception) -> None:
+    """The broker's first claim answers; the next one (the top-up) raises `error`."""
+    real, calls = broker.claim, []
+
+    def claim(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 2:
+            raise error
+        return real(*args, **kwargs)
+
+    broker.claim = claim
+
+
+def test_a_top_up_the_broker_does_not_answer_leaves_the_batch_as_it_is():
+    broker = FakeBroker()
+    fetch = fetcher(broker, delay=0.2)
+    fetch.arrivals.claimed(100)
+    failing_top_up(broker, Unavailable("the broker did not answer"))
+    broker.submit("first")
+    fetch.start()
+    batch = fetch.take(timeout=10)
+    assert [task.task_id for task in batch.tasks] == ["first"]
+    assert fetch.fatal is None and not fetch.stop.is_set()
+    fetch.stop.set()
+
+
+def test_a_top_up_that_breaks_still_hands_over_the_tasks_already_held():
+    """A bug met while filling must not strand the batch: the worker gives its tasks back as it stops."""
+    broker = FakeBroker()
+    fetch = fetcher(broker, delay=0.2)
+    fetch.arrivals.claimed(100)
+    failing_top_up(broker, KeyError("tasks"))
+    broker.submit("first")
+    fetch.start()
+    batch = fetch.take(timeout=10)
+    assert [task.task_id for task in batch.tasks] == ["first"]
+    fetch.join(timeout=10)
+    assert isinstance(fetch.fatal, KeyError) and fetch.stop.is_set()
