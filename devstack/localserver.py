@@ -10,7 +10,8 @@ lazily), and two threads converting ASTs at once share one recursion counter: th
 import fails with "SystemError: AST constructor recursion depth mismatch" (seen in CI, reproduced
 on 3.11.7 by formatting tracebacks in one thread while another parses). So a client that went away
 is not an error, and any other error in a handler is kept and printed by `close()`, in the thread
-that closes the server.
+that closes the server. (The test process also lets one `ast.parse` run at a time: tests/support/
+ast_guard.py.)
 """
 
 from __future__ import annotations

@@ -15,6 +15,9 @@ import pytest
 import requests
 
 from devstack.services import Azurite, DevHost
+from tests.support import ast_guard
+
+ast_guard.install()  # CPython 3.11: no two threads in ast.parse at once (tests/support/ast_guard.py)
 
 # The tests' own HTTP calls send the keys they set, never a developer's ~/.netrc entry (requests
 # would put a matching one in place of the Authorization header).
