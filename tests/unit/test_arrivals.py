@@ -117,8 +117,9 @@ def test_a_stop_while_a_batch_waits_hands_it_over_without_claiming_more():
     assert broker.claims == [["first"]]
 
 
-def failing_top_up(broker: FakeBroker, error: Exception) -> None:
-    """The broker's first claim answers; the next one (the top-up) raises `error`."""
+def batch_with_a_failing_top_up(error: Exception) -> tuple[Fetcher, object]:
+    """A busy fetcher's first batch, short of full, whose top-up claim raises `error`."""
+    broker = FakeBroker()
     real, calls = broker.claim, []
 
     def claim(*args, **kwargs):
@@ -128,16 +129,15 @@ def failing_top_up(broker: FakeBroker, error: Exception) -> None:
         return real(*args, **kwargs)
 
     broker.claim = claim
+    fetch = fetcher(broker, delay=0.2)
+    fetch.arrivals.claimed(100)
+    broker.submit("first")
+    fetch.start()
+    return fetch, fetch.take(timeout=10)
 
 
 def test_a_top_up_the_broker_does_not_answer_leaves_the_batch_as_it_is():
-    broker = FakeBroker()
-    fetch = fetcher(broker, delay=0.2)
-    fetch.arrivals.claimed(100)
-    failing_top_up(broker, Unavailable("the broker did not answer"))
-    broker.submit("first")
-    fetch.start()
-    batch = fetch.take(timeout=10)
+    fetch, batch = batch_with_a_failing_top_up(Unavailable("the broker did not answer"))
     assert [task.task_id for task in batch.tasks] == ["first"]
     assert fetch.fatal is None and not fetch.stop.is_set()
     fetch.stop.set()
@@ -145,13 +145,7 @@ def test_a_top_up_the_broker_does_not_answer_leaves_the_batch_as_it_is():
 
 def test_a_top_up_that_breaks_still_hands_over_the_tasks_already_held():
     """A bug met while filling must not strand the batch: the worker gives its tasks back as it stops."""
-    broker = FakeBroker()
-    fetch = fetcher(broker, delay=0.2)
-    fetch.arrivals.claimed(100)
-    failing_top_up(broker, KeyError("tasks"))
-    broker.submit("first")
-    fetch.start()
-    batch = fetch.take(timeout=10)
+    fetch, batch = batch_with_a_failing_top_up(KeyError("tasks"))
     assert [task.task_id for task in batch.tasks] == ["first"]
     fetch.join(timeout=10)
     assert isinstance(fetch.fatal, KeyError) and fetch.stop.is_set()
