@@ -113,7 +113,8 @@ def test_a_stop_while_a_batch_waits_hands_it_over_without_claiming_more():
     threading.Event().wait(0.1)  # the batch waits about 0.6 s for more (3 short, 5 a second)
     fetch.stop.set()
     batch = fetch.take(timeout=10)
-    assert [task.task_id for task in batch.tasks] == ["first"]
+    # (on a slow machine the stop may land before the wait began: then the task comes as unstarted)
+    assert [task.task_id for task in batch.tasks + batch.unstarted] == ["first"]
     assert broker.claims == [["first"]]
 
 
