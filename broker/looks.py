@@ -6,9 +6,9 @@ on one model in one instance share their storage polls.
 - A claim that arrives just after a look here found the queue short (fewer messages than it asked
   for), with no task queued or given back here since (`announced`) and no look coming back full
   since, does not look at once (`quiet`) if other long-polls are waiting here (the store checks
-  that): it waits with them and shares their polls. A lone claim always looks first. What this instance queues wakes a
-  waiter (wakeups.notify_one); what other instances queue, and leases that run out, are found by the
-  shared polls, as they are for every waiter.
+  that): it waits with them and shares their polls. A lone claim always looks first. What this
+  instance queues wakes a waiter (wakeups.notify_one); what other instances queue, and leases that
+  run out, are found by the shared polls, as they are for every waiter.
 
 Bounded: at most MAX models are remembered; past that they are forgotten, which only costs a look.
 """

@@ -56,7 +56,6 @@ class Batch:
     undecodable: list[tuple[Task, Exception]] = field(default_factory=list)  # each fails alone
     unstarted: list[Task] = field(default_factory=list)  # claimed as the worker stopped: to give back
     fetched: int = 0  # bytes of payloads downloaded from storage for it
-    answered: float = 0.0  # when its claim answered (time.monotonic())
 
     @property
     def claimed(self) -> int:
@@ -149,9 +148,8 @@ class Fetcher(threading.Thread):
                 return
             if tasks:
                 batch = self.decode(tasks)
-                batch.answered = answered
                 try:
-                    self._fill(batch, poll)
+                    self._fill(batch, answered, poll)
                 finally:  # held tasks always reach the worker, to run or give back, whatever a top-up met
                     self._ready.put(batch)
             else:
@@ -172,13 +170,13 @@ class Fetcher(threading.Thread):
         return (self.claiming.max_batch_delay > 0 and batch.claimed < self.claiming.batch and not batch.unstarted
                 and not any(task.suspect for task in batch.tasks))
 
-    def _fill(self, batch: Batch, poll: float) -> None:
-        """A short batch, while tasks are arriving, waits for more (counted from its claim's answer)
-        before it is handed over, then claims them (telling the broker `poll`, as its claim did)."""
+    def _fill(self, batch: Batch, answered: float, poll: float) -> None:
+        """A short batch, while tasks are arriving, waits for more (counted from its claim's answer, at
+        `answered`) before it is handed over, then claims them (telling the broker `poll`, as its claim did)."""
         if not self._short(batch):
             return
         wait = self.arrivals.wait(self.claiming.batch - batch.claimed)
-        if wait and not self.stop.wait(max(0.0, batch.answered + wait - time.monotonic())):
+        if wait and not self.stop.wait(max(0.0, answered + wait - time.monotonic())):
             self._top_up(batch, poll)
 
     def _top_up(self, batch: Batch, poll: float) -> None:
