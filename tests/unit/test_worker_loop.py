@@ -13,10 +13,12 @@ from mlserver.worker import Worker
 from .fake_broker import FakeBroker, unavailable
 
 
-def burst(broker: FakeBroker, batch: int = 4, lease: int = 30, stop_after: float = 20.0) -> Worker:
-    """Run a worker until everything submitted is settled (or `stop_after` seconds), then stop it."""
-    worker = Worker(broker, Echo(batch_size=batch), Claiming("echo", batch, 1, lease), status_interval=3600,
-                    upload_threads=2)
+def burst(broker: FakeBroker, batch: int = 4, lease: int = 30, stop_after: float = 20.0,
+          handler: Echo | None = None) -> Worker:
+    """Run a worker (echo, or `handler`) until everything submitted is settled (or `stop_after`
+    seconds), then stop it."""
+    worker = Worker(broker, handler or Echo(batch_size=batch), Claiming("echo", batch, 1, lease),
+                    status_interval=3600, upload_threads=2)
 
     def stop_when_settled():
         for _ in range(int(stop_after / 0.02)):
@@ -158,14 +160,6 @@ def test_nothing_is_claimed_while_a_task_back_from_a_lost_lease_runs_alone():
                                    if t.status == "running" and t.task_id != "suspect"])
             return super().predict(inputs)
 
-    worker = Worker(broker, Watching(batch_size=2), Claiming("echo", 2, 1, 30), status_interval=3600, upload_threads=2)
-
-    def stop_when_settled():
-        while not broker.settled():
-            threading.Event().wait(0.02)
-        worker.stop.set()
-
-    threading.Thread(target=stop_when_settled, daemon=True).start()
-    assert worker.run() is None
+    burst(broker, batch=2, handler=Watching(batch_size=2))
     assert beside == [[]]  # it ran once, and the worker held nothing else meanwhile
     assert all(t.status == "succeeded" for t in broker.tasks.values())
