@@ -9,6 +9,9 @@ on one model in one instance share their storage polls.
   that): it waits with them and shares their polls. A lone claim always looks first. What this
   instance queues wakes a waiter (wakeups.notify_one); what other instances queue, and leases that
   run out, are found by the shared polls, as they are for every waiter.
+- A long-poll woken for a task queued or given back here does not look if a look here began after
+  that (`covered`): that look will find the task (or, coming back full, wake a waiter in turn).
+  Before, the woken one looked all the same, and with several workers it mostly found nothing.
 
 Bounded: at most MAX models are remembered; past that they are forgotten, which only costs a look.
 """
@@ -26,6 +29,7 @@ class _Seen:
     began: float = float("-inf")  # when the last look began
     short: float = float("-inf")  # when the last look that came back short began
     announced: int = 0  # tasks queued or given back here, counted
+    announced_at: float = float("-inf")  # when the last of them was
     short_at: int = -1  # the count when that short look began
 
 
@@ -56,7 +60,14 @@ class Looks:
 
     def announced(self, model: str) -> None:
         """A task was queued or given back here: the queue is not known short any more."""
-        self._get(model).announced += 1
+        seen = self._get(model)
+        seen.announced += 1
+        seen.announced_at = time.monotonic()
+
+    def covered(self, model: str) -> bool:
+        """A look here began after the last task was queued or given back here: it will see that task."""
+        seen = self._models.get(model)
+        return seen is not None and seen.began > seen.announced_at
 
     def within(self, model: str, seconds: float) -> bool:
         seen = self._models.get(model)

@@ -592,7 +592,9 @@ class TaskStore:
                 waited = min(delay, remaining)
                 woken = await self.wakeups.wait(ticket, waited)
             delay = POLL_FIRST if woken else min(delay * 2, POLL_CAP)
-            look = woken or not self.looks.within(model, waited)
+            # Woken for a task queued here: look, unless a look here began since (it will find it).
+            # Not woken: look, unless another long-poll here looked while this one slept.
+            look = not self.looks.covered(model) if woken else not self.looks.within(model, waited)
 
     async def _look(self, model: str, max_tasks: int, lease_seconds: int) -> list[Message]:
         """Receive, noting when and whether the queue came back short (looks.py): long-polls on one
@@ -602,11 +604,11 @@ class TaskStore:
         messages = await self.storage.queues.receive(model, max_tasks, lease_seconds)
         self.looks.ended(model, look, short=len(messages) < max_tasks)
         if len(messages) >= max_tasks:
-            self.wakeups.notify_one("model:" + model)  # there may be more: another long-poll looks now
+            self._announce(model)  # there may be more: another long-poll looks now
         return messages
 
     def _announce(self, model: str) -> None:
-        """A task was queued or given back here: a long-poll waiting here looks for it now."""
+        """A task was queued or given back here, or a look came back full: a long-poll waiting here looks."""
         self.looks.announced(model)
         self.wakeups.notify_one("model:" + model)
 

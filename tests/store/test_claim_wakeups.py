@@ -1,11 +1,33 @@
 """Long-polls waiting on one model in one instance, on Azurite: a task queued there wakes one of
-them, which takes it; the others do not all ask storage for it (broker/wakeups.py, notify_one)."""
+them, which takes it; the others do not all ask storage for it (broker/wakeups.py, notify_one); and
+the woken one does not ask either when a look that began after the task was queued will find it
+(broker/looks.py, covered)."""
 
 from __future__ import annotations
 
 import asyncio
 
+import pytest
+
+from broker import store as store_module
+
 from .conftest import Clock, spy
+
+
+@pytest.fixture
+def no_timer_polls(monkeypatch):
+    """Long-polls here look at storage only when first asked and when woken, within a test's time."""
+    monkeypatch.setattr(store_module, "POLL_FIRST", 30.0)
+    monkeypatch.setattr(store_module, "POLL_CAP", 30.0)
+
+
+async def _waiting(claim, receives, looked: int):
+    """Start a long-poll and return it once its first look is done and it waits."""
+    poll = asyncio.ensure_future(claim)
+    while len(receives) < looked + 1:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)
+    return poll
 
 
 def test_a_submit_wakes_one_waiting_long_poll_and_it_takes_the_task(run_store, model):
@@ -66,3 +88,52 @@ def test_a_claim_just_after_a_short_look_waits_with_the_others_and_still_finds_a
 
     alone_looked, skipped, mine, task_id, theirs, elsewhere_id = run_store(scenario)
     assert alone_looked and skipped and mine == (task_id, b"here") and theirs == (elsewhere_id, b"there")
+
+
+def test_a_woken_long_poll_does_not_look_when_a_look_that_began_since_takes_the_task(run_store, model, no_timer_polls):
+    """The task wakes the waiter, but a claim that arrives at once looks first and takes it: the
+    waiter's own look would find nothing, so it makes none, and it still gets the next task."""
+    async def scenario(store):
+        receives = spy(store.storage.queues, "receive")
+        waiter = await _waiting(store.claim(model, 1, 20, 30), receives, 0)
+        announce, arriving = store._announce, []
+
+        def and_a_claim_arrives(m):  # right as the task is queued: it runs before the woken waiter does
+            announce(m)
+            arriving.append(asyncio.ensure_future(store.claim(model, 2, 0, 30)))  # and finds the queue short
+
+        store._announce = and_a_claim_arrives
+        first, _ = await store.submit(model, b"first", "text/plain", {})
+        store._announce = announce
+        [taken] = await arriving[0]
+        for _ in range(20):
+            await asyncio.sleep(0.01)
+        looked_after_it = len(receives) - 2  # the waiter's first look, the arriving claim's
+        second, _ = await store.submit(model, b"second", "text/plain", {})
+        [got] = await asyncio.wait_for(waiter, 10)
+        return taken.task_id, first.task_id, looked_after_it, got.task_id, second.task_id
+
+    taken, first, looked_after_it, got, second = run_store(scenario)
+    assert taken == first and looked_after_it == 0 and got == second
+
+
+def test_a_look_that_comes_back_full_wakes_a_waiter_to_look_for_more(run_store, azurite, model, no_timer_polls):
+    """Tasks queued on another instance (nothing here announced them) are found by a claim here that
+    asked for fewer than there are: its full look wakes a waiting long-poll, which takes another."""
+    from broker.storage import Storage
+    from broker.store import TaskStore
+
+    async def scenario(store):
+        receives = spy(store.storage.queues, "receive")
+        waiter = await _waiting(store.claim(model, 1, 20, 30), receives, 0)
+        other = TaskStore(Storage(azurite.connection_string, 2), store.settings, clock=Clock())
+        try:
+            queued = {(await other.submit(model, f"t{i}".encode(), "text/plain", {}))[0].task_id for i in range(3)}
+        finally:
+            await other.storage.close()
+        [taken] = await store.claim(model, 1, 0, 30)
+        [got] = await asyncio.wait_for(waiter, 10)
+        return queued, {taken.task_id, got.task_id}
+
+    queued, claimed = run_store(scenario)
+    assert len(claimed) == 2 and claimed <= queued
