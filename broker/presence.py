@@ -12,8 +12,10 @@ how many tasks they hold, where a queued task is in line, how long the oldest ha
   line, exactly up to 32; past them a position is an estimate (the queue's approximate count less
   the tasks held). Peeks and listings are shared by every request of an instance for CACHE seconds.
   A task this instance queued since its view was taken stands behind everything in that view, in
-  the order this instance queued them (no storage call: a submit's own answer needs none); a task
-  missing from a short view that another instance queued has the line looked at again.
+  the order this instance queued them (no storage call: a submit's own answer needs none). A task
+  this instance queued before the view was taken, and missing from it, has left the line already (a
+  worker took it) or stands past its first PEEK: its place is estimated, with no call either. Only a
+  task missing from a short view that another instance queued has the line looked at again.
 """
 
 from __future__ import annotations
@@ -60,7 +62,8 @@ class Presence:
         self._workers: dict[str, tuple[float, Workers]] = {}
         self._lines: dict[str, tuple[float, Line]] = {}
         self._joined: dict[str, dict[str, int]] = {}  # model -> tasks this instance queued since its view
-        self._joined_count = 0
+        self._before: dict[str, dict[str, int]] = {}  # model -> those queued before it (since the view before)
+        self._joined_count = 0  # tasks in both, counted
 
     def joined(self, model: str, task_id: str) -> None:
         """This instance queued `task_id` (after every task in its current view of the line; a task
@@ -68,6 +71,7 @@ class Presence:
         whatever models come: past that they are forgotten, and a look at the line places them."""
         if self._joined_count >= MAX_JOINED:
             self._joined.clear()
+            self._before.clear()
             self._joined_count = 0
         since = self._joined.setdefault(model, {})
         if task_id not in since:
@@ -127,7 +131,10 @@ class Presence:
         cached = self._lines.get(model)
         if not fresh and cached is not None and time.monotonic() - cached[0] < CACHE:
             return cached[1]
-        self._joined_count -= len(self._joined.pop(model, {}))  # the view about to be taken holds them
+        # The view about to be taken holds the tasks queued here since the last one, or they have left
+        # the line already, or stand past its first PEEK.
+        self._joined_count -= len(self._before.pop(model, {}))
+        self._before[model] = self._joined.pop(model, {})
         peeked, depth = await self.storage.queues.peek(model, PEEK), await self.storage.queues.depth(model)
         ahead, oldest = {}, None
         for message in peeked:
@@ -148,8 +155,8 @@ class Presence:
         if task_id not in line.ahead and task_id in since:  # queued here since the view: behind all of it
             behind = len(line.ahead) if len(line.ahead) < PEEK else max(PEEK, line.depth - workers.running)
             return self._described(behind + since[task_id], workers)
-        if task_id not in line.ahead and len(line.ahead) < PEEK:  # queued elsewhere since the view
-            line = await self.line(model, fresh=True)
+        if task_id not in line.ahead and len(line.ahead) < PEEK and task_id not in self._before.get(model, {}):
+            line = await self.line(model, fresh=True)  # queued elsewhere since the view
         position = line.ahead.get(task_id)
         if position is None:  # not among the first PEEK in line: an estimate
             position = max(len(line.ahead), line.depth - workers.running - 1)

@@ -70,6 +70,41 @@ def test_a_task_another_instance_queued_since_the_view_has_the_line_looked_at_ag
     assert storage.queues.calls == 4  # the first view, and a fresh one for the stranger
 
 
+def test_a_task_queued_here_and_taken_before_the_view_was_taken_needs_no_second_look():
+    """With workers waiting, a task can be claimed before its submit's answer takes a view of the
+    line: it is missing from that view, yet it was queued here, so the line is not looked at again."""
+    storage = Storage()
+    presence = Presence(storage)
+
+    async def scenario():
+        places = []
+        for task_id in (A, B):
+            presence.joined("m", task_id)  # queued here, and taken by a worker at once
+            presence._lines.clear()  # the view has run out by the time its answer is written
+            places.append((await presence.describe(task_id, "m"))["queue_position"])
+        return places
+
+    assert run_async(scenario) == [0, 0]
+    assert storage.queues.calls == 4  # one view (a peek and a count) for each, none again
+
+
+def test_the_tasks_queued_here_that_are_remembered_are_bounded(monkeypatch):
+    from broker import presence as module
+    monkeypatch.setattr(module, "MAX_JOINED", 3)
+    storage = Storage()
+    presence = Presence(storage)
+
+    async def scenario():
+        for i in range(10):
+            presence.joined(f"m{i % 2}", f"{i:032x}")
+            if i % 3 == 0:
+                await presence.line(f"m{i % 2}", fresh=True)
+            held = sum(map(len, presence._joined.values())) + sum(map(len, presence._before.values()))
+            assert held == presence._joined_count <= 3
+
+    run_async(scenario)
+
+
 def test_tasks_workers_hold_do_not_push_a_new_task_back_in_a_short_line():
     """Held messages count in the queue's depth, not in the line: a task queued behind an empty
     visible line is first, whatever the workers hold (and however stale their count is)."""
