@@ -10,7 +10,9 @@ how many tasks they hold, where a queued task is in line, how long the oldest ha
   A worker is online while it polled within two of its poll intervals.
 - The queue: a peek at its first 32 visible messages (a peek changes nothing) names the tasks in
   line, exactly up to 32; past them a position is an estimate (the queue's approximate count less
-  the tasks held). Peeks and listings are shared by every request of an instance for CACHE seconds.
+  the tasks held). Peeks and listings are shared by every request of an instance for CACHE seconds,
+  and so is one being taken: requests that come while it is in flight wait for it (`_shared`)
+  rather than each taking its own.
   A task this instance queued since its view was taken stands behind everything in that view, in
   the order this instance queued them (no storage call: a submit's own answer needs none). A task
   this instance queued before the view was taken, and missing from it, has left the line already (a
@@ -20,8 +22,10 @@ how many tasks they hold, where a queued task is in line, how long the oldest ha
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from .records import TaskMessage, iso
@@ -61,6 +65,7 @@ class Presence:
         self._written: dict[tuple[str, str], tuple[float, str]] = {}  # (model, worker) -> (when, what)
         self._workers: dict[str, tuple[float, Workers]] = {}
         self._lines: dict[str, tuple[float, Line]] = {}
+        self._taking: dict[tuple[str, str], asyncio.Future] = {}  # (what, model) -> the look in flight
         self._joined: dict[str, dict[str, int]] = {}  # model -> tasks this instance queued since its view
         self._before: dict[str, dict[str, int]] = {}  # model -> those queued before it (since the view before)
         self._joined_count = 0  # tasks in both, counted
@@ -105,6 +110,9 @@ class Presence:
         cached = self._workers.get(model)
         if cached is not None and time.monotonic() - cached[0] < CACHE:
             return cached[1]
+        return await self._shared(("workers", model), lambda: self._list_workers(model))
+
+    async def _list_workers(self, model: str) -> Workers:
         await self.storage.ensure_containers()
         at, online, running, last = self.now(), 0, 0, None
         continuation = None
@@ -128,14 +136,18 @@ class Presence:
         return found
 
     async def line(self, model: str, fresh: bool = False) -> Line:
+        """The cached view of `model`'s line, or a new one; `fresh`: one taken from now on."""
         cached = self._lines.get(model)
         if not fresh and cached is not None and time.monotonic() - cached[0] < CACHE:
             return cached[1]
+        return await self._shared(("line", model), lambda: self._view(model), join=not fresh)
+
+    async def _view(self, model: str) -> Line:
         # The view about to be taken holds the tasks queued here since the last one, or they have left
         # the line already, or stand past its first PEEK.
         self._joined_count -= len(self._before.pop(model, {}))
         self._before[model] = self._joined.pop(model, {})
-        peeked, depth = await self.storage.queues.peek(model, PEEK), await self.storage.queues.depth(model)
+        peeked, depth = await asyncio.gather(self.storage.queues.peek(model, PEEK), self.storage.queues.depth(model))
         ahead, oldest = {}, None
         for message in peeked:
             task = TaskMessage.parse(message.content)
@@ -150,7 +162,7 @@ class Presence:
 
     async def describe(self, task_id: str, model: str) -> dict:
         """What a queued task's status document adds: its place in line and its model's workers."""
-        line, workers = await self.line(model), await self.workers(model)
+        line, workers = await asyncio.gather(self.line(model), self.workers(model))
         since = self._joined.get(model, {})
         if task_id not in line.ahead and task_id in since:  # queued here since the view: behind all of it
             behind = len(line.ahead) if len(line.ahead) < PEEK else max(PEEK, line.depth - workers.running)
@@ -161,6 +173,23 @@ class Presence:
         if position is None:  # not among the first PEEK in line: an estimate
             position = max(len(line.ahead), line.depth - workers.running - 1)
         return self._described(position, workers)
+
+    def _shared(self, key: tuple[str, str], take: Callable[[], Awaitable], join: bool = True) -> Awaitable:
+        """What `take()` answers, taken once for all the callers that come while it is in flight (unless
+        `join` is False: a look that began before this call will not do, so a new one begins, and the
+        callers that come after share that one). A caller that goes away does not stop it."""
+        flight = self._taking.get(key) if join else None
+        if flight is None:
+            flight = self._taking[key] = asyncio.ensure_future(take())
+
+            def landed(done: asyncio.Future) -> None:
+                if self._taking.get(key) is done:
+                    del self._taking[key]
+                if not done.cancelled():
+                    done.exception()  # each caller has it raised; nothing is left unretrieved
+
+            flight.add_done_callback(landed)
+        return asyncio.shield(flight)
 
     @staticmethod
     def _described(position: int, workers: Workers) -> dict:

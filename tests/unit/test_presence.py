@@ -3,6 +3,8 @@ fast layer beside tests/mlserver/test_queue_view.py, which runs it on Azurite wi
 
 from __future__ import annotations
 
+import asyncio
+
 from broker.presence import Presence
 from broker.records import TaskMessage
 from broker.storage import Message
@@ -27,8 +29,31 @@ class Queue:
 
 
 class Signals:
+    def __init__(self) -> None:
+        self.calls = 0
+
     async def page(self, continuation, size, metadata=False, uncommitted=False, prefix=None):
+        self.calls += 1
+        await asyncio.sleep(0.01)
         return [], None
+
+
+class SlowQueue(Queue):
+    """Peeks that take until the test lets them answer (`open`), or fail (`fail`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate: asyncio.Future | None = None
+
+    async def peek(self, model: str, count: int) -> list[Message]:
+        if self.gate is None:
+            self.gate = asyncio.get_running_loop().create_future()
+        await self.gate
+        return await super().peek(model, count)
+
+    def open(self, error: Exception | None = None) -> None:
+        gate, self.gate = self.gate, None
+        gate.set_exception(error) if error else gate.set_result(None)
 
 
 class Storage:
@@ -119,3 +144,44 @@ def test_tasks_workers_hold_do_not_push_a_new_task_back_in_a_short_line():
         return (await presence.describe(B, "m"))["queue_position"]
 
     assert run_async(scenario) == 0
+
+
+def test_requests_that_come_while_a_view_is_taken_share_it():
+    storage = Storage()
+    storage.queues = SlowQueue()
+    presence = Presence(storage)
+
+    async def scenario():
+        storage.queues.line.append(A)
+        first = asyncio.ensure_future(presence.describe(A, "m"))
+        await asyncio.sleep(0.01)
+        others = [asyncio.ensure_future(presence.describe(A, "m")) for _ in range(4)]
+        await asyncio.sleep(0.01)
+        first.cancel()  # the one whose request began the view goes away: the others still get it
+        storage.queues.open()
+        places = [doc["queue_position"] for doc in await asyncio.wait_for(asyncio.gather(*others), 5)]
+        return first.cancelled(), places
+
+    assert run_async(scenario) == (True, [0, 0, 0, 0])
+    assert storage.queues.calls == 2  # one view: a peek and a count
+    assert storage.signals.calls == 1  # and one listing of the workers
+
+
+def test_a_view_that_fails_fails_each_request_sharing_it_and_the_next_takes_a_new_one():
+    storage = Storage()
+    storage.queues = SlowQueue()
+    presence = Presence(storage)
+
+    async def scenario():
+        waiting = [asyncio.ensure_future(presence.line("m")) for _ in range(3)]
+        await asyncio.sleep(0.01)
+        storage.queues.open(ConnectionError("storage went away"))
+        failed = await asyncio.wait_for(asyncio.gather(*waiting, return_exceptions=True), 5)
+        again = asyncio.ensure_future(presence.line("m"))
+        await asyncio.sleep(0.01)
+        storage.queues.open()
+        return failed, await asyncio.wait_for(again, 5)
+
+    failed, line = run_async(scenario)
+    assert [type(e) for e in failed] == [ConnectionError] * 3 and line.depth == 0
+    assert not presence._taking  # nothing left in flight
