@@ -17,7 +17,9 @@ how many tasks they hold, where a queued task is in line, how long the oldest ha
   the order this instance queued them (no storage call: a submit's own answer needs none). A task
   this instance queued before the view was taken, and missing from it, has left the line already (a
   worker took it) or stands past its first PEEK: its place is estimated, with no call either. Only a
-  task missing from a short view that another instance queued has the line looked at again.
+  task missing from a short view that another instance queued has the line looked at again. Those
+  lists go with the newest view begun: a request holding an older one (another began while it
+  waited) takes a fresh one rather than read them against it.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ class Line:
     ahead: dict[str, int]  # task id -> tasks before it, for the first PEEK in line
     depth: int  # the queue's approximate count, held tasks included
     oldest: float | None  # when the task at the head of the line was submitted
+    view: int = 0  # which of this instance's views it is: the tasks queued here are listed against the newest
 
 
 class Presence:
@@ -69,6 +72,8 @@ class Presence:
         self._joined: dict[str, dict[str, int]] = {}  # model -> tasks this instance queued since its view
         self._before: dict[str, dict[str, int]] = {}  # model -> those queued before it (since the view before)
         self._joined_count = 0  # tasks in both, counted
+        self._views = 0  # views of a line begun here, counted
+        self._newest: dict[str, int] = {}  # model -> its newest view begun: _joined and _before go with it
 
     def joined(self, model: str, task_id: str) -> None:
         """This instance queued `task_id` (after every task in its current view of the line; a task
@@ -147,6 +152,11 @@ class Presence:
         # the line already, or stand past its first PEEK.
         self._joined_count -= len(self._before.pop(model, {}))
         self._before[model] = self._joined.pop(model, {})
+        self._views += 1
+        view = self._views
+        if len(self._newest) >= MAX_REMEMBERED:
+            self._newest.clear()
+        self._newest[model] = view
         peeked, depth = await asyncio.gather(self.storage.queues.peek(model, PEEK), self.storage.queues.depth(model))
         ahead, oldest = {}, None
         for message in peeked:
@@ -156,13 +166,16 @@ class Presence:
             ahead[task.task_id] = len(ahead)
             if oldest is None and task.created is not None:
                 oldest = task.created
-        found = Line(ahead, depth, oldest)
-        self._remember(self._lines, model, found)
+        found = Line(ahead, depth, oldest, view)
+        if self._newest.get(model) == view:  # (a view begun since will be the one to keep)
+            self._remember(self._lines, model, found)
         return found
 
     async def describe(self, task_id: str, model: str) -> dict:
         """What a queued task's status document adds: its place in line and its model's workers."""
         line, workers = await asyncio.gather(self.line(model), self.workers(model))
+        if line.view != self._newest.get(model):  # a view begun since holds what was queued here before it
+            line = await self.line(model, fresh=True)
         since = self._joined.get(model, {})
         if task_id not in line.ahead and task_id in since:  # queued here since the view: behind all of it
             behind = len(line.ahead) if len(line.ahead) < PEEK else max(PEEK, line.depth - workers.running)

@@ -38,6 +38,20 @@ class Signals:
         return [], None
 
 
+class GatedSignals(Signals):
+    """A listing of the workers that takes until the test opens `gate`, once it is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate: asyncio.Future | None = None
+
+    async def page(self, continuation, size, metadata=False, uncommitted=False, prefix=None):
+        self.calls += 1
+        if self.gate is not None:
+            await self.gate
+        return [], None
+
+
 class SlowQueue(Queue):
     """Peeks that take until the test lets them answer (`open`), or fail (`fail`)."""
 
@@ -185,3 +199,34 @@ def test_a_view_that_fails_fails_each_request_sharing_it_and_the_next_takes_a_ne
     failed, line = run_async(scenario)
     assert [type(e) for e in failed] == [ConnectionError] * 3 and line.depth == 0
     assert not presence._taking  # nothing left in flight
+
+
+def test_a_view_begun_while_a_request_held_an_older_one_is_the_one_its_place_is_read_against():
+    """A request holds the cached view while the workers' listing runs; meanwhile the view runs out and
+    another request begins a new one, which takes in the tasks queued here since the old one. The
+    first request must not read them against the old view (that placed the 5th task 1st, behind the
+    one other task)."""
+    storage = Storage()
+    storage.signals = GatedSignals()
+    presence = Presence(storage)
+    mine = [f"{i:032x}" for i in range(5)]
+
+    async def scenario():
+        storage.queues.line.append(A)  # queued by another instance
+        await presence.describe(A, "m")  # a view: [A]; the workers listed
+        for task_id in mine:  # then five queued here
+            storage.queues.line.append(task_id)
+            presence.joined("m", task_id)
+        at, workers = presence._workers["m"]
+        presence._workers["m"] = (at - 5, workers)  # the listing has run out, the view not yet
+        storage.signals.gate = asyncio.get_running_loop().create_future()
+        held = asyncio.ensure_future(presence.describe(mine[4], "m"))
+        await asyncio.sleep(0.01)  # it holds the view [A], and waits for the listing
+        at, line = presence._lines["m"]
+        presence._lines["m"] = (at - 5, line)  # now the view runs out too
+        other = asyncio.ensure_future(presence.describe(A, "m"))  # and another request takes a new one
+        await asyncio.sleep(0.01)
+        storage.signals.gate.set_result(None)
+        return (await held)["queue_position"], (await other)["queue_position"]
+
+    assert run_async(scenario) == (5, 0)
