@@ -601,7 +601,11 @@ class TaskStore:
         model in this instance share one storage poll per backoff interval (a look in flight counts)
         instead of each polling on its own."""
         look = self.looks.began(model)
-        messages = await self.storage.queues.receive(model, max_tasks, lease_seconds)
+        try:
+            messages = await self.storage.queues.receive(model, max_tasks, lease_seconds)
+        except BaseException:
+            self._announce(model)  # a woken long-poll may have left a task to this look: it looks now
+            raise
         self.looks.ended(model, look, short=len(messages) < max_tasks)
         if len(messages) >= max_tasks:
             self._announce(model)  # there may be more: another long-poll looks now
@@ -1292,3 +1296,4 @@ def get_store(settings: Settings) -> TaskStore:
         store = _stores[key] = TaskStore(Storage(settings.storage, settings.storage_timeout_seconds), settings)
     store.settings = settings
     return store
+

@@ -1,7 +1,7 @@
 """Long-polls waiting on one model in one instance, on Azurite: a task queued there wakes one of
 them, which takes it; the others do not all ask storage for it (broker/wakeups.py, notify_one); and
 the woken one does not ask either when a look that began after the task was queued will find it
-(broker/looks.py, covered)."""
+(broker/looks.py, covered), unless that look fails."""
 
 from __future__ import annotations
 
@@ -98,9 +98,16 @@ def test_a_woken_long_poll_does_not_look_when_a_look_that_began_since_takes_the_
         waiter = await _waiting(store.claim(model, 1, 20, 30), receives, 0)
         announce, arriving = store._announce, []
 
-        def and_a_claim_arrives(m):  # right as the task is queued: it runs before the woken waiter does
-            announce(m)
-            arriving.append(asyncio.ensure_future(store.claim(model, 2, 0, 30)))  # and finds the queue short
+        async def arrive():
+            claim = asyncio.ensure_future(store.claim(model, 2, 0, 30))  # it will find the queue short
+            while len(receives) < 2:  # until its look has begun
+                await asyncio.sleep(0)
+            store.wakeups.notify_one("model:" + model)  # only now is the waiter woken for the task
+            return await claim
+
+        def and_a_claim_arrives(model_):  # as the task is queued, a claim arrives
+            store.looks.announced(model_)
+            arriving.append(asyncio.ensure_future(arrive()))
 
         store._announce = and_a_claim_arrives
         first, _ = await store.submit(model, b"first", "text/plain", {})
@@ -137,3 +144,46 @@ def test_a_look_that_comes_back_full_wakes_a_waiter_to_look_for_more(run_store, 
 
     queued, claimed = run_store(scenario)
     assert len(claimed) == 2 and claimed <= queued
+
+
+
+def test_a_look_that_fails_after_a_woken_long_poll_left_the_task_to_it_wakes_one_to_look(run_store, model, no_timer_polls):
+    """The waiter, woken for a task, leaves it to a look that began since (covered); that look fails
+    (storage went away for it): the waiter is woken again, looks, and takes the task, without waiting
+    for its timer."""
+    from broker.errors import StorageUnavailable
+
+    async def scenario(store):
+        receives = spy(store.storage.queues, "receive")
+        waiter = await _waiting(store.claim(model, 1, 20, 30), receives, 0)
+        announce, arriving = store._announce, []
+        gate, spied = asyncio.Event(), store.storage.queues.receive
+
+        async def failing_once(*args):
+            store.storage.queues.receive = spied
+            receives.append(("receive", args))  # a look that began (and never reaches storage)
+            await gate.wait()
+            raise StorageUnavailable()
+
+        async def arrive():
+            store.storage.queues.receive = failing_once
+            claim = asyncio.ensure_future(store.claim(model, 2, 0, 30))
+            while len(receives) < 2:  # until its look has begun
+                await asyncio.sleep(0)
+            store.wakeups.notify_one("model:" + model)  # the waiter is woken now: it leaves the task to that look
+            await asyncio.sleep(0.1)
+            gate.set()
+            return await asyncio.gather(claim, return_exceptions=True)
+
+        def and_a_claim_arrives(model_):
+            store.looks.announced(model_)
+            arriving.append(asyncio.ensure_future(arrive()))
+
+        store._announce = and_a_claim_arrives
+        task, _ = await store.submit(model, b"p", "text/plain", {})
+        store._announce = announce
+        [failed] = await arriving[0]
+        [got] = await asyncio.wait_for(waiter, 10)  # its timer would take 30 s
+        return type(failed).__name__, got.task_id == task.task_id
+
+    assert run_store(scenario) == ("StorageUnavailable", True)
