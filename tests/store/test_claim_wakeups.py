@@ -90,29 +90,39 @@ def test_a_claim_just_after_a_short_look_waits_with_the_others_and_still_finds_a
     assert alone_looked and skipped and mine == (task_id, b"here") and theirs == (elsewhere_id, b"there")
 
 
+def _a_claim_arrives_as_the_task_is_queued(store, model: str, receives: list, then=None) -> list:
+    """When the next task is queued here, a claim (2 tasks, no wait) arrives, and only once its look
+    has begun is a waiting long-poll woken for the task (whatever order the event loop would run them
+    in); then `then()`. Returns the list the claim's answer (or error) lands in, as a one-item gather."""
+    announce, arriving = store._announce, []
+
+    async def arrive():
+        claim = asyncio.ensure_future(store.claim(model, 2, 0, 30))
+        while len(receives) < 2:  # the waiter's first look, and now the arriving claim's
+            await asyncio.sleep(0)
+        store.wakeups.notify_one("model:" + model)
+        if then is not None:
+            await then()
+        return await asyncio.gather(claim, return_exceptions=True)
+
+    def and_a_claim_arrives(model_):
+        store._announce = announce
+        store.looks.announced(model_)
+        arriving.append(asyncio.ensure_future(arrive()))
+
+    store._announce = and_a_claim_arrives
+    return arriving
+
+
 def test_a_woken_long_poll_does_not_look_when_a_look_that_began_since_takes_the_task(run_store, model, no_timer_polls):
     """The task wakes the waiter, but a claim that arrives at once looks first and takes it: the
     waiter's own look would find nothing, so it makes none, and it still gets the next task."""
     async def scenario(store):
         receives = spy(store.storage.queues, "receive")
         waiter = await _waiting(store.claim(model, 1, 20, 30), receives, 0)
-        announce, arriving = store._announce, []
-
-        async def arrive():
-            claim = asyncio.ensure_future(store.claim(model, 2, 0, 30))  # it will find the queue short
-            while len(receives) < 2:  # until its look has begun
-                await asyncio.sleep(0)
-            store.wakeups.notify_one("model:" + model)  # only now is the waiter woken for the task
-            return await claim
-
-        def and_a_claim_arrives(model_):  # as the task is queued, a claim arrives
-            store.looks.announced(model_)
-            arriving.append(asyncio.ensure_future(arrive()))
-
-        store._announce = and_a_claim_arrives
+        arriving = _a_claim_arrives_as_the_task_is_queued(store, model, receives)
         first, _ = await store.submit(model, b"first", "text/plain", {})
-        store._announce = announce
-        [taken] = await arriving[0]
+        [[taken]] = await arriving[0]  # the queue was short for it: it asked for 2
         for _ in range(20):
             await asyncio.sleep(0.01)
         looked_after_it = len(receives) - 2  # the waiter's first look, the arriving claim's
@@ -146,7 +156,6 @@ def test_a_look_that_comes_back_full_wakes_a_waiter_to_look_for_more(run_store, 
     assert len(claimed) == 2 and claimed <= queued
 
 
-
 def test_a_look_that_fails_after_a_woken_long_poll_left_the_task_to_it_wakes_one_to_look(run_store, model, no_timer_polls):
     """The waiter, woken for a task, leaves it to a look that began since (covered); that look fails
     (storage went away for it): the waiter is woken again, looks, and takes the task, without waiting
@@ -156,7 +165,6 @@ def test_a_look_that_fails_after_a_woken_long_poll_left_the_task_to_it_wakes_one
     async def scenario(store):
         receives = spy(store.storage.queues, "receive")
         waiter = await _waiting(store.claim(model, 1, 20, 30), receives, 0)
-        announce, arriving = store._announce, []
         gate, spied = asyncio.Event(), store.storage.queues.receive
 
         async def failing_once(*args):
@@ -165,23 +173,13 @@ def test_a_look_that_fails_after_a_woken_long_poll_left_the_task_to_it_wakes_one
             await gate.wait()
             raise StorageUnavailable()
 
-        async def arrive():
-            store.storage.queues.receive = failing_once
-            claim = asyncio.ensure_future(store.claim(model, 2, 0, 30))
-            while len(receives) < 2:  # until its look has begun
-                await asyncio.sleep(0)
-            store.wakeups.notify_one("model:" + model)  # the waiter is woken now: it leaves the task to that look
-            await asyncio.sleep(0.1)
+        async def then_it_fails():
+            await asyncio.sleep(0.1)  # the woken waiter has left the task to that look by now
             gate.set()
-            return await asyncio.gather(claim, return_exceptions=True)
 
-        def and_a_claim_arrives(model_):
-            store.looks.announced(model_)
-            arriving.append(asyncio.ensure_future(arrive()))
-
-        store._announce = and_a_claim_arrives
+        store.storage.queues.receive = failing_once  # the arriving claim's look: the next receive
+        arriving = _a_claim_arrives_as_the_task_is_queued(store, model, receives, then_it_fails)
         task, _ = await store.submit(model, b"p", "text/plain", {})
-        store._announce = announce
         [failed] = await arriving[0]
         [got] = await asyncio.wait_for(waiter, 10)  # its timer would take 30 s
         return type(failed).__name__, got.task_id == task.task_id
