@@ -11,8 +11,7 @@ on one model in one instance share their storage polls.
   run out, are found by the shared polls, as they are for every waiter.
 - A long-poll woken for a task queued or given back here does not look if a look here began after
   that (`covered`): that look will find the task (or, coming back full or failing, wake a waiter in
-  turn).
-  Before, the woken one looked all the same, and with several workers it mostly found nothing.
+  turn). Before, the woken one looked all the same, and with several workers it mostly found nothing.
 
 Bounded: at most MAX models are remembered; past that they are forgotten, which only costs a look.
 """

@@ -1296,4 +1296,3 @@ def get_store(settings: Settings) -> TaskStore:
         store = _stores[key] = TaskStore(Storage(settings.storage, settings.storage_timeout_seconds), settings)
     store.settings = settings
     return store
-

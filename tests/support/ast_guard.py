@@ -29,4 +29,3 @@ def _guarded_parse(*args, **kwargs):
 
 def install() -> None:
     ast.parse = _guarded_parse
-
