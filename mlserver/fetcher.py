@@ -111,8 +111,12 @@ class Fetcher(threading.Thread):
             self._run()
         except Exception as exc:  # noqa: BLE001 - a bug here must stop the worker, not leave it idle forever
             log.exception("the fetch thread failed")
-            self.fatal = exc
-            self.stop.set()
+            self._give_up(exc)
+
+    def _give_up(self, exc: Exception) -> None:
+        """Stop the worker for `exc` (the worker reports it as why it stopped)."""
+        self.fatal = exc
+        self.stop.set()
 
     def _run(self) -> None:
         backoff = Backoff(first=1.0, cap=30.0)
@@ -132,8 +136,7 @@ class Fetcher(threading.Thread):
                 self.stop.wait(delay)
                 continue
             except Refused as exc:  # a wrong key or URL: waiting will not fix it
-                self.fatal = exc
-                self.stop.set()
+                self._give_up(exc)
                 return
             if backoff.failures:
                 log.info("the broker answers again")
@@ -188,8 +191,7 @@ class Fetcher(threading.Thread):
             log.info("a claim to fill the batch failed (%s); it goes as it is", exc)
             return
         except Refused as exc:
-            self.fatal = exc
-            self.stop.set()
+            self._give_up(exc)
             return
         if self.stop.is_set():
             batch.unstarted += more
