@@ -47,8 +47,15 @@ def test_a_first_claim_writes_the_lease_state_without_reading_the_payload_blob(b
     task_id = broker.submit(model, b"a small payload")
     [task] = broker.claim(model)
     assert base64.b64decode(task["payload"]) == b"a small payload" and task["attempt"] == 1
-    calls = [line.split('"')[1].split()[0] + " " + line.split('"')[1].split()[1].split(task_id)[1]
-             for line in azurite.log_text().splitlines() if f"/inbox/{task_id}" in line]
+
+    def calls_once_the_claims_write_is_logged() -> list[str] | None:
+        # Azurite's access log (morgan) writes a line once its response has gone out, so the claim's
+        # answer can reach us before the line for the claim's own metadata write does.
+        calls = [line.split('"')[1].split()[0] + " " + line.split('"')[1].split()[1].split(task_id)[1]
+                 for line in azurite.log_text().splitlines() if f"/inbox/{task_id}" in line]
+        return calls if "PUT ?comp=metadata" in calls else None
+
+    calls = wait_for(calls_once_the_claims_write_is_logged, timeout=10, what="the claim's write in Azurite's log")
     assert calls == ["PUT ", "PUT ?comp=metadata"], calls
     assert broker.status(task_id)["status"] == "running"
 
