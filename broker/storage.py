@@ -28,7 +28,10 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from urllib.parse import quote, urlsplit
+from xml.etree import ElementTree
+from xml.sax.saxutils import escape as xml_escape
 
 import aiohttp
 from azure.core import MatchConditions
@@ -41,13 +44,14 @@ from azure.core.exceptions import (
     ServiceRequestError,
     ServiceResponseError,
 )
-from azure.storage.blob import ContentSettings, generate_blob_sas
+from azure.storage.blob import generate_blob_sas
 from azure.storage.blob.aio import BlobLeaseClient, BlobServiceClient, ContainerClient
 from azure.storage.blob.aio import LinearRetry as BlobRetry
 from azure.storage.queue import QueueMessage
 from azure.storage.queue._shared.policies_async import LinearRetry as QueueRetry
 from azure.storage.queue.aio import QueueClient, QueueServiceClient
 
+from . import rest
 from .errors import RecordUnreadable, StorageUnavailable
 from .settings import SettingsError, StorageConfig
 
@@ -64,15 +68,19 @@ QUEUE_PREFIX = "tasks-"
 def unparseable(exc: BaseException) -> bool:
     """Storage answered, but with a response the HTTP client refuses to parse (a header field over
     8 KiB: a blob whose metadata no version of the broker writes). Asking again will not help."""
-    return isinstance(exc, ServiceResponseError) and isinstance(exc.inner_exception, aiohttp.ClientResponseError)
+    return isinstance(exc, rest.Unparseable) or (
+        isinstance(exc, ServiceResponseError) and isinstance(exc.inner_exception, aiohttp.ClientResponseError))
 
 
 def is_outage(exc: BaseException) -> bool:
     """Storage did not answer, or answered with a server error."""
     if unparseable(exc):
         return False
-    if isinstance(exc, (ServiceRequestError, ServiceResponseError, asyncio.TimeoutError, ConnectionError)):
+    if isinstance(exc, (ServiceRequestError, ServiceResponseError, rest.NoAnswer, asyncio.TimeoutError,
+                        ConnectionError)):
         return True
+    if isinstance(exc, rest.Refused):
+        return exc.status >= 500
     return isinstance(exc, HttpResponseError) and (exc.status_code or 0) >= 500
 
 
@@ -92,6 +100,8 @@ def _storage_call(method):
                 # An identity without the role, a key for another account: a setting to fix (503), as
                 # storage's own authentication failures are.
                 raise ClientAuthenticationError(message=str(exc), response=exc.response) from exc
+            if isinstance(exc, rest.Refused) and exc.status in (401, 403):
+                raise ClientAuthenticationError(message=str(exc)) from exc
             raise
 
     return call
@@ -141,6 +151,32 @@ def _message(message: QueueMessage) -> Message:
     visible = message.next_visible_on
     return Message(message.id, message.pop_receipt or "", message.content, message.dequeue_count or 0,
                    visible.timestamp() if visible else None)
+
+
+def _time(text: str | None) -> float:
+    """An HTTP date (storage's headers and queue XML) as a Unix time; 0.0 if absent."""
+    return parsedate_to_datetime(text).timestamp() if text else 0.0
+
+
+def _answered_blob(name: str, answer: rest.Answer, body: bytes | None = None, snapshot: str | None = None) -> Blob:
+    """A blob from the headers of a GET or HEAD of it."""
+    headers = answer.headers
+    metadata = {k[10:]: v for k, v in headers.items() if k[:10].lower() == "x-ms-meta-"}
+    modified = _time(headers.get("Last-Modified"))
+    return Blob(name, metadata, headers.get("ETag", ""), headers.get("Content-Type"),
+                _time(headers.get("x-ms-creation-time")) or modified, int(headers.get("Content-Length") or 0),
+                body, snapshot, modified)
+
+
+def _listed_messages(answer: rest.Answer) -> list[Message]:
+    """The messages of a Get Messages or Peek Messages answer, in queue order."""
+    messages = []
+    for element in ElementTree.fromstring(answer.body):
+        visible = element.findtext("TimeNextVisible")
+        messages.append(Message(element.findtext("MessageId") or "", element.findtext("PopReceipt") or "",
+                                element.findtext("MessageText"), int(element.findtext("DequeueCount") or 0),
+                                _time(visible) if visible else None))
+    return messages
 
 
 class Signer:
@@ -205,9 +241,21 @@ class DelegationSigner(Signer):
 class Container:
     """One blob container, its blobs named by task id (in `uploads`: by a path under it)."""
 
-    def __init__(self, client: ContainerClient, signer: Signer | None = None) -> None:
+    def __init__(self, client: ContainerClient, signer: Signer | None = None, service: rest.Account | None = None) -> None:
         self.client = client
         self.signer = signer
+        self.service = service
+
+    def _path(self, name: str) -> str:
+        return f"/{self.client.container_name}/{quote(name, safe='/~')}"
+
+    async def _write(self, name: str, body: bytes, metadata: dict, content_type: str | None, **headers: str) -> str:
+        """Put Blob (a block blob, whole); its etag."""
+        headers = {"x-ms-blob-type": "BlockBlob", **headers, **{f"x-ms-meta-{k}": v for k, v in metadata.items()}}
+        if content_type:
+            headers["x-ms-blob-content-type"] = content_type
+        answer = await self.service.call("PUT", self._path(name), headers=headers, body=body, expect=(201,))
+        return answer.headers["ETag"]
 
     async def url(self, name: str, permission: str, expires: float, snapshot: str | None = None,
                   content_type: str | None = None, disposition: str | None = None) -> str:
@@ -220,10 +268,9 @@ class Container:
 
     @_storage_call
     async def head(self, name: str, snapshot: str | None = None) -> Blob | None:
-        try:
-            return _blob(await self.client.get_blob_client(name, snapshot=snapshot).get_blob_properties())
-        except ResourceNotFoundError:
-            return None
+        answer = await self.service.call("HEAD", self._path(name), {"snapshot": snapshot} if snapshot else None,
+                                         expect=(200, 404))
+        return _answered_blob(name, answer, None, snapshot) if answer.status == 200 else None
 
     @_storage_call
     async def snapshot(self, name: str) -> Blob | None:
@@ -248,58 +295,46 @@ class Container:
 
     @_storage_call
     async def read(self, name: str) -> Blob | None:
-        try:
-            downloader = await self.client.get_blob_client(name).download_blob()
-            body = await downloader.readall()
-        except ResourceNotFoundError:
-            return None
-        return _blob(downloader.properties, body)
+        answer = await self.service.call("GET", self._path(name), expect=(200, 404))
+        return _answered_blob(name, answer, answer.body) if answer.status == 200 else None
 
     @_storage_call
     async def create(self, name: str, body: bytes, metadata: dict, content_type: str) -> str | None:
         """Write a new blob; its etag, or None if a blob of that name exists."""
         try:
-            written = await self.client.get_blob_client(name).upload_blob(
-                body, overwrite=False, metadata=metadata, content_settings=ContentSettings(content_type=content_type))
-        except ResourceExistsError:
-            return None
-        return written["etag"]
+            return await self._write(name, body, metadata, content_type, **{"If-None-Match": "*"})
+        except rest.Refused as exc:
+            if exc.status == 409:
+                return None
+            raise
 
     @_storage_call
     async def put(self, name: str, body: bytes, metadata: dict, content_type: str) -> str:
-        written = await self.client.get_blob_client(name).upload_blob(
-            body, overwrite=True, metadata=metadata, content_settings=ContentSettings(content_type=content_type))
-        return written["etag"]
+        return await self._write(name, body, metadata, content_type)
 
     @_storage_call
     async def set_metadata(self, name: str, metadata: dict, etag: str) -> str | None:
         """Replace the metadata if the blob is unchanged since `etag`; the new etag, or None if it
         changed or is gone."""
-        try:
-            written = await self.client.get_blob_client(name).set_blob_metadata(
-                metadata, etag=etag, match_condition=MatchConditions.IfNotModified)
-        except (ResourceModifiedError, ResourceNotFoundError):
-            return None
-        return written["etag"]
+        headers = {"If-Match": etag, **{f"x-ms-meta-{k}": v for k, v in metadata.items()}}
+        answer = await self.service.call("PUT", self._path(name), {"comp": "metadata"}, headers,
+                                         expect=(200, 404, 412))
+        return answer.headers["ETag"] if answer.status == 200 else None
 
     @_storage_call
     async def delete(self, name: str, etag: str | None = None) -> bool:
         """Delete the blob if it is there (and unchanged since `etag`, given one), with its snapshots;
         whether this call deleted it. A lease on it (whoever holds a write URL can take one) is broken
         first: only the broker decides when a blob goes."""
-        kwargs = dict(etag=etag, match_condition=MatchConditions.IfNotModified) if etag else {}
-        blob = self.client.get_blob_client(name)
+        headers = {"x-ms-delete-snapshots": "include", **({"If-Match": etag} if etag else {})}
         for again in (False, True):
-            try:
-                await blob.delete_blob(delete_snapshots="include", **kwargs)
-                return True
-            except (ResourceNotFoundError, ResourceModifiedError):
-                return False
-            except HttpResponseError as exc:
-                code = str(getattr(exc.error_code, "value", exc.error_code) or "")  # an enum, or its text
-                if again or exc.status_code != 412 or not code.startswith("LeaseId"):
-                    raise
-                await BlobLeaseClient(blob).break_lease(lease_break_period=0)
+            answer = await self.service.call("DELETE", self._path(name), headers=headers, expect=(202, 404, 412))
+            code = answer.headers.get("x-ms-error-code", "")
+            if answer.status != 412 or not code.startswith("LeaseId"):
+                return answer.status == 202  # 404: not there; 412 (ConditionNotMet): changed since `etag`
+            if again:
+                raise rest.Refused(answer.status, code)
+            await BlobLeaseClient(self.client.get_blob_client(name)).break_lease(lease_break_period=0)
         return False
 
     @_storage_call
@@ -335,7 +370,7 @@ class Container:
     @_storage_call
     async def touch(self, name: str) -> None:
         """Write the blob empty (a new etag: what a watcher of it waits for)."""
-        await self.client.get_blob_client(name).upload_blob(b"", overwrite=True)
+        await self._write(name, b"", {}, None)
 
     @_storage_call
     async def page(self, continuation: str | None, size: int, metadata: bool = False,
@@ -357,10 +392,14 @@ class Container:
 class Queues:
     """The task queues, one per model (`tasks-<model>`), created on first send."""
 
-    def __init__(self, service: QueueServiceClient) -> None:
+    def __init__(self, service: QueueServiceClient, rest_service: rest.Account) -> None:
         self.service = service
+        self.rest = rest_service
         self._clients: dict[str, QueueClient] = {}
         self._ready: set[str] = set()
+
+    def _messages(self, model: str, msg: str | None = None) -> str:
+        return f"/{QUEUE_PREFIX}{model}/messages" + (f"/{quote(msg, safe='')}" if msg else "")
 
     def _queue(self, model: str) -> QueueClient:
         client = self._clients.get(model)
@@ -370,68 +409,58 @@ class Queues:
 
     @_storage_call
     async def send(self, model: str, content: str, ttl: int) -> Message:
-        queue = self._queue(model)
-        if model not in self._ready:
-            await _create(queue.create_queue())
-            self._ready.add(model)
-        try:
-            return _message(await queue.send_message(content, time_to_live=ttl))
-        except ResourceNotFoundError:  # deleted since this instance created it
-            self._ready.discard(model)
-            await _create(queue.create_queue())
-            self._ready.add(model)
-            return _message(await queue.send_message(content, time_to_live=ttl))
+        body = f"<QueueMessage><MessageText>{xml_escape(content)}</MessageText></QueueMessage>".encode()
+        for _ in range(2):
+            if model not in self._ready:
+                await _create(self._queue(model).create_queue())
+                self._ready.add(model)
+            answer = await self.rest.call("POST", self._messages(model), {"messagettl": str(ttl)},
+                                          {"Content-Type": "application/xml"}, body, expect=(201, 404))
+            if answer.status == 201:
+                [sent] = _listed_messages(answer)
+                return Message(sent.id, sent.receipt, content, 0, sent.visible_at)
+            self._ready.discard(model)  # deleted since this instance created it
+        raise StorageUnavailable()
 
     @_storage_call
     async def receive(self, model: str, count: int, visibility: int) -> list[Message]:
-        pages = self._queue(model).receive_messages(messages_per_page=count, max_messages=count,
-                                                    visibility_timeout=visibility)
-        try:
-            async for page in pages.by_page():
-                return [_message(message) async for message in page]
-        except ResourceNotFoundError:  # no task was ever submitted for this model
-            pass
-        return []
+        answer = await self.rest.call("GET", self._messages(model),
+                                      {"numofmessages": str(count), "visibilitytimeout": str(visibility)},
+                                      expect=(200, 404))
+        return _listed_messages(answer) if answer.status == 200 else []  # 404: no task was ever submitted
 
     @_storage_call
     async def update(self, model: str, msg: str, receipt: str, visibility: int) -> Message:
         """Make the message visible again in `visibility` seconds; the message with its new receipt."""
         try:
-            updated = await self._queue(model).update_message(msg, pop_receipt=receipt, visibility_timeout=visibility)
-        except ResourceNotFoundError:
-            raise MessageGone(msg) from None
-        except HttpResponseError as exc:
-            if is_outage(exc):
+            answer = await self.rest.call("PUT", self._messages(model, msg),
+                                          {"popreceipt": receipt, "visibilitytimeout": str(visibility)}, expect=(204,))
+        except rest.Refused as exc:
+            if exc.status == 404:
+                raise MessageGone(msg) from None
+            if is_outage(exc) or exc.status in (401, 403):
                 raise
             raise ReceiptStale(msg) from None
-        return Message(msg, updated.pop_receipt, None, 0,
-                       updated.next_visible_on.timestamp() if updated.next_visible_on else None)
+        visible = answer.headers.get("x-ms-time-next-visible")
+        return Message(msg, answer.headers.get("x-ms-popreceipt", ""), None, 0, _time(visible) if visible else None)
 
     @_storage_call
     async def delete(self, model: str, msg: str, receipt: str) -> None:
         """Delete the message if that receipt is still its current one; quiet if it is gone or stale."""
-        try:
-            await self._queue(model).delete_message(msg, receipt)
-        except (ResourceNotFoundError, HttpResponseError) as exc:
-            if is_outage(exc):
-                raise
+        await self.rest.call("DELETE", self._messages(model, msg), {"popreceipt": receipt}, expect=(204, 400, 404))
 
     @_storage_call
     async def peek(self, model: str, count: int) -> list[Message]:
         """The first `count` (at most 32) visible messages, in queue order, without touching them."""
-        try:
-            return [_message(m) for m in await self._queue(model).peek_messages(max_messages=count)]
-        except ResourceNotFoundError:
-            return []
+        answer = await self.rest.call("GET", self._messages(model), {"peekonly": "true", "numofmessages": str(count)},
+                                      expect=(200, 404))
+        return _listed_messages(answer) if answer.status == 200 else []
 
     @_storage_call
     async def depth(self, model: str) -> int:
         """Messages in the model's queue, leased ones included (Azure's approximate count)."""
-        try:
-            properties = await self._queue(model).get_queue_properties()
-        except ResourceNotFoundError:
-            return 0
-        return properties.approximate_message_count or 0
+        answer = await self.rest.call("GET", f"/{QUEUE_PREFIX}{model}", {"comp": "metadata"}, expect=(200, 404))
+        return int(answer.headers.get("x-ms-approximate-messages-count") or 0) if answer.status == 200 else 0
 
     @_storage_call
     async def models(self, limit: int) -> tuple[list[str], bool]:
@@ -447,6 +476,7 @@ class Queues:
         for client in self._clients.values():
             await client.close()
         await self.service.close()
+        await self.rest.close()
 
 
 class EventQueue:
@@ -495,10 +525,14 @@ class Storage:
             queues = QueueServiceClient.from_connection_string(config.connection, retry_policy=queue_retry, **options)
             signer = Signer(self.blobs.account_name, getattr(self.blobs.credential, "account_key", None))
         self.signer = signer
+        key = getattr(self.blobs.credential, "account_key", None)
+        self.rest_blobs, rest_queues = (
+            rest.Account(client.url, client.account_name, client.api_version, timeout, key, self.credential)
+            for client in (self.blobs, queues))
         self.inbox, self.outbox, self.uploads, self.signals, self.limits, self.hooks = (
-            Container(self.blobs.get_container_client(name), signer)
+            Container(self.blobs.get_container_client(name), signer, self.rest_blobs)
             for name in (INBOX, OUTBOX, UPLOADS, SIGNALS, LIMITS, HOOKS))
-        self.queues = Queues(queues)
+        self.queues = Queues(queues, rest_queues)
         self.webhooks = EventQueue(queues.get_queue_client(WEBHOOK_QUEUE))
         self._containers_ready = False
 
@@ -527,6 +561,7 @@ class Storage:
         await self.webhooks.client.close()
         await self.queues.close()
         await self.blobs.close()
+        await self.rest_blobs.close()
         if self.credential is not None:
             await self.credential.close()
 
