@@ -131,6 +131,8 @@ class Account:
             headers["Content-Length"] = str(len(body))
             headers.setdefault("Content-Type", "application/octet-stream")  # aiohttp would add it, unsigned
         resource = self.base + path
+        if "%" in resource:  # as the SDK sends and signs it: the path yarl makes of it (%26 is sent as &)
+            resource = str(URL(resource))
         text = "&".join(f"{k}={quote(v, safe='')}" for k, v in query.items())
         if self.sas:
             text = f"{text}&{self.sas}" if text else self.sas

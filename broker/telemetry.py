@@ -6,9 +6,9 @@ with the Azure Monitor OpenTelemetry distro. In Application Insights the trace i
     union requests, dependencies, traces | where operation_Id == "<task_id>" | order by timestamp asc
 
 (the storage calls each step made show up under it as dependencies: rest.py's client spans for
-the calls on a task's path, the Azure SDK's own instrumentation for the rest). Without the setting nothing is configured and the spans are OpenTelemetry's no-op
-ones: no cost, no dependency on the exporter being reachable. Logging goes through the Functions
-host as before either way.
+the calls on a task's path, the Azure SDK's own instrumentation for the rest). Without the setting
+nothing is configured and the spans are OpenTelemetry's no-op ones: no cost, no dependency on the
+exporter being reachable. Logging goes through the Functions host as before either way.
 """
 
 from __future__ import annotations
