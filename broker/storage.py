@@ -1,4 +1,8 @@
-"""The one module that talks to the storage SDK: blob containers and task queues, as small records.
+"""The one module that talks to storage: blob containers and task queues, as small records. The calls
+on a task's path (a blob's put, head, read, metadata write and delete; a queue message's send,
+receive, update and delete; a queue's peek and count) go through rest.py, which speaks the REST
+API at a third of the SDK's CPU per call; the rest (creating containers and queues, listings,
+snapshots, batches, leases, SAS) through the SDK.
 
 The store (store.py) reads as state transitions over these calls; every "is it there", "write it
 unless it changed" and "delete it if it is still there" idiom is spelled once, here:
@@ -15,9 +19,9 @@ SAS for one blob (or one snapshot of it), with only the permissions and lifetime
 with the account key of a connection string, or, for an identity-based connection (a managed
 identity, no key), as user delegation SAS (`DelegationSigner`).
 
-One blob and one queue service client per event loop, reused. Retries are short and few on
-purpose: a request to the broker must answer (503 if need be) rather than hang while storage is
-away, and the caller retries.
+One blob and one queue service client, and a REST session for each, per event loop, reused.
+Retries are short and few on purpose: a request to the broker must answer (503 if need be) rather
+than hang while storage is away, and the caller retries.
 """
 
 from __future__ import annotations

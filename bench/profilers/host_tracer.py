@@ -1,7 +1,7 @@
 """`python -m bench.profilers.host_tracer OUT.json [devhost args]`: the broker dev host, instrumented.
 
 Used by `bench.overhead --profile`; it changes nothing in broker/. It
-- records every storage request the Azure SDK sends (method, resource, start, end) against the
+- records every storage request the Azure SDK or broker/rest.py sends (method, resource, start, end) against the
   HTTP request that caused it (a context variable set by an ASGI wrapper; asyncio tasks made by
   gather inherit it), and
 - samples the whole process with pyinstrument, so CPU time can be told from waiting on storage.
@@ -63,6 +63,7 @@ def instrument() -> None:
 
     def traced_build(app, *args, **kwargs):
         server, *background = build(app, *args, **kwargs)
+        _instrument_rest()
 
         async def asgi(scope, receive, send_):
             if scope["type"] != "http":
@@ -87,6 +88,29 @@ def instrument() -> None:
         return (asgi, *background)
 
     devhost.build = traced_build
+
+
+def _instrument_rest() -> None:
+    """The same record for the calls broker/rest.py makes without the SDK (in checkouts that have it)."""
+    try:
+        from broker import rest
+    except ImportError:
+        return
+    if getattr(rest.Account._send, "traced", False):
+        return
+    original = rest.Account._send
+
+    async def send(self, method, path, query, extra, body):
+        start = time.perf_counter()
+        try:
+            return await original(self, method, path, query, extra, body)
+        finally:
+            url = self.origin + self.base + path + "?" + "&".join(f"{k}={v}" for k, v in query.items())
+            storage_log.append({"req": REQUEST.get(), "method": method, "what": _resource(url),
+                                "start": start, "end": time.perf_counter()})
+
+    send.traced = True
+    rest.Account._send = send
 
 
 def categorize(path: str, function: str) -> str:

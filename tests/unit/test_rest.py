@@ -15,6 +15,7 @@ from aiohttp import web
 
 from broker import rest, storage
 from broker.errors import RecordUnreadable, StorageUnavailable
+from tests.support.polling import run_async
 
 KEY = base64.b64encode(b"k" * 32).decode()
 
@@ -51,10 +52,6 @@ def account(url: str, **kwargs) -> rest.Account:
     return rest.Account(url, "acct", "2026-10-06", timeout=5, **({"key": KEY} | kwargs))
 
 
-def run(scenario):
-    return asyncio.run(scenario())
-
-
 @pytest.fixture(autouse=True)
 def no_backoff(monkeypatch):
     monkeypatch.setattr(rest, "BACKOFF", 0.01)
@@ -75,7 +72,7 @@ def test_a_server_error_is_tried_again_and_a_refusal_is_not():
             assert (refused.value.status, refused.value.code, len(seen)) == (409, "Code409", 1)
             await service.close()
 
-    run(scenario)
+    run_async(scenario)
 
 
 def test_storage_that_keeps_failing_or_never_answers_is_an_outage_after_the_retries():
@@ -93,7 +90,7 @@ def test_storage_that_keeps_failing_or_never_answers_is_an_outage_after_the_retr
                 assert len(seen) == (1 + rest.RETRIES) * (2 if answers == ["drop"] else 1), answers
                 await service.close()
 
-    run(scenario)
+    run_async(scenario)
 
 
 def test_a_header_the_client_cannot_read_is_an_unreadable_record_not_an_outage():
@@ -109,7 +106,7 @@ def test_a_header_the_client_cannot_read_is_an_unreadable_record_not_an_outage()
             assert len(seen) == 1  # asking again would not help
             await service.close()
 
-    run(scenario)
+    run_async(scenario)
 
 
 def test_a_refused_key_or_token_is_a_setting_to_fix():
@@ -127,7 +124,7 @@ def test_a_refused_key_or_token_is_a_setting_to_fix():
                 await read(account(url, key="not base64!"))
             assert len(seen) == 1
 
-    run(scenario)
+    run_async(scenario)
 
 
 def test_a_bearer_token_is_fetched_once_and_again_only_near_its_end():
@@ -153,7 +150,7 @@ def test_a_bearer_token_is_fetched_once_and_again_only_near_its_end():
             assert all("x-ms-date" in r.headers and r.headers["x-ms-version"] == "2026-10-06" for r in seen)
             await service.close()
 
-    run(scenario)
+    run_async(scenario)
 
 
 def test_a_sas_token_rides_on_every_request_in_place_of_a_signature():
@@ -166,4 +163,4 @@ def test_a_sas_token_rides_on_every_request_in_place_of_a_signature():
             assert "Authorization" not in request.headers
             await service.close()
 
-    run(scenario)
+    run_async(scenario)
