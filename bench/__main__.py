@@ -2,10 +2,11 @@
 the summary table and write docs/bench.png.
 
 Names: pickup, claim_depth, overhead, throughput, calls (storage calls per task and route in the
-round-trip run), celery_ref, memory, constant_time, large (a 1 GiB payload and result through
-storage), idle (an idle worker's execution time and pickup), worker (ResNet50 through the broker
-vs bare) and batching (ResNet50 under a trickling load with and without --max-batch-delay-ms); the
-last two run when named, or in the full run. Each is also runnable alone:
+round-trip run), call_cost (CPU per storage call: the adapter against the bare SDK), celery_ref,
+memory, constant_time, large (a 1 GiB payload and result through storage), idle (an idle worker's
+execution time and pickup), worker (ResNet50 through the broker vs bare) and batching (ResNet50
+under a trickling load with and without --max-batch-delay-ms); the last two run when named, or in
+the full run. Each is also runnable alone:
 `python -m bench.pickup [--quick]`. Results go to bench/results/<name>.json.
 """
 
@@ -19,8 +20,8 @@ import traceback
 
 from . import common
 
-MINE = ["pickup", "claim_depth", "overhead", "throughput", "calls", "celery_ref", "memory", "constant_time", "large",
-        "idle"]
+MINE = ["pickup", "claim_depth", "overhead", "throughput", "calls", "call_cost", "celery_ref", "memory",
+        "constant_time", "large", "idle"]
 ALL = MINE + ["worker", "batching"]
 
 

@@ -30,7 +30,7 @@ SOURCES = [("pickup", "pickup", "summary"), ("claim_depth", "claim_depth", "summ
            ("worker", "worker", "summary"), ("celery_ref", "celery_ref", "summary"), ("memory", "memory", "summary"),
            ("constant_time", "constant_time", "summary"), ("large", "large", "summary"), ("idle", "idle", "summary"),
            ("calls", "calls", "summary"), ("calls-compare", "calls", "summary_compare"),
-           ("batching", "batching", "summary")]
+           ("call_cost", "call_cost", "summary"), ("batching", "batching", "summary")]
 
 
 def summary_rows() -> list[list]:
