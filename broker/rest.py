@@ -13,6 +13,8 @@ Invariants:
 - a request that gets no answer, or a 408 or a 5xx other than 501 and 505, is sent again at most
   RETRIES times, about BACKOFF s apart (the SDK's LinearRetry as storage.py configures it); a
   connection has 3 s to open, and each read `timeout` s;
+- a 401 to a bearer token drops the token, and the request is sent once more with a new one, for
+  the tenant the challenge names (as azure-core's bearer policy does);
 - what comes back is an `Answer` when its status is one the caller expects, `Refused` (with the
   status and storage's x-ms-error-code) when storage said no, `NoAnswer` when it never said
   anything, and `Unparseable` when the HTTP client cannot read the response (a header field over
@@ -27,6 +29,7 @@ import binascii
 import hashlib
 import hmac
 import random
+import re
 import time
 from dataclasses import dataclass
 from email.utils import formatdate
@@ -34,11 +37,15 @@ from urllib.parse import quote, urlsplit
 
 import aiohttp
 from azure.core.exceptions import ClientAuthenticationError
-from azure.storage.blob._shared.authentication import _storage_header_sort
 from multidict import CIMultiDictProxy
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 from yarl import URL
+
+try:  # Azure's order for x-ms-* headers, as the SDK implements it (its own module; private)
+    from azure.storage.blob._shared.authentication import _storage_header_sort
+except ImportError:  # an SDK without it: plain order, the same for the headers the broker sends
+    _storage_header_sort = sorted
 
 _tracer = trace.get_tracer("broker.storage")
 RETRIES = 2
@@ -55,9 +62,9 @@ _SIGNED = ("content-encoding", "content-language", "content-length", "content-md
 class Refused(Exception):
     """Storage answered with a status the caller did not expect."""
 
-    def __init__(self, status: int, code: str) -> None:
+    def __init__(self, status: int, code: str, challenge: str = "") -> None:
         super().__init__(f"storage answered {status} {code}")
-        self.status, self.code = status, code
+        self.status, self.code, self.challenge = status, code, challenge
 
 
 class NoAnswer(Exception):
@@ -90,6 +97,7 @@ class Account:
         self._decoded: bytes | None = None
         self._session: aiohttp.ClientSession | None = None
         self._token: tuple[str, float] | None = None
+        self._tenant: str | None = None
         self._token_lock: asyncio.Lock | None = None
 
     async def call(self, method: str, path: str, query: dict[str, str] | None = None,
@@ -103,7 +111,15 @@ class Account:
         name = f"{method} {path.split('/', 2)[1] if path.count('/') > 1 else path.lstrip('/')}"
         attributes = {"http.method": method, "http.url": self.origin + self.base + path, "az.namespace": "Microsoft.Storage"}
         with _tracer.start_as_current_span(name, kind=SpanKind.CLIENT, attributes=attributes) as span:
-            answer = await self._call(method, path, query, headers, body, expect)
+            try:
+                answer = await self._call(method, path, query, headers, body, expect)
+            except Refused as exc:
+                if exc.status != 401 or self.credential is None:
+                    raise
+                # The token was revoked, or is for another tenant than the account's: as azure-core's
+                # bearer policy does, forget it, take one for the tenant the challenge names, try once more.
+                self._forget_token(exc.challenge)
+                answer = await self._call(method, path, query, headers, body, expect)
             span.set_attribute("http.status_code", answer.status)
             return answer
 
@@ -121,7 +137,8 @@ class Account:
                 if answer.status in expect:
                     return answer
                 if answer.status not in _RETRIED or attempt == RETRIES:
-                    raise Refused(answer.status, answer.headers.get("x-ms-error-code", ""))
+                    raise Refused(answer.status, answer.headers.get("x-ms-error-code", ""),
+                                  answer.headers.get("WWW-Authenticate", ""))
             await asyncio.sleep(BACKOFF + random.uniform(-JITTER, JITTER))
         raise AssertionError("unreachable")
 
@@ -129,7 +146,8 @@ class Account:
         headers = {"x-ms-date": formatdate(usegmt=True), "x-ms-version": self.api_version, **extra}
         if body or method in ("PUT", "POST"):
             headers["Content-Length"] = str(len(body))
-            headers.setdefault("Content-Type", "application/octet-stream")  # aiohttp would add it, unsigned
+            if not any(name.lower() == "content-type" for name in headers):
+                headers["Content-Type"] = "application/octet-stream"  # aiohttp would add it, unsigned
         resource = self.base + path
         if "%" in resource:  # as the SDK sends and signs it: the path yarl makes of it (%26 is sent as &)
             resource = str(URL(resource))
@@ -145,7 +163,7 @@ class Account:
         if session is None or session.closed:
             # use env settings off, as for the SDK's transport in storage.py: no ~/.netrc, no proxies.
             session = self._session = aiohttp.ClientSession(timeout=self.timeout, trust_env=False,
-                                                            auto_decompress=False)
+                                                            auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar())
         async with session.request(method, url, data=body if body else None, headers=headers,
                                    allow_redirects=False) as response:
             return Answer(response.status, response.headers, await response.read())
@@ -165,7 +183,7 @@ class Account:
     def _key_bytes(self) -> bytes:
         if self._decoded is None:
             try:
-                self._decoded = base64.b64decode(self.key, validate=True)
+                self._decoded = base64.b64decode(self.key)  # as the SDK decodes it: stray characters skipped
             except (binascii.Error, ValueError) as exc:
                 raise ClientAuthenticationError(message="the storage account key is not base64") from exc
         return self._decoded
@@ -175,9 +193,17 @@ class Account:
             self._token_lock = self._token_lock or asyncio.Lock()
             async with self._token_lock:
                 if self._token is None or time.time() >= self._token[1] - TOKEN_RENEW_BEFORE:
-                    token = await self.credential.get_token(TOKEN_SCOPE)
+                    tenant = {"tenant_id": self._tenant} if self._tenant else {}
+                    token = await self.credential.get_token(TOKEN_SCOPE, **tenant)
                     self._token = (token.token, float(token.expires_on))
         return self._token[0]
+
+    def _forget_token(self, challenge: str) -> None:
+        """After a 401: the next request takes a new token, for the tenant the challenge names
+        (`Bearer authorization_uri=https://login.microsoftonline.com/<tenant>/oauth2/authorize ...`)."""
+        self._token = None
+        named = re.search(r'authorization_uri="?https://[^/\s"]+/([^/\s"]+)', challenge)
+        self._tenant = named.group(1) if named else self._tenant
 
     async def close(self) -> None:
         if self._session is not None:

@@ -172,6 +172,12 @@ def _answered_blob(name: str, answer: rest.Answer, body: bytes | None = None, sn
                 body, snapshot, modified)
 
 
+def _only_condition_not_met(answer: rest.Answer) -> None:
+    """A 412 means "changed since that etag" only with ConditionNotMet; any other (a lease) is raised."""
+    if answer.status == 412 and answer.headers.get("x-ms-error-code") != "ConditionNotMet":
+        raise rest.Refused(412, answer.headers.get("x-ms-error-code", ""))
+
+
 def _listed_messages(answer: rest.Answer) -> list[Message]:
     """The messages of a Get Messages or Peek Messages answer, in queue order."""
     messages = []
@@ -308,7 +314,7 @@ class Container:
         try:
             return await self._write(name, body, metadata, content_type, **{"If-None-Match": "*"})
         except rest.Refused as exc:
-            if exc.status == 409:
+            if exc.status == 409 or (exc.status, exc.code) == (412, "ConditionNotMet"):  # the SDK takes both
                 return None
             raise
 
@@ -323,6 +329,7 @@ class Container:
         headers = {"If-Match": etag, **{f"x-ms-meta-{k}": v for k, v in metadata.items()}}
         answer = await self.service.call("PUT", self._path(name), {"comp": "metadata"}, headers,
                                          expect=(200, 404, 412))
+        _only_condition_not_met(answer)
         return answer.headers["ETag"] if answer.status == 200 else None
 
     @_storage_call
@@ -335,6 +342,7 @@ class Container:
             answer = await self.service.call("DELETE", self._path(name), headers=headers, expect=(202, 404, 412))
             code = answer.headers.get("x-ms-error-code", "")
             if answer.status != 412 or not code.startswith("LeaseId"):
+                _only_condition_not_met(answer)
                 return answer.status == 202  # 404: not there; 412 (ConditionNotMet): changed since `etag`
             if again:
                 raise rest.Refused(answer.status, code)

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 from aiohttp import web
+from azure.core.exceptions import ClientAuthenticationError
 
 from broker import rest, storage
 from broker.errors import RecordUnreadable, StorageUnavailable
@@ -22,8 +23,9 @@ KEY = base64.b64encode(b"k" * 32).decode()
 
 @contextlib.asynccontextmanager
 async def storage_like(answers):
-    """A server whose n-th request gets answers[n] (a status, "drop" to close the connection unanswered,
-    or "huge" for a header over aiohttp's 8 KiB limit); the last answer repeats. Yields (url, seen)."""
+    """A server whose n-th request gets answers[n] (a status, a (status, error code, headers) triple,
+    "drop" to close the connection unanswered, or "huge" for a header over aiohttp's 8 KiB limit);
+    the last answer repeats. Yields (url, seen)."""
     seen: list[web.BaseRequest] = []
 
     async def handle(request: web.BaseRequest) -> web.StreamResponse:
@@ -34,7 +36,8 @@ async def storage_like(answers):
             return web.Response(status=500)  # never sent: the connection is gone
         if answer == "huge":
             return web.Response(status=200, headers={"x-ms-meta-big": "v" * 9000})
-        return web.Response(status=answer, headers={"x-ms-error-code": f"Code{answer}"})
+        status, code, headers = answer if isinstance(answer, tuple) else (answer, f"Code{answer}", {})
+        return web.Response(status=status, headers={"x-ms-error-code": code, "ETag": '"0x1"', **headers})
 
     server = web.Server(handle)
     runner = web.ServerRunner(server)
@@ -110,8 +113,6 @@ def test_a_header_the_client_cannot_read_is_an_unreadable_record_not_an_outage()
 
 
 def test_a_refused_key_or_token_is_a_setting_to_fix():
-    from azure.core.exceptions import ClientAuthenticationError
-
     @storage._storage_call
     async def read(service):
         return await service.call("GET", "/inbox/t1")
@@ -164,3 +165,65 @@ def test_a_sas_token_rides_on_every_request_in_place_of_a_signature():
             await service.close()
 
     run_async(scenario)
+
+
+CHALLENGE = ("Bearer authorization_uri=https://login.microsoftonline.com/the-tenant/oauth2/authorize "
+             "resource_id=https://storage.azure.com")
+
+
+def test_a_token_storage_refuses_is_replaced_once_for_the_tenant_the_challenge_names():
+    asked = []
+
+    class Credential:
+        async def get_token(self, scope, tenant_id=None):
+            asked.append(tenant_id)
+            return SimpleNamespace(token=f"token-{len(asked)}", expires_on=int(time.time()) + 3600)
+
+    async def scenario():
+        refused = (401, "InvalidAuthenticationInfo", {"WWW-Authenticate": CHALLENGE})
+        async with storage_like([refused, 200]) as (url, seen):
+            service = rest.Account(url, "acct", "2026-10-06", timeout=5, credential=Credential())
+            assert (await service.call("GET", "/inbox/t1")).status == 200
+            assert asked == [None, "the-tenant"]
+            assert [r.headers["Authorization"] for r in seen] == ["Bearer token-1", "Bearer token-2"]
+            await service.close()
+        async with storage_like([refused]) as (url, seen):  # refused again: a setting to fix, no loop
+            service = rest.Account(url, "acct", "2026-10-06", timeout=5, credential=Credential())
+            with pytest.raises(ClientAuthenticationError):
+                await storage._storage_call(service.call)("GET", "/inbox/t1")
+            assert len(seen) == 2
+            await service.close()
+
+    run_async(scenario)
+
+
+def test_a_precondition_failure_is_a_changed_blob_only_when_storage_says_so():
+    """412 ConditionNotMet: a create lost to another (as the SDK reads it), a write or a delete that
+    found the blob changed since its etag. Any other 412 (a lease on the blob) is not hidden."""
+    async def scenario():
+        lost = (412, "ConditionNotMet", {})
+        leased = (412, "LeaseIdMissing", {})
+        for answers, check in (([lost], _lost_everywhere), ([leased], _leased)):
+            async with storage_like(answers) as (url, seen):
+                connection = (f"DefaultEndpointsProtocol=http;AccountName=acct;AccountKey={KEY};"
+                              f"BlobEndpoint={url};QueueEndpoint={url}")
+                store = storage.Storage(connection, 5)
+                try:
+                    await check(store.inbox)
+                finally:
+                    await store.close()
+
+    run_async(scenario)
+
+
+async def _lost_everywhere(inbox) -> None:
+    assert await inbox.create("t1", b"x", {}, "text/plain") is None
+    assert await inbox.set_metadata("t1", {"a": "b"}, '"0x1"') is None
+    assert await inbox.delete("t1", '"0x1"') is False
+
+
+async def _leased(inbox) -> None:
+    with pytest.raises(rest.Refused):
+        await inbox.create("t1", b"x", {}, "text/plain")
+    with pytest.raises(rest.Refused):
+        await inbox.set_metadata("t1", {"a": "b"}, '"0x1"')
