@@ -51,6 +51,11 @@ async def storage_like(answers):
         await runner.cleanup()
 
 
+async def adapter_get(service: rest.Account, path: str = "/inbox/t1") -> rest.Answer:
+    """A GET as storage.py makes one: what fails leaves as the broker's own errors."""
+    return await storage._storage_call(service.call)("GET", path)
+
+
 def account(url: str, **kwargs) -> rest.Account:
     return rest.Account(url, "acct", "2026-10-06", timeout=5, **({"key": KEY} | kwargs))
 
@@ -79,16 +84,12 @@ def test_a_server_error_is_tried_again_and_a_refusal_is_not():
 
 
 def test_storage_that_keeps_failing_or_never_answers_is_an_outage_after_the_retries():
-    @storage._storage_call
-    async def read(service):
-        return await service.call("GET", "/inbox/t1")
-
     async def scenario():
         for answers in ([503], ["drop"]):
             async with storage_like(answers) as (url, seen):
                 service = account(url)
                 with pytest.raises(StorageUnavailable):
-                    await read(service)
+                    await adapter_get(service)
                 # aiohttp itself sends an idempotent request once more when the server drops it unanswered
                 assert len(seen) == (1 + rest.RETRIES) * (2 if answers == ["drop"] else 1), answers
                 await service.close()
@@ -97,15 +98,11 @@ def test_storage_that_keeps_failing_or_never_answers_is_an_outage_after_the_retr
 
 
 def test_a_header_the_client_cannot_read_is_an_unreadable_record_not_an_outage():
-    @storage._storage_call
-    async def read(service):
-        return await service.call("GET", "/outbox/t1")
-
     async def scenario():
         async with storage_like(["huge"]) as (url, seen):
             service = account(url)
             with pytest.raises(RecordUnreadable):
-                await read(service)
+                await adapter_get(service)
             assert len(seen) == 1  # asking again would not help
             await service.close()
 
@@ -113,16 +110,12 @@ def test_a_header_the_client_cannot_read_is_an_unreadable_record_not_an_outage()
 
 
 def test_a_refused_key_or_token_is_a_setting_to_fix():
-    @storage._storage_call
-    async def read(service):
-        return await service.call("GET", "/inbox/t1")
-
     async def scenario():
         async with storage_like([403]) as (url, seen):
             with pytest.raises(ClientAuthenticationError):
-                await read(account(url))
+                await adapter_get(account(url))
             with pytest.raises(ClientAuthenticationError):  # not base64: nothing is sent
-                await read(account(url, key="not base64!"))
+                await adapter_get(account(url, key="not base64!"))
             assert len(seen) == 1
 
     run_async(scenario)
@@ -190,7 +183,7 @@ def test_a_token_storage_refuses_is_replaced_once_for_the_tenant_the_challenge_n
         async with storage_like([refused]) as (url, seen):  # refused again: a setting to fix, no loop
             service = rest.Account(url, "acct", "2026-10-06", timeout=5, credential=Credential())
             with pytest.raises(ClientAuthenticationError):
-                await storage._storage_call(service.call)("GET", "/inbox/t1")
+                await adapter_get(service)
             assert len(seen) == 2
             await service.close()
 
