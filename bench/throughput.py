@@ -8,6 +8,10 @@ so a shared one made the later configurations pay for the earlier ones' results.
 saturates is read from the CPU each process used in the window (from /proc): the dev host and
 Azurite are single-threaded, so either near 100 % of a core is the limit; all of them together
 near 100 % x CPUs means the machine is.
+
+`--rounds N` repeats every configuration N times (forwards, then backwards, ...) and reports the
+median; scaling is then the median over rounds of each window over its own round's 1-worker window,
+which leaves out most of the drift of a shared machine. `--workers 1,4 --sleep 0` picks configurations.
 """
 
 from __future__ import annotations
@@ -149,37 +153,75 @@ def bottleneck(cpu: dict, cpus: int, load_avg: float, sleep_ms: int) -> str:
     return "workers' compute (sleep)" if sleep_ms else "round-trip latency (no process saturated)"
 
 
-def main(argv=None) -> dict:
-    args = common.compare_args("throughput", argv, "measure")
-    window = common.pick(4.0, 15.0)
-    counts = (1, 2, 4)
-    rows, results = [], []
-    # Each measurement has an Azurite of its own: Azurite slows as it holds more (every task leaves
-    # its result for the result TTL), so on a shared one the later configurations paid for the
-    # earlier ones' data and the pairs drifted by up to 30 %.
-    for turn, (sleep_ms, n) in enumerate((s, n) for s in (0, 50) for n in counts):
-        labels = ["broker", *(["variant"] if args.compare_root else [])]
-        for label in (labels if turn % 2 == 0 else labels[::-1]):  # neither host always goes first
-            with common.Stack(hosts=0 if label == "variant" else 1) as stack:
-                host = None
-                if label == "variant":
-                    from .overhead import RootHost
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(","))
 
-                    host = RootHost(args.compare_root, stack.connection_string, stack.settings,
-                                    log_dir=stack.work / "variant", extra_args=["--no-timers"]).start()
-                try:
-                    result = measure(stack, n, sleep_ms, window, host)
-                finally:
-                    if host is not None:
-                        host.stop()
-            result["host"] = label
-            results.append(result)
-            print(f"  {label}: {n} worker(s), sleep_ms {sleep_ms}: {result['tasks_per_s']} tasks/s", flush=True)
+
+def _extra(parser) -> None:
+    parser.add_argument("--workers", type=_ints, default=(1, 2, 4), help="worker counts (default 1,2,4; 1 is the reference)")
+    parser.add_argument("--sleep", type=_ints, default=(0, 50), help="sleep_ms per batch (default 0,50)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="repeat every configuration this many times, in alternating order; each figure is the "
+                             "median, and scaling the median of each round's ratio to its own 1-worker window")
+
+
+def windows(args, window: float) -> list[dict]:
+    """Every measurement, round by round: even rounds go through the configurations forwards, odd ones
+    backwards, and the two hosts of a compare run take turns going first."""
+    configs = [(s, n) for s in args.sleep for n in args.workers]
+    results = []
+    for rnd in range(args.rounds):
+        for turn, (sleep_ms, n) in enumerate(configs if rnd % 2 == 0 else configs[::-1]):
+            labels = ["broker", *(["variant"] if args.compare_root else [])]
+            for label in (labels if (turn + rnd) % 2 == 0 else labels[::-1]):  # neither host always goes first
+                # Each measurement has an Azurite of its own: Azurite slows as it holds more (every task
+                # leaves its result for the result TTL), so on a shared one the later configurations paid
+                # for the earlier ones' data and the pairs drifted by up to 30 %.
+                with common.Stack(hosts=0 if label == "variant" else 1) as stack:
+                    host = None
+                    if label == "variant":
+                        from .overhead import RootHost
+
+                        host = RootHost(args.compare_root, stack.connection_string, stack.settings,
+                                        log_dir=stack.work / "variant", extra_args=["--no-timers"]).start()
+                    try:
+                        result = measure(stack, n, sleep_ms, window, host)
+                    finally:
+                        if host is not None:
+                            host.stop()
+                result["host"], result["round"] = label, rnd
+                results.append(result)
+                print(f"  round {rnd + 1}/{args.rounds}, {label}: {n} worker(s), sleep_ms {sleep_ms}: "
+                      f"{result['tasks_per_s']} tasks/s", flush=True)
+    return results
+
+
+def medians(measured: list[dict]) -> list[dict]:
+    """One result per (host, workers, sleep_ms): the window of median tasks/s (the lower middle of an
+    even count), with every window's tasks/s beside it, and scaling as the median over rounds of
+    tasks/s over the same round's 1-worker window of the broker."""
+    results = []
+    for key in dict.fromkeys((r["host"], r["workers"], r["sleep_ms"]) for r in measured):
+        runs = sorted((r for r in measured if (r["host"], r["workers"], r["sleep_ms"]) == key),
+                      key=lambda r: r["tasks_per_s"])
+        result = dict(runs[(len(runs) - 1) // 2], tasks_per_s_runs=[r["tasks_per_s"] for r in runs])
+        ratios = sorted(common.ratio(r["tasks_per_s"], base["tasks_per_s"]) for r in runs for base in measured
+                        if (base["host"], base["workers"], base["sleep_ms"], base["round"]) ==
+                        ("broker", 1, r["sleep_ms"], r["round"]))
+        result["scaling_vs_1_worker"] = ratios[(len(ratios) - 1) // 2] if ratios else None
+        result["scaling_runs"] = ratios
+        results.append(result)
+    return results
+
+
+def main(argv=None) -> dict:
+    args = common.compare_args("throughput", argv, "measure", _extra)
+    window = common.pick(4.0, 15.0)
+    measured = windows(args, window)
+    results = medians(measured)
+    rows = []
     cpus = os.cpu_count()
     for result in results:
-        base = next(r for r in results if r["sleep_ms"] == result["sleep_ms"] and r["workers"] == 1
-                    and r["host"] == "broker")
-        result["scaling_vs_1_worker"] = common.ratio(result["tasks_per_s"], base["tasks_per_s"])
         result["saturates"] = bottleneck(result["cpu_percent_of_one_core"], cpus, result["load_avg_1min"],
                                          result["sleep_ms"])
         c = result["cpu_percent_of_one_core"]
@@ -190,7 +232,11 @@ def main(argv=None) -> dict:
                         f"windows; CPU in % of one core ({cpus} CPUs)",
                         ["host", "workers", "sleep_ms", "tasks/s", "x 1 worker", "host %", "azurite %", "workers %",
                          "clients %", "host CPU ms/task", "load", "saturates"], rows)
-    data = {"clients": CLIENTS, "batch": BATCH, "window_s": window, "results": results, "table": text}
+    if args.rounds > 1:
+        print("\n".join(f"  {r['host']}, {r['workers']} worker(s), sleep_ms {r['sleep_ms']}: tasks/s "
+                         f"{r['tasks_per_s_runs']}, x 1 worker per round {r['scaling_runs']}" for r in results))
+    data = {"clients": CLIENTS, "batch": BATCH, "window_s": window, "rounds": args.rounds, "results": results,
+            "windows": measured, "table": text}
     common.save_compared("throughput", data, args)
     return data
 
