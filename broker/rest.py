@@ -66,6 +66,11 @@ class Refused(Exception):
         super().__init__(f"storage answered {status} {code}")
         self.status, self.code, self.challenge = status, code, challenge
 
+    @property
+    def credentials_refused(self) -> bool:
+        """Storage refuses the key or token (or the identity lacks the role): a setting to fix."""
+        return self.status in (401, 403)
+
 
 class NoAnswer(Exception):
     """Storage did not answer (refused connection, reset, timeout), after the retries."""
@@ -105,10 +110,10 @@ class Account:
                    ) -> Answer:
         """`method` on `path` (below the account, already quoted), with `query` (values unquoted).
         An answer whose status is not in `expect` raises Refused."""
-        query = dict(query or {})
+        query = query or {}
         # A client span per call, as the SDK's own instrumentation makes: a dependency under the
         # step's operation in Application Insights (a no-op unless telemetry.configure set it up).
-        name = f"{method} {path.split('/', 2)[1] if path.count('/') > 1 else path.lstrip('/')}"
+        name = f"{method} {path.split('/', 2)[1]}"  # the container or queue
         attributes = {"http.method": method, "http.url": self.origin + self.base + path, "az.namespace": "Microsoft.Storage"}
         with _tracer.start_as_current_span(name, kind=SpanKind.CLIENT, attributes=attributes) as span:
             try:

@@ -51,7 +51,6 @@ from azure.core.exceptions import (
 from azure.storage.blob import generate_blob_sas
 from azure.storage.blob.aio import BlobLeaseClient, BlobServiceClient, ContainerClient
 from azure.storage.blob.aio import LinearRetry as BlobRetry
-from azure.storage.queue import QueueMessage
 from azure.storage.queue._shared.policies_async import LinearRetry as QueueRetry
 from azure.storage.queue.aio import QueueClient, QueueServiceClient
 
@@ -104,7 +103,7 @@ def _storage_call(method):
                 # An identity without the role, a key for another account: a setting to fix (503), as
                 # storage's own authentication failures are.
                 raise ClientAuthenticationError(message=str(exc), response=exc.response) from exc
-            if isinstance(exc, rest.Refused) and exc.status in (401, 403):
+            if isinstance(exc, rest.Refused) and exc.credentials_refused:
                 raise ClientAuthenticationError(message=str(exc)) from exc
             raise
 
@@ -151,15 +150,14 @@ def _blob(properties, body: bytes | None = None) -> Blob:
                 modified.timestamp() if modified else 0.0)
 
 
-def _message(message: QueueMessage) -> Message:
-    visible = message.next_visible_on
-    return Message(message.id, message.pop_receipt or "", message.content, message.dequeue_count or 0,
-                   visible.timestamp() if visible else None)
+def _time(text: str | None, absent: float | None = 0.0) -> float | None:
+    """An HTTP date (storage's headers and queue XML) as a Unix time; `absent` if there is none."""
+    return parsedate_to_datetime(text).timestamp() if text else absent
 
 
-def _time(text: str | None) -> float:
-    """An HTTP date (storage's headers and queue XML) as a Unix time; 0.0 if absent."""
-    return parsedate_to_datetime(text).timestamp() if text else 0.0
+def _meta(metadata: dict) -> dict[str, str]:
+    """Blob metadata as the request headers that set it."""
+    return {f"x-ms-meta-{k}": v for k, v in metadata.items()}
 
 
 def _answered_blob(name: str, answer: rest.Answer, body: bytes | None = None, snapshot: str | None = None) -> Blob:
@@ -182,10 +180,9 @@ def _listed_messages(answer: rest.Answer) -> list[Message]:
     """The messages of a Get Messages or Peek Messages answer, in queue order."""
     messages = []
     for element in ElementTree.fromstring(answer.body):
-        visible = element.findtext("TimeNextVisible")
         messages.append(Message(element.findtext("MessageId") or "", element.findtext("PopReceipt") or "",
                                 element.findtext("MessageText"), int(element.findtext("DequeueCount") or 0),
-                                _time(visible) if visible else None))
+                                _time(element.findtext("TimeNextVisible"), None)))
     return messages
 
 
@@ -261,7 +258,7 @@ class Container:
 
     async def _write(self, name: str, body: bytes, metadata: dict, content_type: str | None, **headers: str) -> str:
         """Put Blob (a block blob, whole); its etag."""
-        headers = {"x-ms-blob-type": "BlockBlob", **headers, **{f"x-ms-meta-{k}": v for k, v in metadata.items()}}
+        headers = {"x-ms-blob-type": "BlockBlob", **headers, **_meta(metadata)}
         if content_type:
             headers["x-ms-blob-content-type"] = content_type
         answer = await self.service.call("PUT", self._path(name), headers=headers, body=body, expect=(201,))
@@ -326,7 +323,7 @@ class Container:
     async def set_metadata(self, name: str, metadata: dict, etag: str) -> str | None:
         """Replace the metadata if the blob is unchanged since `etag`; the new etag, or None if it
         changed or is gone."""
-        headers = {"If-Match": etag, **{f"x-ms-meta-{k}": v for k, v in metadata.items()}}
+        headers = {"If-Match": etag, **_meta(metadata)}
         answer = await self.service.call("PUT", self._path(name), {"comp": "metadata"}, headers,
                                          expect=(200, 404, 412))
         _only_condition_not_met(answer)
@@ -410,8 +407,12 @@ class Queues:
         self._clients: dict[str, QueueClient] = {}
         self._ready: set[str] = set()
 
+    @staticmethod
+    def _path(model: str) -> str:
+        return f"/{QUEUE_PREFIX}{model}"
+
     def _messages(self, model: str, msg: str | None = None) -> str:
-        return f"/{QUEUE_PREFIX}{model}/messages" + (f"/{quote(msg, safe='')}" if msg else "")
+        return f"{self._path(model)}/messages" + (f"/{quote(msg, safe='')}" if msg else "")
 
     def _queue(self, model: str) -> QueueClient:
         client = self._clients.get(model)
@@ -450,11 +451,11 @@ class Queues:
         except rest.Refused as exc:
             if exc.status == 404:
                 raise MessageGone(msg) from None
-            if is_outage(exc) or exc.status in (401, 403):
+            if is_outage(exc) or exc.credentials_refused:
                 raise
             raise ReceiptStale(msg) from None
-        visible = answer.headers.get("x-ms-time-next-visible")
-        return Message(msg, answer.headers.get("x-ms-popreceipt", ""), None, 0, _time(visible) if visible else None)
+        return Message(msg, answer.headers.get("x-ms-popreceipt", ""), None, 0,
+                       _time(answer.headers.get("x-ms-time-next-visible"), None))
 
     @_storage_call
     async def delete(self, model: str, msg: str, receipt: str) -> None:
@@ -471,7 +472,7 @@ class Queues:
     @_storage_call
     async def depth(self, model: str) -> int:
         """Messages in the model's queue, leased ones included (Azure's approximate count)."""
-        answer = await self.rest.call("GET", f"/{QUEUE_PREFIX}{model}", {"comp": "metadata"}, expect=(200, 404))
+        answer = await self.rest.call("GET", self._path(model), {"comp": "metadata"}, expect=(200, 404))
         return int(answer.headers.get("x-ms-approximate-messages-count") or 0) if answer.status == 200 else 0
 
     @_storage_call
@@ -537,9 +538,8 @@ class Storage:
             queues = QueueServiceClient.from_connection_string(config.connection, retry_policy=queue_retry, **options)
             signer = Signer(self.blobs.account_name, getattr(self.blobs.credential, "account_key", None))
         self.signer = signer
-        key = getattr(self.blobs.credential, "account_key", None)
         self.rest_blobs, rest_queues = (
-            rest.Account(client.url, client.account_name, client.api_version, timeout, key, self.credential)
+            rest.Account(client.url, client.account_name, client.api_version, timeout, signer.key, self.credential)
             for client in (self.blobs, queues))
         self.inbox, self.outbox, self.uploads, self.signals, self.limits, self.hooks = (
             Container(self.blobs.get_container_client(name), signer, self.rest_blobs)
