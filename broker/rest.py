@@ -42,10 +42,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 from yarl import URL
 
-try:  # Azure's order for x-ms-* headers, as the SDK implements it (its own module; private)
-    from azure.storage.blob._shared.authentication import _storage_header_sort
-except ImportError:  # an SDK without it: plain order, the same for the headers the broker sends
-    _storage_header_sort = sorted
+from .header_order import storage_header_order
 
 _tracer = trace.get_tracer("broker.storage")
 RETRIES = 2
@@ -179,7 +176,7 @@ class Account:
             del lower["content-length"]
         signed = [method] + [lower.get(name, "") for name in _SIGNED]
         canonical = "".join(f"{name}:{value}\n" for name, value in
-                            _storage_header_sort([(k, v) for k, v in lower.items() if k.startswith("x-ms-")]))
+                            storage_header_order([(k, v) for k, v in lower.items() if k.startswith("x-ms-")]))
         canonical += f"/{self.account}{resource}"
         canonical += "".join(f"\n{k.lower()}:{v}" for k, v in sorted(query.items()))
         signature = hmac.new(self._key_bytes(), ("\n".join(signed) + "\n" + canonical).encode(), hashlib.sha256)
