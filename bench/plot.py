@@ -27,7 +27,8 @@ def load(name: str) -> dict | None:
 SOURCES = [("pickup", "pickup", "summary"), ("claim_depth", "claim_depth", "summary"),
            ("overhead", "overhead", "summary"), ("overhead-compare", "overhead", "summary_compare"),
            ("throughput", "throughput", "summary"), ("throughput-compare", "throughput", "summary_compare"),
-           ("worker", "worker", "summary"), ("celery_ref", "celery_ref", "summary"), ("memory", "memory", "summary"),
+           ("worker", "worker", "summary"), ("worker-pinned", "worker", "summary_pinned"),
+           ("celery_ref", "celery_ref", "summary"), ("memory", "memory", "summary"),
            ("constant_time", "constant_time", "summary"), ("large", "large", "summary"), ("idle", "idle", "summary"),
            ("calls", "calls", "summary"), ("calls-compare", "calls", "summary_compare"),
            ("call_cost", "call_cost", "summary"), ("batching", "batching", "summary")]
