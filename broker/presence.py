@@ -6,7 +6,10 @@ how many tasks they hold, where a queued task is in line, how long the oldest ha
   keeps a blob per worker and model (`signals/workers/<model>/<worker id>`, its metadata those
   figures), written every SEEN_EVERY seconds per worker and instance at most, or sooner when its
   poll interval changes, it turns busy or idle, or its task count halves or doubles from 4 up (so a
-  busy worker's task count may be that old).
+  busy worker's task count may be that old); but never twice within WRITE_GAP seconds per worker
+  and instance: a change within that gap of the last write is written at its end (throttle.py),
+  with the figures the worker gave last. So a worker that turns busy and idle at every claim, or a client that sends new
+  figures with every request, costs a write per WRITE_GAP, not one per request.
   A worker is online while it polled within two of its poll intervals.
 - The queue: a peek at its first 32 visible messages (a peek changes nothing) names the tasks in
   line, exactly up to 32; past them a position is an estimate (the queue's approximate count less
@@ -32,13 +35,20 @@ from dataclasses import dataclass
 
 from .records import TaskMessage, iso
 from .storage import Storage
+from .throttle import Throttle
 
 SEEN_EVERY = 5.0
+WRITE_GAP = 1.0
 CACHE = 1.0
 PEEK = 32  # what one peek returns at most
 WORKER_ID = re.compile(r"[A-Za-z0-9-]{1,64}")
 MAX_REMEMBERED = 10_000
 MAX_JOINED = 10_000  # tasks queued since a view, remembered in all
+
+
+def _figures(interval: float, held: int) -> str:
+    """What a worker's blob is written again for when it changes."""
+    return f"{interval:g}/{_level(held)}"
 
 
 def _level(held: int) -> int:
@@ -62,10 +72,11 @@ class Line:
 
 
 class Presence:
-    def __init__(self, storage: Storage, clock=time.time) -> None:
+    def __init__(self, storage: Storage, clock=time.time, monotonic=time.monotonic) -> None:
         self.storage = storage
-        self.now = clock
+        self.now, self.monotonic = clock, monotonic
         self._written: dict[tuple[str, str], tuple[float, str]] = {}  # (model, worker) -> (when, what)
+        self._writes = Throttle(WRITE_GAP, self._write, MAX_REMEMBERED, monotonic)
         self._workers: dict[str, tuple[float, Workers]] = {}
         self._lines: dict[str, tuple[float, Line]] = {}
         self._taking: dict[tuple[str, str], asyncio.Future] = {}  # (what, model) -> the look in flight
@@ -96,14 +107,22 @@ class Presence:
         # turns busy or idle, or its count of tasks halves or doubles from 4 up: a claim per batch
         # would otherwise cost a write each (small batches, many workers: the count moves by one or
         # two every claim).
-        figures = f"{interval:g}/{_level(held)}"
-        key, at = (model, worker), time.monotonic()
+        key = (model, worker)
+        if self._writes.due(key) or not self._unchanged(key, interval, held):
+            await self._writes(key, (interval, held))  # (a write that is due takes these figures)
+
+    def _unchanged(self, key: tuple[str, str], interval: float, held: int) -> bool:
         last = self._written.get(key)
-        if last is not None and last[1] == figures and at - last[0] < SEEN_EVERY:
+        return last is not None and last[1] == _figures(interval, held) and self.monotonic() - last[0] < SEEN_EVERY
+
+    async def _write(self, key: tuple[str, str], figures: tuple[float, int]) -> None:
+        interval, held = figures
+        if self._unchanged(key, interval, held):  # changed back since the write was due
             return
         if len(self._written) >= MAX_REMEMBERED:
             self._written.clear()
-        self._written[key] = (at, figures)
+        self._written[key] = (self.monotonic(), _figures(interval, held))
+        model, worker = key
         try:
             await self.storage.ensure_containers()
             await self.storage.signals.put(f"workers/{model}/{worker}", b"",
@@ -113,7 +132,7 @@ class Presence:
 
     async def workers(self, model: str) -> Workers:
         cached = self._workers.get(model)
-        if cached is not None and time.monotonic() - cached[0] < CACHE:
+        if cached is not None and self.monotonic() - cached[0] < CACHE:
             return cached[1]
         return await self._shared(("workers", model), lambda: self._list_workers(model))
 
@@ -143,7 +162,7 @@ class Presence:
     async def line(self, model: str, fresh: bool = False) -> Line:
         """The cached view of `model`'s line, or a new one; `fresh`: one taken from now on."""
         cached = self._lines.get(model)
-        if not fresh and cached is not None and time.monotonic() - cached[0] < CACHE:
+        if not fresh and cached is not None and self.monotonic() - cached[0] < CACHE:
             return cached[1]
         return await self._shared(("line", model), lambda: self._view(model), join=not fresh)
 
@@ -209,11 +228,10 @@ class Presence:
         return {"queue_position": position,
                 "workers": {"online": workers.online, "last_seen": iso(workers.last_seen)}}
 
-    @staticmethod
-    def _remember(cache: dict, model: str, value) -> None:
+    def _remember(self, cache: dict, model: str, value) -> None:
         if len(cache) >= MAX_REMEMBERED:
             cache.clear()
-        cache[model] = (time.monotonic(), value)
+        cache[model] = (self.monotonic(), value)
 
     async def sweep(self) -> int:
         """Delete the records of workers not seen for an hour."""

@@ -89,6 +89,7 @@ from .records import (
 )
 from .settings import Settings
 from .storage import Blob, Message, MessageGone, ReceiptStale, Storage
+from .throttle import Throttle
 from .wakeups import Wakeups
 from .webhooks import PROGRESS_EVERY, Hook, Webhooks
 
@@ -162,8 +163,7 @@ class TaskStore:
         self.webhooks = Webhooks(storage)  # events queued for delivery, and what deliveries did (webhooks.py)
         self.discards = Discards(storage.inbox)  # payloads of ended tasks, deleted in batches (discards.py)
         self.looks = Looks()  # when this instance last looked at each queue, and what it found (looks.py)
-        self._touched: dict[str, float] = {}  # model -> when this instance last touched its signal blob
-        self._trailing: dict[str, asyncio.Task] = {}  # model -> the touch due at the end of its interval
+        self._touches = Throttle(TOUCH_INTERVAL, self._touch_now, MAX_TOUCHED)  # of each model's signal blob
         self._sweep_from: str | None = None  # where the next inbox sweep goes on
         self._uploads_from: str | None = None  # where the next sweep of `uploads` goes on
 
@@ -354,25 +354,9 @@ class TaskStore:
         per instance: a task queued within the interval of a touch gets one more touch at its end (a
         worker may have fallen asleep just after the first). Best effort: a sleeping worker also looks
         for work now and then (mlserver's --idle-check)."""
-        at = time.monotonic()
-        last = self._touched.get(model)
-        if last is not None and at - last < TOUCH_INTERVAL:
-            if model not in self._trailing:
-                self._trailing[model] = asyncio.create_task(self._touch_later(model, last + TOUCH_INTERVAL - at))
-            return
-        await self._touch_now(model)
+        await self._touches(model)
 
-    async def _touch_later(self, model: str, delay: float) -> None:
-        try:
-            await asyncio.sleep(delay)
-        finally:
-            self._trailing.pop(model, None)
-        await self._touch_now(model)
-
-    async def _touch_now(self, model: str) -> None:
-        if len(self._touched) >= MAX_TOUCHED and model not in self._touched:
-            self._touched.clear()  # bounded whatever model names come; forgetting only allows an extra touch
-        self._touched[model] = time.monotonic()
+    async def _touch_now(self, model: str, _=None) -> None:
         try:
             await self.storage.signals.touch(model)
         except Exception as exc:  # noqa: BLE001 - a wake-up missed is a wake-up delayed, not a task lost

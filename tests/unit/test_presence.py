@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+from broker import presence as presence_module
 from broker.presence import Presence
 from broker.records import TaskMessage
 from broker.storage import Message
@@ -230,3 +231,68 @@ def test_a_view_begun_while_a_request_held_an_older_one_is_the_one_its_place_is_
         return (await held)["queue_position"], (await other)["queue_position"]
 
     assert run_async(scenario) == (5, 0)
+
+
+class WorkerBlobs:
+    """The signals container as presence writes it: every put, in order."""
+
+    def __init__(self) -> None:
+        self.puts: list[tuple[str, dict]] = []
+
+    async def put(self, name, body, metadata, content_type):
+        self.puts.append((name, metadata))
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.at = 1000.0
+
+    def __call__(self) -> float:
+        return self.at
+
+
+def flapping_presence(monkeypatch):
+    monkeypatch.setattr(presence_module, "WRITE_GAP", 0.05)
+    storage, clock = Storage(), Clock()
+    storage.signals = WorkerBlobs()
+    return Presence(storage, monotonic=clock), storage.signals.puts, clock
+
+
+def test_a_worker_that_turns_busy_and_idle_at_every_claim_costs_a_write_per_gap_and_its_last_figures_are_written(
+        monkeypatch):
+    async def scenario():
+        presence, puts, _ = flapping_presence(monkeypatch)
+        for claim in range(40):
+            await presence.seen("m", "w1", 5, claim % 2)  # idle, busy, idle, ... ending busy
+        assert puts == [("workers/m/w1", {"interval": "5", "held": "0"})]  # the first at once
+        await asyncio.sleep(0.3)
+        assert puts[1:] == [("workers/m/w1", {"interval": "5", "held": "1"})]  # one at the gap's end: the last
+
+    run_async(scenario)
+
+
+def test_figures_that_change_back_within_the_gap_are_not_written_again(monkeypatch):
+    async def scenario():
+        presence, puts, _ = flapping_presence(monkeypatch)
+        for held in (2, 0, 2):
+            await presence.seen("m", "w1", 5, held)
+        await asyncio.sleep(0.3)
+        assert [metadata["held"] for _, metadata in puts] == ["2"]
+
+    run_async(scenario)
+
+
+def test_a_worker_polling_with_the_same_figures_is_written_again_every_seen_every_seconds(monkeypatch):
+    async def scenario():
+        presence, puts, clock = flapping_presence(monkeypatch)
+        await presence.seen("m", "w1", 5, 1)
+        clock.at += presence_module.SEEN_EVERY - 0.1
+        await presence.seen("m", "w1", 5, 2)  # the same level: not yet
+        assert len(puts) == 1
+        clock.at += 0.2
+        await presence.seen("m", "w1", 5, 3)
+        assert [metadata["held"] for _, metadata in puts] == ["1", "3"]
+        await presence.seen("m", "w2", 5, 3)  # another worker: its own blob, at once
+        assert puts[-1][0] == "workers/m/w2"
+
+    run_async(scenario)
