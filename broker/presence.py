@@ -8,8 +8,8 @@ how many tasks they hold, where a queued task is in line, how long the oldest ha
   poll interval changes, it turns busy or idle, or its task count halves or doubles from 4 up (so a
   busy worker's task count may be that old); but never twice within WRITE_GAP seconds per worker
   and instance: a change within that gap of the last write is written at its end (throttle.py),
-  with the figures the worker gave last. So a worker that turns busy and idle at every claim, or a client that sends new
-  figures with every request, costs a write per WRITE_GAP, not one per request.
+  with the figures the worker gave last. So a worker that turns busy and idle at every claim, or a
+  client that sends new figures with every request, costs a write per WRITE_GAP, not one a request.
   A worker is online while it polled within two of its poll intervals.
 - The queue: a peek at its first 32 visible messages (a peek changes nothing) names the tasks in
   line, exactly up to 32; past them a position is an estimate (the queue's approximate count less
