@@ -14,18 +14,12 @@ from broker import settings as broker_settings
 from broker.lease import Lease
 from broker.storage import Storage
 from broker.store import TaskStore
+from tests.support.clock import ManualClock
 from tests.support.polling import run_async
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.at = time.time()
-
-    def __call__(self) -> float:
-        return self.at
-
-    def advance(self, seconds: float) -> None:
-        self.at += seconds
+def Clock() -> ManualClock:  # noqa: N802 - the store's wall clock, set by hand, from now
+    return ManualClock(time.time())
 
 
 async def lapse(store: TaskStore, claim) -> None:

@@ -10,16 +10,9 @@ from mlserver.broker_api import Unavailable
 from mlserver.fetcher import Claiming, Fetcher
 from mlserver.handlers.echo import Echo
 from mlserver.tasks import Ledger
+from tests.support.clock import ManualClock as Clock
 
 from .fake_broker import FakeBroker
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_a_short_batch_waits_only_while_tasks_are_arriving():
@@ -28,11 +21,11 @@ def test_a_short_batch_waits_only_while_tasks_are_arriving():
     arrivals.claimed(1)
     assert arrivals.wait(7) == 0  # a lone task after a quiet spell goes at once
     for _ in range(119):  # then 120 tasks in under 5 s: 24 a second, more than one per 50 ms
-        clock.now += 0.04
+        clock.advance(0.04)
         arrivals.claimed(1)
     assert arrivals.wait(7) == 0.05
     assert arrivals.wait(0) == 0  # a full batch never waits
-    clock.now += 5.01  # a quiet spell again: the past drops out of the window
+    clock.advance(5.01)  # a quiet spell again: the past drops out of the window
     arrivals.claimed(1)
     assert arrivals.wait(7) == 0
 
@@ -51,7 +44,7 @@ def test_it_holds_only_the_window_s_claims_and_none_without_a_delay():
     clock = Clock()
     off, on = Arrivals(0, clock), Arrivals(0.05, clock)
     for _ in range(10_000):  # a day's claims of a busy worker, compressed: one every 10 ms
-        clock.now += 0.01
+        clock.advance(0.01)
         off.claimed(8)
         on.claimed(8)
     assert len(off._claimed) == 0

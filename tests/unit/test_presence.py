@@ -9,6 +9,7 @@ from broker import presence as presence_module
 from broker.presence import Presence
 from broker.records import TaskMessage
 from broker.storage import Message
+from tests.support.clock import ManualClock as Clock
 from tests.support.polling import run_async
 
 A, B, C = "a" * 32, "b" * 32, "c" * 32
@@ -241,14 +242,6 @@ class WorkerBlobs:
 
     async def put(self, name, body, metadata, content_type):
         self.puts.append((name, metadata))
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.at = 1000.0
-
-    def __call__(self) -> float:
-        return self.at
 
 
 def flapping_presence(monkeypatch):

@@ -6,15 +6,8 @@ from __future__ import annotations
 import asyncio
 
 from broker.throttle import Throttle
+from tests.support.clock import ManualClock as Clock
 from tests.support.polling import run_async
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.at = 100.0
-
-    def __call__(self) -> float:
-        return self.at
 
 
 def test_a_burst_runs_once_at_once_and_once_at_the_end_of_the_interval_with_the_last_value():
