@@ -2,7 +2,8 @@
 the summary table and write docs/bench.png.
 
 Names: pickup, claim_depth, overhead, throughput, calls (storage calls per task and route in the
-round-trip run), call_cost (CPU per storage call: the adapter against the bare SDK), celery_ref,
+round-trip run), call_cost (CPU per storage call: the adapter against the bare SDK), result_latency (a result
+reaching a client that waits on another instance), celery_ref,
 memory, constant_time, large (a 1 GiB payload and result through storage), idle (an idle worker's
 execution time and pickup), worker (ResNet50 through the broker vs bare) and batching (ResNet50
 under a trickling load with and without --max-batch-delay-ms); the last two run when named, or in
@@ -20,8 +21,8 @@ import traceback
 
 from . import common
 
-MINE = ["pickup", "claim_depth", "overhead", "throughput", "calls", "call_cost", "celery_ref", "memory",
-        "constant_time", "large", "idle"]
+MINE = ["pickup", "claim_depth", "overhead", "throughput", "calls", "call_cost", "result_latency", "celery_ref",
+        "memory", "constant_time", "large", "idle"]
 ALL = MINE + ["worker", "batching"]
 
 

@@ -31,7 +31,8 @@ SOURCES = [("pickup", "pickup", "summary"), ("claim_depth", "claim_depth", "summ
            ("celery_ref", "celery_ref", "summary"), ("memory", "memory", "summary"),
            ("constant_time", "constant_time", "summary"), ("large", "large", "summary"), ("idle", "idle", "summary"),
            ("calls", "calls", "summary"), ("calls-compare", "calls", "summary_compare"),
-           ("call_cost", "call_cost", "summary"), ("batching", "batching", "summary")]
+           ("call_cost", "call_cost", "summary"), ("batching", "batching", "summary"),
+           ("result_latency", "result_latency", "summary")]
 
 
 def summary_rows() -> list[list]:
