@@ -4,7 +4,7 @@ instance than the one that committed it, and what that wait costs in storage cal
 Two dev hosts on one Azurite, as two instances of the app. Clients submit to instance A, where an
 echo worker claims and commits (a put on A hands the outcome to waits on A at once); each client
 then waits with `getresult?wait=20` on instance B, which can only find the outcome by polling the
-outbox (store.result: from 50 ms after the wait began, doubling to 0.5 s). Reference, same run:
+outbox (store.result, on the schedule of broker/result_polls.py). Reference, same run:
 the same clients waiting on A, answered by the hand-over.
 
 Latency is from the outcome's `finished_at` (the commit's clock) to the answer reaching the client

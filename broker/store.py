@@ -87,6 +87,7 @@ from .records import (
     stamp,
     upload_owner,
 )
+from .result_polls import Durations, Schedule
 from .settings import Settings
 from .storage import Blob, Message, MessageGone, ReceiptStale, Storage
 from .throttle import Throttle
@@ -163,6 +164,7 @@ class TaskStore:
         self.webhooks = Webhooks(storage)  # events queued for delivery, and what deliveries did (webhooks.py)
         self.discards = Discards(storage.inbox)  # payloads of ended tasks, deleted in batches (discards.py)
         self.looks = Looks()  # when this instance last looked at each queue, and what it found (looks.py)
+        self.durations = Durations()  # how long tasks found done elsewhere took (result_polls.py)
         self._touches = Throttle(TOUCH_INTERVAL, self._touch_now, MAX_TOUCHED)  # of each model's signal blob
         self._sweep_from: str | None = None  # where the next inbox sweep goes on
         self._uploads_from: str | None = None  # where the next sweep of `uploads` goes on
@@ -251,10 +253,11 @@ class TaskStore:
         waits before its first look; or else reads it in full once. Then, until it is woken (a put on
         this instance) or its view of the task says it has ended by now (a deadline or the queued TTL
         passing, which nothing writes at once), it only looks for an outcome in the outbox - one
-        storage call, for an outcome another instance committed - at growing intervals. A wait ended
+        storage call, for an outcome another instance committed - when the model's recent tasks
+        say it may be there (result_polls.py). A wait ended
         by anything but that outcome is answered from a full read."""
         deadline = time.monotonic() + wait
-        delay, body = RESULT_POLL_FIRST, None
+        polls, body = None, None
         task, look = None, True
         seen = self.recent.get(task_id)
         if seen is not None and seen.task.finished:
@@ -275,6 +278,8 @@ class TaskStore:
                     out = await self.storage.outbox.read(task_id)
                     if out is not None:  # it ended on another instance
                         finished = self._finished_task(task_id, out)
+                        if finished is not None:
+                            self.durations.note(finished.model, finished.outcome.finished - finished.outcome.created)
                         if finished is not None and finished.visible_to(owner):
                             return finished, out.body
                         task = None  # past its result TTL, or not the caller's: as a full read says
@@ -286,14 +291,15 @@ class TaskStore:
                         return task, body
                     task = None  # the view is old: read it all before answering
                     continue
-                woken = await self.wakeups.wait(ticket, min(delay, remaining))
+                if polls is None:  # when to look for an outcome committed elsewhere (result_polls.py)
+                    polls = Schedule(task.created, self.durations.window(task.model), RESULT_POLL_FIRST, RESULT_POLL_CAP)
+                woken = await self.wakeups.wait(ticket, min(polls.next(self.now()), remaining))
                 handed = ticket.value if woken else None
                 if handed is not None and self._answerable(handed[0], owner):
                     return handed  # committed by this instance: as a read would find it
             if woken:
-                task, delay = None, RESULT_POLL_FIRST
-            else:
-                delay = min(delay * 2, RESULT_POLL_CAP)
+                task = None
+                polls.restart()
 
     # ---- submitting ----------------------------------------------------------------------
 

@@ -1,0 +1,79 @@
+"""A getresult wait looks for an outcome committed on another instance when the model's tasks found
+that way lately say it may be there (broker/result_polls.py), on Azurite."""
+
+from __future__ import annotations
+
+import asyncio
+
+from broker.result_polls import MIN_SAMPLES
+from broker.storage import Storage
+from broker.store import RESULT_POLL_CAP, RESULT_POLL_FIRST, TaskStore
+
+from .conftest import token
+
+
+async def commit(store, model, body=b"done"):
+    [claim] = await store.claim(model, 1, 0, 30)
+    await store.complete(token(store, claim), body, "text/plain")
+
+
+def recorded_waits(store) -> list[float]:
+    """The timeout of each of the store's waits for a wake-up (a wait looks when one runs out)."""
+    timeouts, real = [], store.wakeups.wait
+
+    async def wait(ticket, timeout):
+        timeouts.append(timeout)
+        return await real(ticket, timeout)
+
+    store.wakeups.wait = wait
+    return timeouts
+
+
+def test_an_outcome_a_wait_finds_committed_elsewhere_teaches_its_models_duration_one_handed_over_does_not(
+        run_store, azurite, model):
+    async def scenario(store):
+        other = TaskStore(Storage(azurite.connection_string, 2), store.settings, clock=store.now)
+        try:
+            task, _ = await other.submit(model, b"p", "text/plain", {})
+            waits = recorded_waits(store)
+            waiting = asyncio.ensure_future(store.result(task.task_id, 20))
+            while not waits:  # the wait has read the task, not ended yet: it will find the outcome by looking
+                await asyncio.sleep(0.01)
+            store.now.advance(3)  # the task takes 3 s from its submit, on the clock both instances share
+            await commit(other, model)
+            ended, body = await waiting
+            learned = list(store.durations._models[model])
+            here, _ = await store.submit(model, b"p", "text/plain", {})
+            waiting = asyncio.ensure_future(store.result(here.task_id, 20))
+            await asyncio.sleep(0)
+            await commit(store, model)  # handed to the wait here: no look, nothing learned
+            await waiting
+        finally:
+            await other.storage.close()
+        return ended.status(store.now()), body, learned, list(store.durations._models[model])
+
+    assert run_store(scenario) == ("succeeded", b"done", [3.0], [3.0])
+
+
+def test_a_wait_does_not_look_before_its_models_tasks_usually_end(run_store, azurite, model):
+    async def scenario(store):
+        other = TaskStore(Storage(azurite.connection_string, 2), store.settings, clock=store.now)
+        try:
+            for _ in range(MIN_SAMPLES):
+                store.durations.note(model, 10.0)  # found done elsewhere lately, 10 s after their submit
+            task, _ = await other.submit(model, b"p", "text/plain", {})
+            timeouts = recorded_waits(store)
+            await store.result(task.task_id, 2)  # the clock stands still: the window never opens
+            plain = TaskStore(Storage(azurite.connection_string, 2), store.settings, clock=store.now)
+            try:
+                plain_timeouts = recorded_waits(plain)
+                await plain.result(task.task_id, 0.3)
+            finally:
+                await plain.storage.close()
+        finally:
+            await other.storage.close()
+        return timeouts, plain_timeouts
+
+    timeouts, plain = run_store(scenario)
+    assert len(timeouts) == 1 and timeouts[0] > RESULT_POLL_CAP  # the whole wait, with no look in it
+    assert plain[0] == RESULT_POLL_FIRST and len(plain) >= 2  # a store that learned nothing looks from 50 ms
