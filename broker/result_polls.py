@@ -7,56 +7,64 @@ looks, most before the outcome can exist, and the last comes up to CAP after it
 (bench.result_latency). So the looks follow how long the model's tasks took lately:
 
 - `Durations` keeps, per model, the last SAMPLES times from submit to outcome (`finished - created`)
-  of the outcomes this instance's waits found by looking: committed elsewhere. Its `window` is their
-  10th and 90th percentile, once MIN_SAMPLES are known (before that, the plain schedule). Outcomes
-  committed here do not count: they are handed over, and a window from them made a lone instance's
-  waits look more often than the plain schedule (0.24-0.43 looks a task against 0.24, bench.calls).
-- `Schedule`, with a window: no look before the window opens (but at least FIRST after the last),
-  looks `step` apart while it is open (a quarter of its width, from FIRST to CAP), and after it the
-  plain doubling. Without one, the plain schedule.
+  of tasks that succeeded or failed, as this instance's waits read them from storage: committed
+  elsewhere (outcomes committed here are handed over, and a window from them made a lone instance's
+  waits look more often than the plain schedule). Its `window` is the 10th and 90th percentile of
+  those no older than AGE, once MIN_SAMPLES are (before that, the plain schedule). Cancelled and
+  expired tasks do not count: their time is a client's or a deadline's, not the model's.
+- `Schedule`, with a window: until it opens, looks at most QUIET apart (a look every QUIET rather
+  than none: a window learned from a backlog that has cleared, or from skewed clocks, costs at most
+  QUIET, and the looks that find outcomes early teach the new durations); while it is open, looks
+  `step` apart (a quarter of its width, from FIRST to CAP); after it, the plain doubling. Without
+  one, the plain schedule.
 
-A task that ends before the window opens (1 in 10 lately) is found when it opens: that is the cost,
-bounded by the window's start. Bounded: SAMPLES durations per model, MAX models (past that all are
-forgotten, which only brings back the plain schedule).
+Bounded: SAMPLES durations per model, MAX models (past that all are forgotten, which only brings back
+the plain schedule).
 """
 
 from __future__ import annotations
 
+import time
 from collections import deque
 
 SAMPLES = 32
 MIN_SAMPLES = 8
 MAX = 1000
+AGE = 600.0  # seconds a duration counts for
+QUIET = 1.0  # the longest a wait goes without a look, window or not
+LEARNED = ("succeeded", "failed")
 
 
 class Durations:
-    def __init__(self) -> None:
-        self._models: dict[str, deque[float]] = {}
+    def __init__(self, clock=time.monotonic) -> None:
+        self.clock = clock
+        self._models: dict[str, deque[tuple[float, float]]] = {}  # model -> (when noted, seconds)
 
-    def note(self, model: str, seconds: float) -> None:
-        if not seconds >= 0:  # a clock that went back, or NaN: not a duration
+    def note(self, model: str, status: str, seconds: float) -> None:
+        if status not in LEARNED or not seconds >= 0:  # a client's or a deadline's time; a clock that went back
             return
         known = self._models.get(model)
         if known is None:
             if len(self._models) >= MAX:
                 self._models.clear()
             known = self._models[model] = deque(maxlen=SAMPLES)
-        known.append(seconds)
+        known.append((self.clock(), seconds))
 
     def window(self, model: str) -> tuple[float, float] | None:
         """(10th, 90th percentile) of the model's recent durations, in seconds, or None."""
-        known = self._models.get(model)
-        if known is None or len(known) < MIN_SAMPLES:
+        since = self.clock() - AGE
+        recent = sorted(seconds for at, seconds in self._models.get(model, ()) if at >= since)
+        if len(recent) < MIN_SAMPLES:
             return None
-        ordered = sorted(known)
-        return ordered[len(ordered) // 10], ordered[len(ordered) * 9 // 10]
+        return recent[len(recent) // 10], recent[len(recent) * 9 // 10]
 
 
 class Schedule:
     """The delay before each look of one wait (`next`, given the store's clock)."""
 
-    def __init__(self, created: float, window: tuple[float, float] | None, first: float, cap: float) -> None:
-        self.first, self.cap, self.delay = first, cap, first
+    def __init__(self, created: float, window: tuple[float, float] | None, first: float, cap: float,
+                 quiet: float = QUIET) -> None:
+        self.first, self.cap, self.quiet, self.delay = first, cap, quiet, first
         self.opens = self.closes = None
         if window is not None:
             low, high = window
@@ -65,7 +73,7 @@ class Schedule:
 
     def next(self, now: float) -> float:
         if self.closes is not None and now < self.closes:
-            return max(self.opens - now, self.first) if now < self.opens else self.step
+            return min(max(self.opens - now, self.first), self.quiet) if now < self.opens else self.step
         delay, self.delay = self.delay, min(self.delay * 2, self.cap)
         return delay
 

@@ -165,6 +165,7 @@ class TaskStore:
         self.discards = Discards(storage.inbox)  # payloads of ended tasks, deleted in batches (discards.py)
         self.looks = Looks()  # when this instance last looked at each queue, and what it found (looks.py)
         self.durations = Durations()  # how long tasks found done elsewhere took (result_polls.py)
+        self._ending: set[str] = set()  # tasks this instance is writing the outcome of
         self._touches = Throttle(TOUCH_INTERVAL, self._touch_now, MAX_TOUCHED)  # of each model's signal blob
         self._sweep_from: str | None = None  # where the next inbox sweep goes on
         self._uploads_from: str | None = None  # where the next sweep of `uploads` goes on
@@ -271,6 +272,7 @@ class TaskStore:
                     task, body = await self._get(task_id, with_result=True, owner=owner)
                     if task is None:
                         raise TaskNotFound()
+                    self._learn(task)
                     fresh = True
                 elif not look:
                     fresh, look = False, True  # the first wait on a view from this instance needs no look
@@ -279,7 +281,7 @@ class TaskStore:
                     if out is not None:  # it ended on another instance
                         finished = self._finished_task(task_id, out)
                         if finished is not None:
-                            self.durations.note(finished.model, finished.outcome.finished - finished.outcome.created)
+                            self._learn(finished)
                         if finished is not None and finished.visible_to(owner):
                             return finished, out.body
                         task = None  # past its result TTL, or not the caller's: as a full read says
@@ -300,6 +302,14 @@ class TaskStore:
             if woken:
                 task = None
                 polls.restart()
+
+    def _learn(self, task: Task) -> None:
+        """A wait read `task` from storage: if it has ended, how long its model's tasks take, unless
+        this instance ended it (result_polls.py)."""
+        seen = self.recent.get(task.task_id)
+        if task.outcome is None or task.task_id in self._ending or (seen is not None and seen.task.finished):
+            return
+        self.durations.note(task.model, task.outcome.status, task.outcome.finished - task.outcome.created)
 
     # ---- submitting ----------------------------------------------------------------------
 
@@ -990,9 +1000,18 @@ class TaskStore:
         inbox = await self.storage.inbox.head(lease.task_id)
         return inbox is not None and self._submitted_at(inbox, lease.created)
 
-    async def _end(self, task_id: str, model: str, outcome: Outcome, body: bytes, content_type: str,
-                   message: Message | None, incarnation: float | None = None, uploaded: bool = False,
-                   hooked: bool = False, plain: bool = False) -> Outcome | None:
+    async def _end(self, task_id: str, *args, **kwargs) -> Outcome | None:
+        """_write_end, while noting that this instance is ending the task: a wait here that reads its
+        outcome from storage meanwhile does not learn from it (result_polls.py)."""
+        self._ending.add(task_id)
+        try:
+            return await self._write_end(task_id, *args, **kwargs)
+        finally:
+            self._ending.discard(task_id)
+
+    async def _write_end(self, task_id: str, model: str, outcome: Outcome, body: bytes, content_type: str,
+                         message: Message | None, incarnation: float | None = None, uploaded: bool = False,
+                         hooked: bool = False, plain: bool = False) -> Outcome | None:
         """Write the task's outcome unless it has one, then drop its message and payload either way
         (so a repeat heals a finish that could not tidy up); the outcome that was there first, if any.
         `uploaded`: the payload is in `uploads` too (records.payload_blob), and goes as well. When it is

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from broker.result_polls import MIN_SAMPLES
+from broker.result_polls import MIN_SAMPLES, QUIET
 from broker.storage import Storage
 from broker.store import RESULT_POLL_CAP, RESULT_POLL_FIRST, TaskStore
 
@@ -15,6 +15,10 @@ from .conftest import token
 async def commit(store, model, body=b"done"):
     [claim] = await store.claim(model, 1, 0, 30)
     await store.complete(token(store, claim), body, "text/plain")
+
+
+def learned_seconds(store, model) -> list[float]:
+    return [seconds for _, seconds in store.durations._models.get(model, ())]
 
 
 def recorded_waits(store) -> list[float]:
@@ -42,7 +46,7 @@ def test_an_outcome_a_wait_finds_committed_elsewhere_teaches_its_models_duration
             store.now.advance(3)  # the task takes 3 s from its submit, on the clock both instances share
             await commit(other, model)
             ended, body = await waiting
-            learned = list(store.durations._models[model])
+            learned = learned_seconds(store, model)
             here, _ = await store.submit(model, b"p", "text/plain", {})
             waiting = asyncio.ensure_future(store.result(here.task_id, 20))
             await asyncio.sleep(0)
@@ -50,7 +54,7 @@ def test_an_outcome_a_wait_finds_committed_elsewhere_teaches_its_models_duration
             await waiting
         finally:
             await other.storage.close()
-        return ended.status(store.now()), body, learned, list(store.durations._models[model])
+        return ended.status(store.now()), body, learned, learned_seconds(store, model)
 
     assert run_store(scenario) == ("succeeded", b"done", [3.0], [3.0])
 
@@ -60,14 +64,14 @@ def test_a_wait_does_not_look_before_its_models_tasks_usually_end(run_store, azu
         other = TaskStore(Storage(azurite.connection_string, 2), store.settings, clock=store.now)
         try:
             for _ in range(MIN_SAMPLES):
-                store.durations.note(model, 10.0)  # found done elsewhere lately, 10 s after their submit
+                store.durations.note(model, "succeeded", 10.0)  # found done elsewhere lately, 10 s after their submit
             task, _ = await other.submit(model, b"p", "text/plain", {})
             timeouts = recorded_waits(store)
-            await store.result(task.task_id, 2)  # the clock stands still: the window never opens
+            await store.result(task.task_id, 2.5)  # the clock stands still: the window never opens
             plain = TaskStore(Storage(azurite.connection_string, 2), store.settings, clock=store.now)
             try:
                 plain_timeouts = recorded_waits(plain)
-                await plain.result(task.task_id, 0.3)
+                await plain.result(task.task_id, 2)
             finally:
                 await plain.storage.close()
         finally:
@@ -75,5 +79,23 @@ def test_a_wait_does_not_look_before_its_models_tasks_usually_end(run_store, azu
         return timeouts, plain_timeouts
 
     timeouts, plain = run_store(scenario)
-    assert len(timeouts) == 1 and timeouts[0] > RESULT_POLL_CAP  # the whole wait, with no look in it
-    assert plain[0] == RESULT_POLL_FIRST and len(plain) >= 2  # a store that learned nothing looks from 50 ms
+    assert timeouts[0] == QUIET > RESULT_POLL_CAP  # not at 50 ms: one look a QUIET until the window opens
+    assert max(timeouts) <= QUIET
+    assert plain[:2] == [RESULT_POLL_FIRST, 2 * RESULT_POLL_FIRST]  # a store that learned nothing looks from 50 ms
+
+
+def test_a_window_learned_from_a_backlog_gives_way_to_the_outcomes_read_since(run_store, azurite, model):
+    async def scenario(store):
+        other = TaskStore(Storage(azurite.connection_string, 2), store.settings, clock=store.now)
+        try:
+            for _ in range(MIN_SAMPLES):
+                store.durations.note(model, "succeeded", 90.0)  # a backlog, cleared since
+            for _ in range(4):  # tasks that now take no time, committed elsewhere, read by a wait here
+                task, _ = await other.submit(model, b"p", "text/plain", {})
+                await commit(other, model)
+                await store.result(task.task_id, 5)
+        finally:
+            await other.storage.close()
+        return store.durations.window(model)
+
+    assert run_store(scenario) == (0.0, 90.0)  # a wait looks for these from their submit on
