@@ -7,9 +7,10 @@ looks, most before the outcome can exist, and the last comes up to CAP after it
 (bench.result_latency). So the looks follow how long the model's tasks took lately:
 
 - `Durations` keeps, per model, the last SAMPLES times from submit to outcome (`finished - created`)
-  of tasks that succeeded or failed, as this instance's waits read them from storage: committed
-  elsewhere (outcomes committed here are handed over, and a window from them made a lone instance's
-  waits look more often than the plain schedule). Its `window` is the 10th and 90th percentile of
+  of tasks that succeeded or failed, as this instance's waits found them in storage after seeing
+  them pending: committed elsewhere (outcomes committed here are handed over, and a window from them
+  made a lone instance's waits look more often than the plain schedule; a result read again, or
+  long after, is not a new duration). Its `window` is the 10th and 90th percentile of
   those no older than AGE, once MIN_SAMPLES are (before that, the plain schedule). Cancelled and
   expired tasks do not count: their time is a client's or a deadline's, not the model's.
 - `Schedule`, with a window: until it opens, looks at most QUIET apart (a look every QUIET rather

@@ -272,7 +272,8 @@ class TaskStore:
                     task, body = await self._get(task_id, with_result=True, owner=owner)
                     if task is None:
                         raise TaskNotFound()
-                    self._learn(task)
+                    if polls is not None:  # it was pending when this wait began to wait
+                        self._learn(task)
                     fresh = True
                 elif not look:
                     fresh, look = False, True  # the first wait on a view from this instance needs no look
@@ -304,8 +305,10 @@ class TaskStore:
                 polls.restart()
 
     def _learn(self, task: Task) -> None:
-        """A wait read `task` from storage: if it has ended, how long its model's tasks take, unless
-        this instance ended it (result_polls.py)."""
+        """A wait that saw `task` pending read it from storage again: if it has ended since, how long
+        its model's tasks take, unless this instance ended it (result_polls.py). Only outcomes that
+        came while a wait waited count: one read later (a result fetched again, or long after, maybe
+        one this instance committed and has forgotten) would count again, or stale."""
         seen = self.recent.get(task.task_id)
         if task.outcome is None or task.task_id in self._ending or (seen is not None and seen.task.finished):
             return

@@ -84,18 +84,29 @@ def test_a_wait_does_not_look_before_its_models_tasks_usually_end(run_store, azu
     assert plain[:2] == [RESULT_POLL_FIRST, 2 * RESULT_POLL_FIRST]  # a store that learned nothing looks from 50 ms
 
 
-def test_a_window_learned_from_a_backlog_gives_way_to_the_outcomes_read_since(run_store, azurite, model):
+def test_a_window_learned_from_a_backlog_gives_way_to_the_outcomes_waits_find_since(run_store, azurite, model):
     async def scenario(store):
         other = TaskStore(Storage(azurite.connection_string, 2), store.settings, clock=store.now)
         try:
             for _ in range(MIN_SAMPLES):
                 store.durations.note(model, "succeeded", 90.0)  # a backlog, cleared since
-            for _ in range(4):  # tasks that now take no time, committed elsewhere, read by a wait here
+            done, _ = await other.submit(model, b"p", "text/plain", {})
+            await commit(other, model)
+            for _ in range(3):
+                await store.result(done.task_id, 5)  # read when it had ended already, three times over
+            after_reads = store.durations.window(model)
+            for _ in range(4):  # tasks that now take no time, committed elsewhere while a wait here waits
                 task, _ = await other.submit(model, b"p", "text/plain", {})
+                waits = recorded_waits(store)
+                waiting = asyncio.ensure_future(store.result(task.task_id, 5))
+                while not waits:
+                    await asyncio.sleep(0.01)
                 await commit(other, model)
-                await store.result(task.task_id, 5)
+                await waiting  # found by a look within QUIET, not at the window's 90 s
         finally:
             await other.storage.close()
-        return store.durations.window(model)
+        return after_reads, store.durations.window(model)
 
-    assert run_store(scenario) == (0.0, 90.0)  # a wait looks for these from their submit on
+    after_reads, after_waits = run_store(scenario)
+    assert after_reads == (90.0, 90.0)  # a result read after it ended teaches nothing
+    assert after_waits == (0.0, 90.0)  # the waits look for the next ones from their submit on
