@@ -283,8 +283,8 @@ class TaskStore:
                         finished = self._finished_task(task_id, out)
                         if finished is not None:
                             self._learn(finished)
-                        if finished is not None and finished.visible_to(owner):
-                            return finished, out.body
+                            if finished.visible_to(owner):
+                                return finished, out.body
                         task = None  # past its result TTL, or not the caller's: as a full read says
                         continue
                     fresh = False
