@@ -18,7 +18,8 @@ from tests.support.clock import ManualClock
 from tests.support.polling import run_async
 
 
-def Clock() -> ManualClock:  # noqa: N802 - the store's wall clock, set by hand, from now
+def wall_clock() -> ManualClock:
+    """The store's wall clock, set by hand, from now."""
     return ManualClock(time.time())
 
 
@@ -68,7 +69,7 @@ def run_store(azurite, lease_secret, monkeypatch):
             storage = Storage(azurite.connection_string, 2)
             try:
                 settings = dataclasses.replace(broker_settings.load(), **overrides)
-                return await scenario(TaskStore(storage, settings, clock=Clock()))
+                return await scenario(TaskStore(storage, settings, clock=wall_clock()))
             finally:
                 await storage.close()
 

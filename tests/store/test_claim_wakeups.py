@@ -11,7 +11,7 @@ import pytest
 
 from broker import store as store_module
 
-from .conftest import Clock, spy
+from .conftest import spy, wall_clock
 
 
 @pytest.fixture
@@ -75,7 +75,7 @@ def test_a_claim_just_after_a_short_look_waits_with_the_others_and_still_finds_a
         skipped = len(receives) == looked  # another waits here: it went straight to waiting
         task, _ = await store.submit(model, b"here", "text/plain", {})
         mine, = [claim for poll in await asyncio.gather(lone, here) for claim in poll]
-        other = TaskStore(Storage(azurite.connection_string, 2), store.settings, clock=Clock())
+        other = TaskStore(Storage(azurite.connection_string, 2), store.settings, clock=wall_clock())
         try:
             assert await store.claim(model, 8, 0, 30) == []
             waiting = asyncio.ensure_future(store.claim(model, 1, 8, 30))
@@ -143,7 +143,7 @@ def test_a_look_that_comes_back_full_wakes_a_waiter_to_look_for_more(run_store, 
     async def scenario(store):
         receives = spy(store.storage.queues, "receive")
         waiter = await _waiting(store.claim(model, 1, 20, 30), receives, 0)
-        other = TaskStore(Storage(azurite.connection_string, 2), store.settings, clock=Clock())
+        other = TaskStore(Storage(azurite.connection_string, 2), store.settings, clock=wall_clock())
         try:
             queued = {(await other.submit(model, f"t{i}".encode(), "text/plain", {}))[0].task_id for i in range(3)}
         finally:

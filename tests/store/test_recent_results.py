@@ -10,7 +10,7 @@ from broker.errors import TaskNotFound
 from broker.storage import Storage
 from broker.store import TaskStore
 
-from .conftest import Clock, spy, token
+from .conftest import spy, token, wall_clock
 
 
 async def finish(store, model, body=b"the result", owner=""):
@@ -75,7 +75,7 @@ def test_a_large_result_is_read_from_storage(run_store, model):
 def test_a_wait_on_a_task_queued_here_finds_an_outcome_put_on_another_instance(run_store, azurite, model):
     async def scenario(store):
         task, _ = await store.submit(model, b"p", "text/plain", {})
-        other = TaskStore(Storage(azurite.connection_string, 2), store.settings, clock=Clock())
+        other = TaskStore(Storage(azurite.connection_string, 2), store.settings, clock=wall_clock())
         try:
             [claim] = await other.claim(model, 1, 0, 30)
             await other.complete(token(other, claim), b"from elsewhere", "text/plain")
