@@ -217,7 +217,7 @@ def test_a_client_killed_mid_upload_leaves_no_task_and_the_sweep_takes_what_it_w
     from broker import settings as broker_settings
     from broker.storage import Storage
     from broker.store import TaskStore
-    from tests.store.conftest import Clock
+    from tests.store.conftest import wall_clock
     from tests.support.polling import run_async, wait_for
     from tests.support.storage_proxy import StorageProxy
 
@@ -249,7 +249,7 @@ def test_a_client_killed_mid_upload_leaves_no_task_and_the_sweep_takes_what_it_w
     async def sweep():
         storage = Storage(azurite.connection_string, 5)
         try:
-            store = TaskStore(storage, broker_settings.load(), clock=Clock())
+            store = TaskStore(storage, broker_settings.load(), clock=wall_clock())
             listed, _ = await storage.uploads.page(None, 5000, uncommitted=True)
             staged = [b.name for b in listed if task_id in b.name]
             store.now.advance(store.settings.upload_seconds + 20 + 301)  # the URL's time, its MB allowance, the grace
