@@ -2,7 +2,10 @@
 
 Each runs as a child process whose output goes to a log file; `start()` waits for the line that
 says it is ready (and learns a port picked by the OS from it), `stop()` ends that PID and nothing
-else. Nothing here is deployed.
+else. A child runs in a session of its own (a Ctrl-C meant for the tests does not reach it), so a
+parent killed without a chance to stop it would leave it running: on Linux a child started from
+the main thread is leashed to it, and gets SIGTERM from the kernel when its parent dies, however
+it dies (a cancelled CI job, a SIGKILL). Nothing here is deployed.
 """
 
 from __future__ import annotations
@@ -14,7 +17,9 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,6 +30,38 @@ ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1
 
 class ServiceError(RuntimeError):
     pass
+
+
+def _prctl() -> Callable | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _prctl()  # bound here: the child, between fork and exec, calls it and nothing else
+PR_SET_PDEATHSIG, SIGTERM = 1, int(signal.SIGTERM)
+
+
+def leash() -> Callable[[], None] | None:
+    """A `preexec_fn` that has the kernel send the child SIGTERM when this parent dies; None where
+    it cannot (not Linux), or where it would be wrong: the kernel's signal follows the *thread*
+    that started the child, so a child started from another thread (a test's helper thread) would
+    die with that thread. A parent that died before the leash was on is caught by its pid."""
+    if _PRCTL is None or threading.current_thread() is not threading.main_thread():
+        return None
+    parent = os.getpid()
+
+    def on_leash() -> None:
+        _PRCTL(PR_SET_PDEATHSIG, SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return on_leash
 
 
 class Service:
@@ -58,7 +95,8 @@ class Service:
         log = open(self.log_path, "ab")
         offset = log.tell()
         self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-                                     env=self.environment(), stdin=subprocess.DEVNULL, start_new_session=True)
+                                     env=self.environment(), stdin=subprocess.DEVNULL, start_new_session=True,
+                                     preexec_fn=leash())
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
