@@ -42,6 +42,7 @@ import logging
 import math
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 
 from .discards import Discards
@@ -165,7 +166,7 @@ class TaskStore:
         self.discards = Discards(storage.inbox)  # payloads of ended tasks, deleted in batches (discards.py)
         self.looks = Looks()  # when this instance last looked at each queue, and what it found (looks.py)
         self.durations = Durations()  # how long tasks found done elsewhere took (result_polls.py)
-        self._ending: set[str] = set()  # tasks this instance is writing the outcome of
+        self._ending: Counter[str] = Counter()  # tasks this instance is writing the outcome of, by writes
         self._touches = Throttle(TOUCH_INTERVAL, self._touch_now, MAX_TOUCHED)  # of each model's signal blob
         self._sweep_from: str | None = None  # where the next inbox sweep goes on
         self._uploads_from: str | None = None  # where the next sweep of `uploads` goes on
@@ -1003,18 +1004,20 @@ class TaskStore:
         inbox = await self.storage.inbox.head(lease.task_id)
         return inbox is not None and self._submitted_at(inbox, lease.created)
 
-    async def _end(self, task_id: str, *args, **kwargs) -> Outcome | None:
-        """_write_end, while noting that this instance is ending the task: a wait here that reads its
-        outcome from storage meanwhile does not learn from it (result_polls.py)."""
-        self._ending.add(task_id)
+    @contextlib.contextmanager
+    def _ending_here(self, task_id: str):
+        """Notes, while it lasts, that this instance is writing the task's outcome (`_ending`)."""
+        self._ending[task_id] += 1
         try:
-            return await self._write_end(task_id, *args, **kwargs)
+            yield
         finally:
-            self._ending.discard(task_id)
+            self._ending[task_id] -= 1
+            if not self._ending[task_id]:
+                del self._ending[task_id]
 
-    async def _write_end(self, task_id: str, model: str, outcome: Outcome, body: bytes, content_type: str,
-                         message: Message | None, incarnation: float | None = None, uploaded: bool = False,
-                         hooked: bool = False, plain: bool = False) -> Outcome | None:
+    async def _end(self, task_id: str, model: str, outcome: Outcome, body: bytes, content_type: str,
+                   message: Message | None, incarnation: float | None = None, uploaded: bool = False,
+                   hooked: bool = False, plain: bool = False) -> Outcome | None:
         """Write the task's outcome unless it has one, then drop its message and payload either way
         (so a repeat heals a finish that could not tidy up); the outcome that was there first, if any.
         `uploaded`: the payload is in `uploads` too (records.payload_blob), and goes as well. When it is
@@ -1024,40 +1027,42 @@ class TaskStore:
         its Idempotency-Key made a new task under the same id is taken back (LeaseLost), and the new
         task's payload is left alone. A `plain` task's id is never used again (no Idempotency-Key):
         when its message goes in this same step, its payload's delete can wait for a batch
-        (discards.py)."""
-        first, inbox_etag, hook = None, None, None
-        if hooked:
-            outcome = dataclasses.replace(outcome, hooked=True)
-            hook = await self.webhooks.hook(task_id, outcome.created)
-            if hook is not None and hook.wants("completed"):
-                await self.webhooks.backstop(hook, task_id, outcome.created)
-        etag = await self.storage.outbox.create(task_id, body, outcome.metadata(), content_type)
-        if etag is None:
-            out = await self.storage.outbox.head(task_id)
-            if out is None:  # deleted by cleanup in between: it had expired
-                raise TaskNotFound()
-            first = Outcome.from_metadata(out.metadata)
-        elif incarnation is not None:
-            inbox = await self.storage.inbox.head(task_id)
-            if inbox is not None and not self._submitted_at(inbox, incarnation):
-                await self.storage.outbox.delete(task_id, etag)
-                raise LeaseLost()
-            inbox_etag = inbox.etag if inbox else None
-        later = plain and message is not None and incarnation is None
-        await asyncio.gather(self._drop(model, message) if message else _nothing(),
-                             self.discards.add(task_id) if later else self.storage.inbox.delete(task_id, inbox_etag),
-                             # what is left of an uploaded payload, the sweep of uploads takes
-                             self._quietly(self.storage.uploads.delete(payload_blob(task_id, outcome.created)))
-                             if uploaded else _nothing())
-        if first is None:
-            finished = Task(task_id, model, outcome.created, outcome.digest, None, outcome, content_type,
-                            owner=outcome.owner)  # as _finished_task reads it back
-            self.wakeups.notify("task:" + task_id, (finished, body))  # waiters here need not read it back
-            self.recent.remember(finished, body)  # nor later ones
-            if hook is not None and hook.wants("completed"):
-                with contextlib.suppress(Exception):  # the backstop delivers it in BACKSTOP seconds
-                    await self.webhooks.send(hook, task_id, outcome.created, "completed", 0, finished.document())
-        return first
+        (discards.py). While it runs, a wait here that reads the outcome from storage does not learn
+        from it (result_polls.py)."""
+        with self._ending_here(task_id):
+            first, inbox_etag, hook = None, None, None
+            if hooked:
+                outcome = dataclasses.replace(outcome, hooked=True)
+                hook = await self.webhooks.hook(task_id, outcome.created)
+                if hook is not None and hook.wants("completed"):
+                    await self.webhooks.backstop(hook, task_id, outcome.created)
+            etag = await self.storage.outbox.create(task_id, body, outcome.metadata(), content_type)
+            if etag is None:
+                out = await self.storage.outbox.head(task_id)
+                if out is None:  # deleted by cleanup in between: it had expired
+                    raise TaskNotFound()
+                first = Outcome.from_metadata(out.metadata)
+            elif incarnation is not None:
+                inbox = await self.storage.inbox.head(task_id)
+                if inbox is not None and not self._submitted_at(inbox, incarnation):
+                    await self.storage.outbox.delete(task_id, etag)
+                    raise LeaseLost()
+                inbox_etag = inbox.etag if inbox else None
+            later = plain and message is not None and incarnation is None
+            drop_payload = self.discards.add(task_id) if later else self.storage.inbox.delete(task_id, inbox_etag)
+            await asyncio.gather(self._drop(model, message) if message else _nothing(), drop_payload,
+                                 # what is left of an uploaded payload, the sweep of uploads takes
+                                 self._quietly(self.storage.uploads.delete(payload_blob(task_id, outcome.created)))
+                                 if uploaded else _nothing())
+            if first is None:
+                finished = Task(task_id, model, outcome.created, outcome.digest, None, outcome, content_type,
+                                owner=outcome.owner)  # as _finished_task reads it back
+                self.wakeups.notify("task:" + task_id, (finished, body))  # waiters here need not read it back
+                self.recent.remember(finished, body)  # nor later ones
+                if hook is not None and hook.wants("completed"):
+                    with contextlib.suppress(Exception):  # the backstop delivers it in BACKSTOP seconds
+                        await self.webhooks.send(hook, task_id, outcome.created, "completed", 0, finished.document())
+            return first
 
     async def cancel(self, task_id: str, owner: str | None = None) -> Task:
         task, _ = await self._get(task_id, owner=owner)

@@ -19,7 +19,16 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass
 from typing import Any
+
+
+@dataclass
+class _Due:
+    """A key's run due: the value it will get (the last call's), and the task that will run it."""
+
+    value: Any
+    task: asyncio.Task | None = None
 
 
 class Throttle:
@@ -28,23 +37,23 @@ class Throttle:
         self.interval, self.action, self.most, self.clock = interval, action, most, clock
         self._ran: dict[Hashable, float] = {}  # key -> when its last run began
         self._running: dict[Hashable, asyncio.Future] = {}  # key -> its run in flight, done when it ends
-        self._due: dict[Hashable, asyncio.Task] = {}  # key -> its run due
-        self._values: dict[Hashable, Any] = {}  # key -> the value its run due gets
+        self._due: dict[Hashable, _Due] = {}  # key -> its run due
 
     def due(self, key: Hashable) -> bool:
         """A run is due for `key`: a call now only changes the value it gets."""
         return key in self._due
 
     async def __call__(self, key: Hashable, value: Any = None) -> None:
-        if key in self._due:
-            self._values[key] = value
+        due = self._due.get(key)
+        if due is not None:
+            due.value = value
             return
         at, last = self.clock(), self._ran.get(key)
         if key not in self._running and (last is None or at - last >= self.interval):
             await self._run(key, value)
             return
-        self._values[key] = value
-        self._due[key] = asyncio.create_task(self._later(key, 0.0 if last is None else last + self.interval - at))
+        due = self._due[key] = _Due(value)
+        due.task = asyncio.create_task(self._later(key, 0.0 if last is None else last + self.interval - at))
 
     async def _later(self, key: Hashable, delay: float) -> None:
         try:
@@ -53,8 +62,7 @@ class Throttle:
             if running is not None:
                 await asyncio.wait([running])  # (not `await running`: a cancel here must not cancel it)
         finally:
-            self._due.pop(key, None)
-            value = self._values.pop(key, None)
+            value = self._due.pop(key).value
         await self._run(key, value)
 
     async def _run(self, key: Hashable, value: Any) -> None:

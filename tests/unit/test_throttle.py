@@ -70,7 +70,7 @@ def test_keys_are_throttled_apart_and_remembered_within_a_bound():
         assert runs == ["a", "b", "c"]
         await throttle("d")  # a fourth key: the others are forgotten, which only allows an extra run
         assert runs == ["a", "b", "c", "d"] and len(throttle._ran) <= 3
-        for task in list(throttle._due.values()):
-            task.cancel()
+        for due in list(throttle._due.values()):
+            due.task.cancel()
 
     run_async(scenario)
