@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import requests
 
-from devstack.services import Worker
+from devstack.services import Worker, leash
 
 from . import common
 
@@ -40,7 +40,8 @@ class Proc:
     def __init__(self, command: list[str], log_path, env: dict | None = None) -> None:
         self.log = open(log_path, "ab")
         self.proc = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     env=env, cwd=common.ROOT, start_new_session=True)
+                                     env=env, cwd=common.ROOT, start_new_session=True,
+                                     preexec_fn=leash())
 
     def stop(self) -> None:
         if self.proc.poll() is None:
