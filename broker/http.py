@@ -77,7 +77,9 @@ async def _accepted(req: func.HttpRequest, store, task, caller: auth.Caller, wai
         done, body = await store.result(task.task_id, wait, caller.owner)
         if done.ended(time.time()):
             answer = await _answer(store, done, body, req.params.get("format", "") == "json")
-            answer.headers.update({"Location": links["result_url"], "Preference-Applied": f"wait={wait}"})
+            answer.headers["Preference-Applied"] = f"wait={wait}"
+            if answer.status_code != 303:  # a 303's Location is where the result is
+                answer.headers["Location"] = links["result_url"]
             return answer
         task = done
     body = {**await _document(store, task), **links}
@@ -235,7 +237,8 @@ async def status(req: func.HttpRequest, settings: Settings, caller: auth.Caller)
 @_route("cancel")
 @endpoint(("POST",), auth.CLIENT)
 async def cancel(req: func.HttpRequest, settings: Settings, caller: auth.Caller) -> func.HttpResponse:
-    return json_response((await get_store(settings).cancel(validate.task_id(req), caller.owner)).document())
+    store = get_store(settings)
+    return json_response(await _document(store, await store.cancel(validate.task_id(req), caller.owner)))
 
 
 @_route("getnexttask", gated=True)

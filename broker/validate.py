@@ -16,6 +16,7 @@ from .settings import MAX_MODEL_CHARS, MODEL_NAME
 
 TASK_ID = re.compile(r"[0-9a-f]{32}")
 MAX_PARAMS_BYTES = 4096
+MAX_PARAMS_TEXT = 4 * MAX_PARAMS_BYTES  # the text parsed at most: room for a client's indentation, not for abuse
 MAX_CONTENT_TYPE_CHARS = 200
 MAX_IDEMPOTENCY_KEY_CHARS = 200
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
@@ -59,7 +60,7 @@ def params(value) -> dict:
     if value is None or value == "":
         return {}
     if isinstance(value, str):
-        if len(value.encode()) > MAX_PARAMS_BYTES:
+        if len(value.encode()) > MAX_PARAMS_TEXT:
             raise Rejected(400, f"params must be at most {MAX_PARAMS_BYTES} bytes of JSON")
         try:
             value = strictjson.loads(value)

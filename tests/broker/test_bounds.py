@@ -47,6 +47,13 @@ def test_non_ascii_params_are_bounded_as_stored(broker, model):
                        params={"params": json.dumps(fits, ensure_ascii=False)}).status_code == 202
     [task] = broker.claim(model)
     assert task["params"] == fits
+    # The limit is on the JSON as stored (compact): a client's indentation does not count against it.
+    spaced = {f"k{i}": "v" * 40 for i in range(70)}
+    assert len(json.dumps(spaced, separators=(",", ":"))) < 4096 < len(json.dumps(spaced, indent=16))
+    assert broker.post(f"/predict?model={model}", data=b"x",
+                       params={"params": json.dumps(spaced, indent=16)}).status_code == 202
+    [task] = broker.claim(model)
+    assert task["params"] == spaced
 
 
 def plant_unreadable_task(azurite, model, how: str) -> str:

@@ -67,6 +67,26 @@ def test_a_payload_uploaded_in_blocks_reaches_the_worker_by_url_and_its_result_c
     assert broker.status(task["task_id"])["status"] == "succeeded"
 
 
+def test_a_submit_that_waits_for_a_result_the_worker_uploaded_is_sent_to_it(broker, model):
+    """`Prefer: wait` answers as getresult would then: for a result in storage, a 303 whose Location is
+    the result's URL (not the broker's getresult link, which would send the client round again)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    result = os.urandom(100_000)
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(requests.post, f"{broker.url}/predict?model={model}", data=b"p",
+                              headers={"Prefer": "wait=30"}, allow_redirects=False, timeout=90)
+        [task] = broker.claim(model, wait=20)
+        blobs.upload(task["result_upload_url"], result, "application/x-thing")
+        put = broker.post(f"/puttaskresult?task_id={task['task_id']}&lease={task['lease']}&uploaded=1",
+                          headers={**broker.worker, "Content-Type": "application/x-thing"})
+        assert put.status_code == 200, put.text
+        answer = waiting.result(90)
+    assert answer.status_code == 303 and answer.headers["Preference-Applied"] == "wait=30", answer.text
+    assert answer.headers["Location"] == answer.json()["result_url"]
+    assert requests.get(answer.headers["Location"], timeout=30).content == result
+
+
 def test_storage_refuses_the_urls_for_anything_but_their_one_blob_and_operation(start_broker, model):
     broker = start_broker({"BROKER_UPLOAD_SECONDS": "2"})
     payload = b"p" * 5000

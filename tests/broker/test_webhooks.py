@@ -137,7 +137,9 @@ def test_a_failed_or_cancelled_task_completes_its_webhook_too(hooked, receiver, 
     [task] = hooked.claim(model)
     assert hooked.put_failure(task, "the model said no").status_code == 200
     cancelled = hooked.post(f"/predict?model={model}&webhook={receiver.url}{cancelled_path}", data=b"p").json()
-    assert hooked.post(f"/cancel?task_id={cancelled['task_id']}").status_code == 200
+    answer = hooked.post(f"/cancel?task_id={cancelled['task_id']}")
+    assert answer.status_code == 200 and answer.json()["status"] == "cancelled"
+    assert set(answer.json()["webhook"]) >= {"deliveries"}  # as every status document of a hooked task
     receiver.wait_for(lambda _: receiver.of(failed_path) and receiver.of(cancelled_path))
     [failed] = receiver.of(failed_path)
     [gone] = receiver.of(cancelled_path)
