@@ -3,6 +3,7 @@ one figure, docs/bench.png. Benchmarks that have not been run are left out (or m
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import json
 import sys
@@ -183,7 +184,11 @@ def update_doc(rows: list[list], path: Path = DOC) -> None:
 
 
 def main(argv=None) -> int:
+    argparse.ArgumentParser(prog="python -m bench.plot", description=__doc__).parse_args(argv)
     rows = summary_rows()
+    if not rows:  # a fresh checkout: keep the table the docs have
+        print(f"no benchmark results in {common.RESULTS}: run a benchmark first (python -m bench)", file=sys.stderr)
+        return 1
     common.table("Summary", HEADER, rows)
     plot()
     update_doc(rows)
