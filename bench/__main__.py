@@ -5,7 +5,8 @@ Names: pickup, claim_depth, overhead, throughput, calls (storage calls per task 
 round-trip run), call_cost (CPU per storage call: the adapter against the bare SDK), result_latency (a result
 reaching a client that waits on another instance), celery_ref,
 memory, constant_time, large (a 1 GiB payload and result through storage), idle (an idle worker's
-execution time and pickup), worker (ResNet50 through the broker vs bare) and batching (ResNet50
+execution time and pickup), decode (the worker's fetch side: images readied a second with 1, 2 and 4
+decode threads), worker (ResNet50 through the broker vs bare) and batching (ResNet50
 under a trickling load with and without --max-batch-delay-ms); the last two run when named, or in
 the full run. Each is also runnable alone:
 `python -m bench.pickup [--quick]`. Results go to bench/results/<name>.json.
@@ -22,7 +23,7 @@ import traceback
 from . import common
 
 MINE = ["pickup", "claim_depth", "overhead", "throughput", "calls", "call_cost", "result_latency", "celery_ref",
-        "memory", "constant_time", "large", "idle"]
+        "memory", "constant_time", "large", "idle", "decode"]
 ALL = MINE + ["worker", "batching"]
 
 

@@ -33,7 +33,7 @@ SOURCES = [("pickup", "pickup", "summary"), ("claim_depth", "claim_depth", "summ
            ("constant_time", "constant_time", "summary"), ("large", "large", "summary"), ("idle", "idle", "summary"),
            ("calls", "calls", "summary"), ("calls-compare", "calls", "summary_compare"),
            ("call_cost", "call_cost", "summary"), ("batching", "batching", "summary"),
-           ("result_latency", "result_latency", "summary")]
+           ("result_latency", "result_latency", "summary"), ("decode", "decode", "summary")]
 
 
 def summary_rows() -> list[list]:

@@ -100,6 +100,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--status-interval", type=float, default=30, metavar="S",
                         help="seconds between status lines: done, failed, img/s, batch fill, queue wait "
                              "(default 30)")
+    parser.add_argument("--decode-threads", type=int, metavar="N",
+                        help="tasks of a batch downloaded and decoded at once, while the model runs the last "
+                             "batch (1-32; default: 1 on a CPU, where the model wants the cores, and up to 4, "
+                             "one per core, on a GPU)")
     parser.add_argument("--upload-threads", type=int, default=4, metavar="N",
                         help="threads that encode and put results in the background (default 4)")
     args = parser.parse_args(argv)
@@ -113,6 +117,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         (not 0 <= args.wait <= 60, "--wait must be from 0 to 60 seconds"),
         (args.status_interval <= 0, "--status-interval must be positive"),
         (not 1 <= args.upload_threads <= 64, "--upload-threads must be from 1 to 64"),
+        (args.decode_threads is not None and not 1 <= args.decode_threads <= 32, "--decode-threads must be from 1 to 32"),
         (args.idle_after < 0, "--idle-after must be 0 (never) or a number of seconds"),
         (not 0.05 <= args.watch_interval <= 60, "--watch-interval must be from 0.05 to 60 seconds"),
         (not 1 <= args.idle_check <= 3600, "--idle-check must be from 1 to 3600 seconds"),
@@ -171,13 +176,15 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(EXIT_CONFIG, f"{exc}")
     except WeightsUnavailable as exc:
         return _fail(EXIT_WEIGHTS, f"weights unavailable: {exc}; {handler.weights_hint}")
-    log.info("device: %s", handler.device())
+    device = handler.device()
+    decode_threads = args.decode_threads or default_decode_threads(device)
+    log.info("device: %s; decoding %d task(s) of a batch at once", device, decode_threads)
 
     client = BrokerClient(args.broker_url, key, pool_size=args.upload_threads + 2,
                           function_key=os.environ.get("BROKER_FUNCTION_KEY") or None)
     worker = Worker(client, handler, Claiming(args.model, args.batch, args.wait, args.lease, args.idle_after,
                                               args.watch_interval, args.idle_check, args.max_batch_mib * 2**20,
-                                              args.max_batch_delay_ms / 1000),
+                                              args.max_batch_delay_ms / 1000, decode_threads),
                     args.status_interval, args.upload_threads, metrics)
     fatal = worker.run()
     client.close()
@@ -189,6 +196,15 @@ def main(argv: list[str] | None = None) -> int:
     if fatal is not None:
         return _fail(EXIT_ERROR, f"stopped by an unexpected error: {type(fatal).__name__}: {fatal}")
     return EXIT_OK
+
+
+def default_decode_threads(device: str) -> int:
+    """1 on a CPU (more would take cores from the model); on a GPU one per core, up to 4, so that the
+    next batch is decoded while the GPU runs this one."""
+    if not device.startswith("GPU"):
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(4, cores))
 
 
 def _fail(code: int, message: str) -> int:

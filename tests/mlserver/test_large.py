@@ -39,7 +39,8 @@ def test_large_payloads_and_results_travel_through_storage(start_broker, model, 
     small = b"small payload"
     ids = [_upload(broker, model, uploaded, "application/x-big"),
            broker.submit(model, inline_large, "image/png"), broker.submit(model, small, "text/plain")]
-    worker = start_worker(model, "--handler", "echo", "--batch", "4", via=broker)
+    # Three decode threads: the two payloads in storage download side by side.
+    worker = start_worker(model, "--handler", "echo", "--batch", "4", "--decode-threads", "3", via=broker)
     answers = [_fetch(broker, task_id) for task_id in ids]
     assert [a.content for a in answers] == [uploaded, inline_large, small]
     assert [a.headers["Content-Type"].split(";")[0] for a in answers] == ["application/x-big", "image/png", "text/plain"]
@@ -89,7 +90,8 @@ def test_a_batch_holds_large_payloads_up_to_its_budget_and_gives_back_the_rest(s
     broker = start_broker({"BROKER_INLINE_BYTES": "65536"})
     payloads = [os.urandom(700_000) for _ in range(3)]
     ids = [broker.submit(model, payload) for payload in payloads]
-    worker = start_worker(model, "--handler", "echo", "--batch", "3", "--max-batch-mib", "1", via=broker)
+    worker = start_worker(model, "--handler", "echo", "--batch", "3", "--max-batch-mib", "1", "--decode-threads", "3",
+                          via=broker)  # the budget holds however many tasks are fetched at once
     assert [_fetch(broker, task_id).content for task_id in ids] == payloads
     worker.stop(timeout=30)
     gave_back = int(re.search(r"gave back (\d+)", worker.log_text()).group(1))

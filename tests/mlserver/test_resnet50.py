@@ -27,14 +27,16 @@ NOT_AN_IMAGE = b"this is not an image"
 
 @pytest.fixture(scope="module")
 def resnet(broker, tmp_path_factory):
-    """A queue with one batch already waiting, then a resnet50 worker on it (random weights, batch 8)."""
+    """A queue with one batch already waiting, then a resnet50 worker on it (random weights, batch 8,
+    decoding three tasks at once: the bad payload fails alone among tasks decoded beside it)."""
     from devstack.services import Worker
 
     model = "t-" + uuid.uuid4().hex[:12]
     ids = {name: broker.submit(model, payload, kind) for name, (payload, kind) in INPUTS.items()}
     ids["text"] = broker.submit(model, NOT_AN_IMAGE, "text/plain")
     worker = Worker(broker.url, broker.worker_key, ["--model", model, "--handler", "resnet50", "--weights", "none",
-                                                    "--batch", "8", "--wait", "2", "--status-interval", "1"],
+                                                    "--batch", "8", "--wait", "2", "--status-interval", "1",
+                                                    "--decode-threads", "3"],  # the batch decoded 3 at a time
                     log_dir=tmp_path_factory.mktemp("resnet-worker")).start()
     yield model, ids, worker
     worker.stop(timeout=30)
@@ -60,7 +62,7 @@ def test_any_image_mode_is_classified_and_a_non_image_fails_alone_in_its_batch(b
     failed = result(broker, ids["text"])
     assert failed.status_code == 422
     assert failed.json()["error"] == "payload is not an image Pillow can read (got 20 bytes of text/plain)"
-    assert re.search(r"INFO device: (CPU|GPU:0) ", worker.log_text())  # logged at start
+    assert re.search(r"INFO device: (CPU|GPU:0) .*; decoding 3 task\(s\) of a batch at once", worker.log_text())
     # The six images ran as one batch (the status line comes within a second).
     wait_for(lambda: "batch fill 6.0/8" in worker.log_text(), timeout=10, what="the status line")
 
