@@ -85,7 +85,7 @@ def worker_threads(before: dict[str, float], after: dict[str, float], images: in
     fetch thread (claims, base64, decoding), the report threads (encoding, puts: "uploads") and the rest."""
     groups: dict[str, float] = {"model": 0.0, "fetch": 0.0, "uploads": 0.0, "other": 0.0}
     for name, seconds in after.items():
-        group = ("fetch" if name == "mls:fetch" else "uploads" if name.startswith("mls:report")
+        group = ("fetch" if name == "mls:fetch" or name.startswith("mls:decode") else "uploads" if name.startswith("mls:report")
                  else "other" if name.startswith("mls:") else "model")
         groups[group] += seconds - before.get(name, 0.0)
     return {group: round(seconds / images, 4) for group, seconds in groups.items()}

@@ -4,8 +4,10 @@ Each runs as a child process whose output goes to a log file; `start()` waits fo
 says it is ready (and learns a port picked by the OS from it), `stop()` ends that PID and nothing
 else. A child runs in a session of its own (a Ctrl-C meant for the tests does not reach it), so a
 parent killed without a chance to stop it would leave it running: on Linux a child started from
-the main thread is leashed to it, and gets SIGTERM from the kernel when its parent dies, however
-it dies (a cancelled CI job, a SIGKILL). Nothing here is deployed.
+the main thread is leashed to it, and gets a signal from the kernel when its parent dies, however
+it dies (a cancelled CI job, a SIGKILL): SIGTERM, or SIGKILL for a worker, whose SIGTERM means
+finishing its batch and reporting it to a dev host that is ending too (it would retry for ever).
+Nothing here is deployed.
 """
 
 from __future__ import annotations
@@ -44,20 +46,20 @@ def _prctl() -> Callable | None:
 
 
 _PRCTL = _prctl()  # bound here: the child, between fork and exec, calls it and nothing else
-PR_SET_PDEATHSIG, SIGTERM = 1, int(signal.SIGTERM)
+PR_SET_PDEATHSIG = 1
 
 
-def leash() -> Callable[[], None] | None:
-    """A `preexec_fn` that has the kernel send the child SIGTERM when this parent dies; None where
-    it cannot (not Linux), or where it would be wrong: the kernel's signal follows the *thread*
-    that started the child, so a child started from another thread (a test's helper thread) would
-    die with that thread. A parent that died before the leash was on is caught by its pid."""
+def leash(sig: int = signal.SIGTERM) -> Callable[[], None] | None:
+    """A `preexec_fn` that has the kernel send the child `sig` when this parent dies; None where it
+    cannot (not Linux), or where it would be wrong: the kernel's signal follows the *thread* that
+    started the child, so a child started from another thread (a test's helper thread) would die
+    with that thread. A parent that died before the leash was on is caught by its pid."""
     if _PRCTL is None or threading.current_thread() is not threading.main_thread():
         return None
-    parent = os.getpid()
+    parent, number = os.getpid(), int(sig)
 
     def on_leash() -> None:
-        _PRCTL(PR_SET_PDEATHSIG, SIGTERM, 0, 0, 0)
+        _PRCTL(PR_SET_PDEATHSIG, number, 0, 0, 0)
         if os.getppid() != parent:
             os._exit(1)
 
@@ -69,6 +71,7 @@ class Service:
 
     name = "service"
     ready = re.compile(r"$^")
+    orphaned = signal.SIGTERM  # what the child gets when the process that started it dies (leash)
 
     def __init__(self, log_dir: str | Path | None = None) -> None:
         self.log_dir = Path(log_dir or tempfile.mkdtemp(prefix=f"{self.name}-"))
@@ -96,7 +99,7 @@ class Service:
         offset = log.tell()
         self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
                                      env=self.environment(), stdin=subprocess.DEVNULL, start_new_session=True,
-                                     preexec_fn=leash())
+                                     preexec_fn=leash(self.orphaned))
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -262,6 +265,7 @@ class Worker(Service):
     logs "worker ready"."""
 
     name = "worker"
+    orphaned = signal.SIGKILL  # its broker dies with the same parent: nothing to finish, nobody to report to
     ready = re.compile(r"worker ready")
 
     def __init__(self, broker_url: str, worker_key: str | None, args: list[str],

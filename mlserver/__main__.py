@@ -102,8 +102,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                              "(default 30)")
     parser.add_argument("--decode-threads", type=int, metavar="N",
                         help="tasks of a batch downloaded and decoded at once, while the model runs the last "
-                             "batch (1-32; default: 1 on a CPU, where the model wants the cores, and up to 4, "
-                             "one per core, on a GPU)")
+                             "batch, each thread holding one payload and its decoded form (1-32; default: 1 on "
+                             "a CPU, where the model wants the cores, and up to 4, one per core, on a GPU)")
     parser.add_argument("--upload-threads", type=int, default=4, metavar="N",
                         help="threads that encode and put results in the background (default 4)")
     args = parser.parse_args(argv)

@@ -22,7 +22,6 @@ import logging
 import queue
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from . import blobs
@@ -82,8 +81,6 @@ class Fetcher(threading.Thread):
         self.arrivals = Arrivals(claiming.max_batch_delay)
         self._storage = None  # the session payloads are downloaded through, made on first use
         self._storage_lock = threading.Lock()
-        self._pool = (ThreadPoolExecutor(claiming.decode_threads, thread_name_prefix="decode", initializer=name_os_thread)
-                      if claiming.decode_threads > 1 else None)
 
     def take(self, timeout: float) -> Batch | None:
         """The next batch, if one arrives within `timeout` seconds; taking it lets the next claim go,
@@ -215,7 +212,8 @@ class Fetcher(threading.Thread):
     def decode(self, tasks: list[Task], into: Batch | None = None) -> Batch:
         """Fetch and decode each task; one that cannot be fetched or decoded is set apart, to fail alone
         (retryably, for a payload storage would not give: another attempt may fare better). Payloads
-        fetched from storage stop at `max_batch_bytes` (the first always comes): the tasks past it are
+        fetched from storage stop at `max_batch_bytes` (the first always comes; the budget is decided
+        before any is fetched, so a first that then fails still counts): the tasks past it are
         given back unstarted, for this worker's next claim or another's. `into`: a batch to add them to."""
         batch = into or Batch()
         chosen = []
@@ -225,13 +223,40 @@ class Fetcher(threading.Thread):
                 continue
             batch.fetched += task.size if task.payload_url else 0
             chosen.append(task)
-        ready = self._pool.map(self._prepare, chosen) if self._pool and len(chosen) > 1 else map(self._prepare, chosen)
-        for task, failure in zip(chosen, ready):
+        for task, failure in zip(chosen, self._prepare_all(chosen)):
             if failure is None:
                 batch.tasks.append(task)
             else:
                 batch.undecodable.append((task, failure))
         return batch
+
+    def _prepare_all(self, tasks: list[Task]) -> list[Exception | None]:
+        """Each task fetched and decoded, `decode_threads` at a time: why each could not be, in order.
+        The threads are this batch's own, and daemons like the fetch thread, so a worker forced to
+        quit does not wait for a download or a decode they are in."""
+        count = min(self.claiming.decode_threads, len(tasks))
+        if count <= 1:
+            return [self._prepare(task) for task in tasks]
+        failures: list[Exception | None] = [None] * len(tasks)
+        left = queue.SimpleQueue()
+        for index in range(len(tasks)):
+            left.put(index)
+
+        def decode_some() -> None:
+            name_os_thread()
+            while True:
+                try:
+                    index = left.get_nowait()
+                except queue.Empty:
+                    return
+                failures[index] = self._prepare(tasks[index])
+
+        threads = [threading.Thread(target=decode_some, name=f"decode_{i}", daemon=True) for i in range(count)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return failures
 
     def _prepare(self, task: Task) -> Exception | None:
         """Fetch and decode one task; why it could not be, if it could not."""
@@ -247,7 +272,8 @@ class Fetcher(threading.Thread):
     def _download(self, task: Task) -> bytes | bytearray:
         with self._storage_lock:
             if self._storage is None:
-                self._storage = blobs.pinned_session(task.payload_url)
+                # a connection for each range thread of each download at once
+                self._storage = blobs.pinned_session(task.payload_url, blobs.THREADS * self.claiming.decode_threads + 2)
         try:
             return blobs.download(task.payload_url, task.size or None, session=self._storage)
         except blobs.TransferError as exc:
@@ -255,7 +281,5 @@ class Fetcher(threading.Thread):
 
     def close(self) -> None:
         self.watcher.close()
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
         if self._storage is not None:
             self._storage.close()

@@ -1,9 +1,11 @@
 """The handler interface: what the worker needs from a model, and the errors it understands.
 
 The worker drives a handler in three places, each on its own thread:
-  decode(payload, content_type, params) -> input   the fetch thread, while the model runs
+  decode(payload, content_type, params) -> input   the fetch side, while the model runs
   predict([input, ...]) -> [output, ...]           the model thread, one call per batch
-  encode(output, input) -> (bytes, content_type)   the report threads
+  encode(output, input) -> (bytes, content_type)   the report threads, several at once
+`decode` runs on several threads at once with `--decode-threads` above 1 (the default on a GPU),
+and `encode` always may: keep both free of shared state.
 `load()` runs once before the first task. Anything `decode` raises fails that task alone; a
 `predict` that raises for a whole batch is retried one input at a time, so only the input that
 breaks the model fails.

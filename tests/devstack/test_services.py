@@ -1,5 +1,6 @@
 """The local services' leash: a child started by a parent that dies, however it dies, does not outlive it."""
 
+import json
 import os
 import re
 import signal
@@ -9,6 +10,7 @@ import threading
 from pathlib import Path
 
 import pytest
+import requests
 
 from devstack.services import Service
 from tests.support.polling import wait_for
@@ -38,29 +40,38 @@ def gone(pid: int) -> bool:
         return True
 
 
-def test_azurite_and_a_dev_host_end_when_the_process_that_started_them_is_killed(tmp_path):
-    """SIGKILL gives the parent no chance to stop its children (a cancelled CI job): they end anyway."""
+def test_azurite_a_dev_host_and_a_busy_worker_end_when_the_process_that_started_them_is_killed(tmp_path):
+    """SIGKILL gives the parent no chance to stop its children (a cancelled CI job): they end anyway,
+    the worker too while it runs a task (its own SIGTERM would finish the task and try for ever to
+    report it to the dev host, which is ending as well)."""
     parent = subprocess.Popen(
         [sys.executable, "-c",
          "import time\n"
-         "from devstack.services import Azurite, DevHost\n"
+         "from devstack.services import Azurite, DevHost, Worker\n"
          f"azurite = Azurite(log_dir={str(tmp_path)!r}).start()\n"
-         f"host = DevHost(azurite.connection_string, log_dir={str(tmp_path)!r}).start()\n"
-         "print(azurite.proc.pid, host.proc.pid, flush=True)\n"
+         f"host = DevHost(azurite.connection_string, {{'BROKER_WORKER_KEYS': 'leash-key'}}, log_dir={str(tmp_path)!r}).start()\n"
+         "worker = Worker(host.url, 'leash-key', ['--model', 'leash', '--handler', 'echo', '--wait', '1'],\n"
+         f"                log_dir={str(tmp_path)!r}).start()\n"
+         "print(azurite.proc.pid, host.proc.pid, worker.proc.pid, host.url, flush=True)\n"
          "time.sleep(600)\n"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    children: list[int] = []
     try:
         line = parent.stdout.readline()
         assert line, parent.stderr.read()
-        children = [int(pid) for pid in line.split()]
-        assert not any(gone(pid) for pid in children)
+        *pids, url = line.split()
+        children = [int(pid) for pid in pids]
+        task_id = requests.post(f"{url}/predict?model=leash", params={"params": json.dumps({"sleep_ms": 60_000})},
+                                data=b"x", timeout=30).json()["task_id"]
+        wait_for(lambda: requests.get(f"{url}/status?task_id={task_id}", timeout=30).json()["status"] == "running",
+                 60, 0.1, "the worker to take the task")
         parent.send_signal(signal.SIGKILL)
         parent.wait(30)
-        wait_for(lambda: all(gone(pid) for pid in children), 30, 0.1, "Azurite and the dev host to end")
+        wait_for(lambda: all(gone(pid) for pid in children), 30, 0.1, "Azurite, the dev host and the worker to end")
     finally:
         parent.kill()
-        for pid in children if "children" in locals() else []:
+        for pid in children:
             if not gone(pid):
                 os.kill(pid, signal.SIGKILL)
 

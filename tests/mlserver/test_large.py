@@ -39,7 +39,7 @@ def test_large_payloads_and_results_travel_through_storage(start_broker, model, 
     small = b"small payload"
     ids = [_upload(broker, model, uploaded, "application/x-big"),
            broker.submit(model, inline_large, "image/png"), broker.submit(model, small, "text/plain")]
-    # Three decode threads: the two payloads in storage download side by side.
+    # With three decode threads: the two payloads in storage may download side by side.
     worker = start_worker(model, "--handler", "echo", "--batch", "4", "--decode-threads", "3", via=broker)
     answers = [_fetch(broker, task_id) for task_id in ids]
     assert [a.content for a in answers] == [uploaded, inline_large, small]
