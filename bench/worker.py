@@ -321,7 +321,6 @@ def summary(d: dict) -> list[list]:
     return rows
 
 
-
 def _rounds(row: dict) -> str:
     return f", median of {row['rounds']} rounds" if row.get("rounds", 1) > 1 else ""
 

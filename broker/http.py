@@ -78,8 +78,7 @@ async def _accepted(req: func.HttpRequest, store, task, caller: auth.Caller, wai
         if done.ended(time.time()):
             answer = await _answer(store, done, body, req.params.get("format", "") == "json")
             answer.headers["Preference-Applied"] = f"wait={wait}"
-            if answer.status_code != 303:  # a 303's Location is where the result is
-                answer.headers["Location"] = links["result_url"]
+            answer.headers.setdefault("Location", links["result_url"])  # a 303's own is where the result is
             return answer
         task = done
     body = {**await _document(store, task), **links}
