@@ -12,15 +12,31 @@ from tests.support.storage_proxy import StorageProxy
 from .conftest import result
 
 CLAIM = re.compile(r"Executed 'Functions\.getnexttask' \(\w+, Id=[0-9a-f-]+, Duration=(\d+)ms\)")
+LONG_POLL_MS = 2000  # the workers' --wait (conftest FAST): an empty long-poll lasts at least this long
+
+
+def fell_asleep(broker, worker, since: int) -> int:
+    """Wait until `worker` has fallen asleep and made the claim with wait=0 that closes the gap (the
+    first claim shorter than a long-poll); the broker log's length just after that claim's line.
+    `since`: the broker log's length before the worker started (earlier claims are not its)."""
+    wait_for(lambda: "watching storage instead of long-polling" in worker.log_text(), timeout=30,
+             what="the worker falling asleep")
+    ends = []
+
+    def gap_claim() -> bool:
+        log = broker.host.log_text()
+        ends[:] = [m.end() for m in CLAIM.finditer(log, since) if int(m.group(1)) < LONG_POLL_MS][:1]
+        return bool(ends)
+
+    wait_for(gap_claim, timeout=30, what="the claim that closes the gap as the worker falls asleep")
+    return ends[0]
 
 
 def test_an_idle_worker_stops_long_polling_and_wakes_when_a_task_comes(broker, model, start_worker):
+    since = len(broker.host.log_text())
     worker = start_worker(model, "--handler", "echo", "--idle-after", "2", "--watch-interval", "0.2",
                           "--idle-check", "600")
-    wait_for(lambda: "watching storage instead of long-polling" in worker.log_text(), timeout=30,
-             what="the worker falling asleep")
-    time.sleep(1)  # the claim that closes the gap as it falls asleep has been made by now
-    before = len(broker.host.log_text())
+    before = fell_asleep(broker, worker, since)
     time.sleep(3)
     asleep = CLAIM.findall(broker.host.log_text()[before:])
     assert asleep == [], asleep  # three seconds idle, no claim at all (a long-poll would be one every 2 s)
@@ -55,12 +71,10 @@ def test_a_signal_blob_that_goes_away_is_made_again_without_a_claim_each_look(az
     makes it anew) instead of taking every failed look for a new sleep and claiming each time."""
     from azure.storage.blob import BlobClient
 
+    since = len(broker.host.log_text())
     worker = start_worker(model, "--handler", "echo", "--idle-after", "1", "--watch-interval", "0.1",
                           "--idle-check", "600")
-    wait_for(lambda: "watching storage instead of long-polling" in worker.log_text(), timeout=30,
-             what="the worker falling asleep")
-    time.sleep(1)
-    before = len(broker.host.log_text())
+    before = fell_asleep(broker, worker, since)
     BlobClient.from_connection_string(azurite.connection_string, "signals", model).delete_blob()
     time.sleep(5)
     log = broker.host.log_text()[before:]
