@@ -39,9 +39,8 @@ class Proc:
 
     def __init__(self, command: list[str], log_path, env: dict | None = None) -> None:
         self.log = open(log_path, "ab")
-        self.proc = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     env=env, cwd=common.ROOT, start_new_session=True,
-                                     preexec_fn=leash())
+        self.proc = subprocess.Popen(leash() + command, stdout=self.log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, env=env, cwd=common.ROOT, start_new_session=True)
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -3,10 +3,11 @@
 Each runs as a child process whose output goes to a log file; `start()` waits for the line that
 says it is ready (and learns a port picked by the OS from it), `stop()` ends that PID and nothing
 else. A child runs in a session of its own (a Ctrl-C meant for the tests does not reach it), so a
-parent killed without a chance to stop it would leave it running: on Linux a child started from
-the main thread is leashed to it, and gets a signal from the kernel when its parent dies, however
-it dies (a cancelled CI job, a SIGKILL): SIGTERM, or SIGKILL for a worker, whose SIGTERM means
-finishing its batch and reporting it to a dev host that is ending too (it would retry for ever).
+parent killed without a chance to stop it would leave it running: on Linux (with util-linux's
+`setpriv`) a child started from the main thread is leashed to it, and gets a signal from the
+kernel when its parent dies, however it dies (a cancelled CI job, a SIGKILL): SIGTERM, or SIGKILL
+for a worker, whose SIGTERM means finishing its batch and reporting it to a dev host that is
+ending too (it would retry for ever).
 Nothing here is deployed.
 """
 
@@ -15,13 +16,13 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,36 +35,19 @@ class ServiceError(RuntimeError):
     pass
 
 
-def _prctl() -> Callable | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    import ctypes
-
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
+SETPRIV = shutil.which("setpriv") if sys.platform.startswith("linux") else None  # util-linux
 
 
-_PRCTL = _prctl()  # bound here: the child, between fork and exec, calls it and nothing else
-PR_SET_PDEATHSIG = 1
-
-
-def leash(sig: int = signal.SIGTERM) -> Callable[[], None] | None:
-    """A `preexec_fn` that has the kernel send the child `sig` when this parent dies; None where it
-    cannot (not Linux), or where it would be wrong: the kernel's signal follows the *thread* that
+def leash(sig: int = signal.SIGTERM) -> list[str]:
+    """A command prefix that has the kernel send the child `sig` when this parent dies: util-linux's
+    `setpriv --pdeathsig`, which sets it and execs the command (same pid). Empty where it cannot (not
+    Linux, no setpriv) or where it would be wrong: the kernel's signal follows the *thread* that
     started the child, so a child started from another thread (a test's helper thread) would die
-    with that thread. A parent that died before the leash was on is caught by its pid."""
-    if _PRCTL is None or threading.current_thread() is not threading.main_thread():
-        return None
-    parent, number = os.getpid(), int(sig)
-
-    def on_leash() -> None:
-        _PRCTL(PR_SET_PDEATHSIG, number, 0, 0, 0)
-        if os.getppid() != parent:
-            os._exit(1)
-
-    return on_leash
+    with that thread. A prefix, not a `preexec_fn`: Python code between fork and exec can deadlock
+    in a process with threads. (A parent that dies before setpriv has run leaves the child unleashed.)"""
+    if SETPRIV is None or threading.current_thread() is not threading.main_thread():
+        return []
+    return [SETPRIV, "--pdeathsig", signal.Signals(sig).name.removeprefix("SIG"), "--"]
 
 
 class Service:
@@ -97,9 +81,9 @@ class Service:
         """Start and wait until the ready pattern has appeared `count` times in the log."""
         log = open(self.log_path, "ab")
         offset = log.tell()
-        self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-                                     env=self.environment(), stdin=subprocess.DEVNULL, start_new_session=True,
-                                     preexec_fn=leash(self.orphaned))
+        self.proc = subprocess.Popen(leash(self.orphaned) + self.command(), stdout=log, stderr=subprocess.STDOUT,
+                                     cwd=ROOT, env=self.environment(), stdin=subprocess.DEVNULL,
+                                     start_new_session=True)
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -35,8 +35,8 @@ def test_scripts_run_serves_a_task_and_ctrl_c_stops_everything(dead_url, tmp_pat
     env = {**os.environ, "MODEL": "echo", "PORT": str(port), "DATA_DIR": str(tmp_path / "data")}
     env.pop("BROKER_WORKER_KEYS", None)
     with open(log, "w") as out:
-        proc = subprocess.Popen([str(ROOT / "scripts" / "run")], cwd=ROOT, env=env, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=leash())
+        proc = subprocess.Popen([*leash(), str(ROOT / "scripts" / "run")], cwd=ROOT, env=env, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
     try:
         demo = wait_for_line(log, r"demo page:\s+(\S+)", proc, timeout=300).group(1)
         key = wait_for_line(log, r"worker key: (\S+)", proc, timeout=10).group(1)
