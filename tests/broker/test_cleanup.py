@@ -22,16 +22,20 @@ def finish(broker, model, count):
     return ids
 
 
-def run_cleanup(monkeypatch, azurite, ttl, batch):
-    """Run the timer function itself, in this process, against the test's Azurite."""
+def run_cleanup(monkeypatch, azurite, ttl, batch, at: float | None = None):
+    """Run the timer function itself, in this process, against the test's Azurite; `at`: the wall-clock
+    time it runs at (default: the real one), so that a slow run cannot age what a short TTL spares."""
     monkeypatch.setenv("BROKER_STORAGE_CONNECTION", azurite.connection_string)
     monkeypatch.setenv("BROKER_RESULT_TTL_SECONDS", str(ttl))
     monkeypatch.setenv("BROKER_CLEANUP_BATCH", str(batch))
     cleanup = importlib.import_module("broker.cleanup").cleanup
     store = importlib.import_module("broker.store")
+    load = importlib.import_module("broker.settings").load
 
     async def once():
         try:
+            if at is not None:
+                store.get_store(load()).now = lambda: at  # the store the timer function gets
             await cleanup(None)
         finally:
             for key, task_store in list(store._stores.items()):
@@ -51,24 +55,26 @@ def test_expired_result_reads_404_before_the_timer_runs(ttl_broker, model):
     assert ttl_broker.post(f"/cancel?task_id={task_id}").status_code == 404
 
 
-def test_timer_deletes_expired_results_in_batches_and_leaves_newer_ones(ttl_broker, azurite, model, monkeypatch):
+def test_timer_deletes_expired_results_in_batches_and_leaves_newer_ones(ttl_broker, broker, azurite, model,
+                                                                        monkeypatch):
     blobs = BlobServiceClient.from_connection_string(azurite.connection_string)
     outbox = blobs.get_container_client("outbox")
     old = finish(ttl_broker, model, 5)
     # A leftover of a crash: the inbox blob of a finished task still there.
     blobs.get_blob_client("inbox", old[0]).upload_blob(b"leftover", overwrite=True)
     time.sleep(2.5)
+    at = time.time()  # the cleanup runs at this time: the old results are past their TTL, the new ones not
     new = finish(ttl_broker, model, 2)
 
     def present(ids):
         return {i for i in ids if outbox.get_blob_client(i).exists()}
 
     # Other tests' results are in the same outbox: count only this test's.
-    run_cleanup(monkeypatch, azurite, ttl=2, batch=100000)
+    run_cleanup(monkeypatch, azurite, ttl=2, batch=100000, at=at)
     assert present(old) == set()
     assert present(new) == set(new)
     assert not blobs.get_blob_client("inbox", old[0]).exists()
-    assert ttl_broker.get(f"/getresult?task_id={new[0]}").status_code == 200
+    assert broker.get(f"/getresult?task_id={new[0]}").status_code == 200  # (a broker whose TTL is not 2 s)
 
 
 def test_an_interrupted_cleanup_resumes(ttl_broker, azurite, model, monkeypatch):

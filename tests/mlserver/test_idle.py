@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 import time
 
+import pytest
+
 from tests.support.polling import wait_for
 from tests.support.storage_proxy import StorageProxy
 
@@ -13,6 +15,15 @@ from .conftest import result
 
 CLAIM = re.compile(r"Executed 'Functions\.getnexttask' \(\w+, Id=[0-9a-f-]+, Duration=(\d+)ms\)")
 LONG_POLL_MS = 2000  # the workers' --wait (conftest FAST): an empty long-poll lasts at least this long
+
+
+@pytest.fixture(scope="module")
+def broker(start_broker):
+    """A dev host of this module's own: every claim in its log is these tests' workers' (a claim's log
+    line names no model, and the main broker's session-long echo worker claims once a minute asleep)."""
+    own = start_broker()
+    yield own
+    own.host.stop()
 
 
 def fell_asleep(broker, worker, since: int) -> int:
