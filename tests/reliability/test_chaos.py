@@ -163,7 +163,7 @@ def test_killed_workers_a_storage_outage_replays_and_repeats_lose_nothing(disk_a
         during: dict = {}
         storage_thread = None
         with Troublemakers(broker, proxy, model, ids, keys, payloads, params) as trouble:
-            while time.monotonic() - started < KILL_FOR:
+            for _ in range(int(KILL_FOR / KILL_EVERY)):  # a count, not a deadline: a slow restart delays the rest
                 time.sleep(max(0.0, started + (kills + 1) * KILL_EVERY - time.monotonic()))
                 if storage_thread is None and time.monotonic() - started >= OUTAGE_AT:
                     storage_thread = threading.Thread(target=outage,
@@ -223,5 +223,4 @@ def test_killed_workers_a_storage_outage_replays_and_repeats_lose_nothing(disk_a
            idempotent_repeats=trouble.resubmits[202], tasks_watched=len(trouble.attempts_seen),
            attempts_went_down=0, double_commits=0, chaos_seconds=round(chaos_seconds, 1),
            all_done_seconds=round(total_seconds, 1), failed=0, lost=0)
-    assert kills == int(KILL_FOR / KILL_EVERY)
     assert redelivered > 0  # the kills did take tasks down with them; otherwise this test proved nothing
