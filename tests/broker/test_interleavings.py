@@ -128,10 +128,10 @@ def test_a_task_message_lives_at_least_as_long_as_the_task_may_wait(azurite, lea
 def test_a_heartbeat_after_the_lease_and_the_message_ran_out_past_the_ttl_is_410(start_broker, model):
     """Nothing redelivers a task whose message died of old age: a heartbeat that comes after its lease
     ran out finds it expired, rather than reviving it."""
-    short = start_broker({"BROKER_QUEUED_TTL_SECONDS": "1"})
+    short = start_broker({"BROKER_QUEUED_TTL_SECONDS": "2"})
     task_id = short.submit(model)
     [task] = short.claim(model, lease=5)
-    time.sleep(5.5)  # the message (TTL 1 s and a margin) is gone, and the lease ran out at 5 s
+    time.sleep(5.5)  # the message (TTL 2 s and a 2 s margin) is gone, and the lease ran out at 5 s
     late = extend(short, task, 30)
     assert late.status_code == 410 and late.json()["status"] == "expired", late.text
     assert short.status(task_id)["status"] == "expired"

@@ -82,7 +82,7 @@ def test_idle_long_polls_on_one_model_share_their_storage_polls(broker, start_br
         return azurite.log_text().count(f"/tasks-{model}/messages?numofmessages")
 
     with ThreadPoolExecutor(8) as pool:
-        waits = [pool.submit(broker.claim, model, 1, 5) for _ in range(8)]
+        waits = [pool.submit(broker.claim, model, 1, 8) for _ in range(8)]  # 5 s to spare for the submit
         time.sleep(3)
         polled = receives()
         task_id = other.submit(model)

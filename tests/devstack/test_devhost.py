@@ -10,6 +10,7 @@ import pytest
 import requests
 
 from devstack.devhost import load_local_settings, schedule_seconds
+from tests.support.polling import wait_for
 
 
 def test_local_settings_fill_only_unset_values(tmp_path, monkeypatch):
@@ -77,7 +78,7 @@ def test_a_client_gone_mid_body_is_no_error(broker, model):
     assert broker.get("/health").status_code == 200
 
 
-def test_stopping_cuts_long_polls_short_without_a_traceback(start_broker, model):
+def test_stopping_cuts_long_polls_short_without_a_traceback(start_broker, azurite, model):
     """Ctrl-C on scripts/run while a worker long-polls: a one-line log, not a traceback per request."""
     broker = start_broker()
     answers = []
@@ -90,7 +91,7 @@ def test_stopping_cuts_long_polls_short_without_a_traceback(start_broker, model)
 
     poller = threading.Thread(target=poll)
     poller.start()
-    time.sleep(1)
+    wait_for(lambda: f"/tasks-{model}/messages" in azurite.log_text(), timeout=30, what="the long-poll's first look")
     assert poller.is_alive()
     broker.host.stop(timeout=20)
     poller.join(30)

@@ -28,7 +28,7 @@ def scrape(port: int) -> dict[str, float]:
 def test_the_worker_serves_its_figures_for_prometheus(broker, model, start_worker):
     port = free_port()
     ids = [broker.submit(model, f"task {i}".encode(), "text/plain") for i in range(3)]
-    slow = broker.submit(model, b"slow", "text/plain", params={"params": json.dumps({"sleep_ms": 3500})})
+    slow = broker.submit(model, b"slow", "text/plain", params={"params": json.dumps({"sleep_ms": 6000})})
     failing = broker.submit(model, b"x", params={"params": json.dumps({"fail": "no good"})})
     worker = start_worker(model, "--handler", "echo", "--batch", "4", "--lease", "5", "--idle-after", "2",
                           "--metrics-port", str(port))
@@ -43,6 +43,7 @@ def test_the_worker_serves_its_figures_for_prometheus(broker, model, start_worke
     assert figures["mlserver_queue_wait_seconds_count"] >= 5  # every task that reached the model
     assert figures["mlserver_batch_size_count"] >= 2 and 0 < figures["mlserver_batch_fill_ratio"] <= 1
     assert figures['mlserver_lease_renewals_total{result="renewed"}'] >= 1  # the slow task outlived half its lease
+    # (renewed from 2.5 s on: 2.5 s for the heartbeat to do it before the lease would run out)
     assert figures["mlserver_images_per_second"] > 0
     wait_for(lambda: scrape(port)["mlserver_idle"] == 1.0, timeout=30, what="the worker watching storage while idle")
 
