@@ -5,9 +5,10 @@ import time
 from .test_leases import extend
 
 
-def expire_and_reclaim(broker, model, task, lease=5):
+def expire_and_reclaim(broker, model, task, lease=5, then=30):
+    """Let `task`'s `lease`-second lease run out; the claim that takes it again, holding it `then` seconds."""
     time.sleep(lease + 0.5)
-    [again] = broker.claim(model, wait=10, lease=lease)
+    [again] = broker.claim(model, wait=10, lease=then)
     assert again["task_id"] == task["task_id"]
     return again
 
@@ -54,7 +55,7 @@ def test_attempts_never_go_down_and_replays_do_not_stop_the_give_up(start_broker
     strict = start_broker({"BROKER_MAX_ATTEMPTS": "2"})
     task_id = strict.submit(model)
     [first] = strict.claim(model, lease=5)
-    second = expire_and_reclaim(strict, model, first)
+    second = expire_and_reclaim(strict, model, first, then=5)
     seen = [first["attempt"], second["attempt"]]
     for _ in range(4):
         assert extend(strict, first, 0).status_code == 409

@@ -9,14 +9,16 @@ from broker.wakeups import Wakeups
 from tests.support.polling import run_async
 
 
-async def waiting(wakeups: Wakeups, key: str, count: int, timeout: float = 5):
-    """`count` watchers of `key`, each in Wakeups.wait; their results, once they come."""
+async def waiting(wakeups: Wakeups, key: str, count: int, timeout: float = 5, last_timeout: float | None = None):
+    """`count` watchers of `key`, each in Wakeups.wait (the last for `last_timeout`, given one); their
+    results, once they come."""
     entered = []
 
     async def one(i):
         with wakeups.watch(key) as ticket:
             entered.append(i)
-            return i, await wakeups.wait(ticket, timeout), ticket.value
+            waits = last_timeout if last_timeout is not None and i == count - 1 else timeout
+            return i, await wakeups.wait(ticket, waits), ticket.value
 
     tasks = [asyncio.ensure_future(one(i)) for i in range(count)]
     while len(entered) < count:
@@ -28,7 +30,7 @@ async def waiting(wakeups: Wakeups, key: str, count: int, timeout: float = 5):
 def test_notify_one_wakes_the_watcher_waiting_longest_and_no_other():
     async def scenario():
         wakeups = Wakeups()
-        tasks = await waiting(wakeups, "model:m", 3, timeout=0.3)
+        tasks = await waiting(wakeups, "model:m", 3, last_timeout=0.3)
         wakeups.notify_one("model:m")
         first = await tasks[0]
         wakeups.notify_one("model:m")

@@ -9,6 +9,7 @@ import threading
 from mlserver.fetcher import Claiming
 from mlserver.handlers.echo import Echo
 from mlserver.worker import Worker
+from tests.support.polling import wait_for
 
 from .fake_broker import FakeBroker, unavailable
 
@@ -86,7 +87,12 @@ def test_stopping_gives_back_every_task_not_started():
     for i in range(6):
         broker.submit(f"slow-{i}", params={"sleep_ms": 300})
     worker = Worker(broker, Echo(batch_size=2), Claiming("echo", 2, 1, 30), status_interval=3600)
-    threading.Timer(0.15, worker.stop.set).start()  # while the first batch runs and the next waits in hand
+
+    def stop_once_the_next_batch_waits_in_hand() -> None:  # (while the first batch runs: 600 ms)
+        wait_for(lambda: len(broker.claims) >= 2, timeout=30, what="the second batch claimed")
+        worker.stop.set()
+
+    threading.Thread(target=stop_once_the_next_batch_waits_in_hand, daemon=True).start()
     assert worker.run() is None
     statuses = sorted(t.status for t in broker.tasks.values())
     assert "running" not in statuses  # nothing is left held
