@@ -13,6 +13,7 @@ Nothing here is deployed.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import secrets
@@ -35,7 +36,16 @@ class ServiceError(RuntimeError):
     pass
 
 
-SETPRIV = shutil.which("setpriv") if sys.platform.startswith("linux") else None  # util-linux
+@functools.cache
+def _setpriv() -> str | None:
+    """util-linux's setpriv, if it takes --pdeathsig (2.33 on; an older one, or BusyBox's, does not)."""
+    found = shutil.which("setpriv") if sys.platform.startswith("linux") else None
+    try:
+        works = found is not None and subprocess.run([found, "--pdeathsig", "TERM", "--", "true"], timeout=30,
+                                                     capture_output=True).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        works = False
+    return found if works else None
 
 
 def leash(sig: int = signal.SIGTERM) -> list[str]:
@@ -45,9 +55,9 @@ def leash(sig: int = signal.SIGTERM) -> list[str]:
     started the child, so a child started from another thread (a test's helper thread) would die
     with that thread. A prefix, not a `preexec_fn`: Python code between fork and exec can deadlock
     in a process with threads. (A parent that dies before setpriv has run leaves the child unleashed.)"""
-    if SETPRIV is None or threading.current_thread() is not threading.main_thread():
+    if threading.current_thread() is not threading.main_thread() or (setpriv := _setpriv()) is None:
         return []
-    return [SETPRIV, "--pdeathsig", signal.Signals(sig).name.removeprefix("SIG"), "--"]
+    return [setpriv, "--pdeathsig", signal.Signals(sig).name.removeprefix("SIG"), "--"]
 
 
 class Service:

@@ -61,6 +61,6 @@ def test_the_sweep_deletes_expired_tasks_data(start_broker, broker, azurite, lea
     inbox = BlobServiceClient.from_connection_string(azurite.connection_string).get_container_client("inbox")
     assert [inbox.get_blob_client(t).exists() for t in old] == [False] * 3
     assert inbox.get_blob_client(young).exists()
-    for task_id in old:
-        assert short.status(task_id)["status"] == "expired"
-    assert broker.status(young)["status"] == "queued"  # not expired by the sweep (a broker whose TTL is not 2 s)
+    for task_id in old:  # written by the sweep (a broker whose TTL is not 2 s reads what is written)
+        assert broker.status(task_id)["status"] == "expired"
+    assert broker.status(young)["status"] == "queued"  # not expired by the sweep

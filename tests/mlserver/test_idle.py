@@ -11,10 +11,10 @@ import pytest
 from tests.support.polling import wait_for
 from tests.support.storage_proxy import StorageProxy
 
-from .conftest import result
+from .conftest import FAST, result
 
 CLAIM = re.compile(r"Executed 'Functions\.getnexttask' \(\w+, Id=[0-9a-f-]+, Duration=(\d+)ms\)")
-LONG_POLL_MS = 2000  # the workers' --wait (conftest FAST): an empty long-poll lasts at least this long
+LONG_POLL_MS = 1000 * int(FAST[FAST.index("--wait") + 1])  # an empty long-poll lasts at least this long
 
 
 @pytest.fixture(scope="module")

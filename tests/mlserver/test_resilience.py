@@ -99,12 +99,14 @@ def test_a_netrc_entry_does_not_replace_the_worker_key(broker, model, start_work
 def test_a_second_signal_quits_even_while_results_wait_for_a_broker_that_is_gone(broker, start_broker, model,
                                                                                   start_worker):
     flaky = start_broker()
-    task_id = flaky.submit(model, b"stranded", params=sleeping(3_000))
+    task_id = flaky.submit(model, b"stranded", params=sleeping(6_000))
     worker = start_worker(model, "--handler", "echo", "--batch", "1", via=flaky)
     wait_for(lambda: broker.status(task_id)["status"] == "running", what="the worker to claim the task")
     worker.send(signal.SIGSTOP)  # held still, so that its put cannot come before the broker is gone
-    flaky.host.stop()
-    worker.send(signal.SIGCONT)
+    try:
+        flaky.host.stop()
+    finally:
+        worker.send(signal.SIGCONT)
     wait_for(lambda: f"task {task_id}: the broker" in worker.log_text(), what="the put to fail and be retried")
     worker.send(signal.SIGTERM)
     wait_for(lambda: "SIGTERM: stopping" in worker.log_text(), what="the first signal")

@@ -34,9 +34,9 @@ def test_a_submit_wakes_one_waiting_long_poll_and_it_takes_the_task(run_store, m
     async def scenario(store):
         receives = spy(store.storage.queues, "receive")
         polls = [asyncio.ensure_future(store.claim(model, 1, 8, 30)) for _ in range(4)]
-        while len(receives) < 4:  # each one's first look goes to storage
+        while store.wakeups.waiting("model:" + model) < 4:  # each looked, found nothing, and waits
             await asyncio.sleep(0.01)
-        await asyncio.sleep(0.2)  # they wait (no timer looks: what follows is the submit's doing alone)
+        # (no timer looks: what follows is the submit's doing alone)
         task, _ = await store.submit(model, b"p", "text/plain", {})
         before = len(receives)
         done, pending = await asyncio.wait(polls, return_when=asyncio.FIRST_COMPLETED)

@@ -89,8 +89,10 @@ def test_stopping_gives_back_every_task_not_started():
     worker = Worker(broker, Echo(batch_size=2), Claiming("echo", 2, 1, 30), status_interval=3600)
 
     def stop_once_the_next_batch_waits_in_hand() -> None:  # (while the first batch runs: 600 ms)
-        wait_for(lambda: len(broker.claims) >= 2, timeout=30, what="the second batch claimed")
-        worker.stop.set()
+        try:
+            wait_for(lambda: len(broker.claims) >= 2, timeout=30, what="the second batch claimed")
+        finally:  # (stopped whatever happens: the test fails on what it finds, never hangs)
+            worker.stop.set()
 
     threading.Thread(target=stop_once_the_next_batch_waits_in_hand, daemon=True).start()
     assert worker.run() is None
