@@ -43,7 +43,9 @@ def local_setting(name: str) -> str:
 def start_azurite() -> Azurite:
     try:
         return Azurite(location=DATA / ".azurite", blob_port=10000, queue_port=10001, log_dir=STATE).start()
-    except ServiceError:
+    except ServiceError as exc:
+        if "EADDRINUSE" not in str(exc):  # another failure would only repeat on other ports: show it
+            raise
         say("ports 10000/10001 are taken (another Azurite?); starting Azurite on free ports instead")
         return Azurite(location=DATA / ".azurite", log_dir=STATE).start()
 
