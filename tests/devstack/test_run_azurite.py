@@ -21,7 +21,8 @@ def data(tmp_path, monkeypatch):
 
 def test_taken_ports_move_azurite_to_free_ones(data, capsys):
     with socket.socket() as taken:
-        with contextlib.suppress(OSError):  # somebody holds it already: taken either way
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past a closed one's TIME_WAIT (scripts/run's test)
+        with contextlib.suppress(OSError):  # somebody listens there already: taken either way
             taken.bind(("127.0.0.1", 10000))
             taken.listen()
         azurite = run.start_azurite()
