@@ -11,7 +11,6 @@ against an accelerator's; CPU per image shows what the threads cost.
 
 from __future__ import annotations
 
-import os
 import statistics
 import threading
 import time
@@ -41,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     args = common.parse_args(NAME, argv, lambda p: p.add_argument("--rounds", type=int, default=0, metavar="N",
                                                                  help="rounds of 1/2/4 threads (default 3; 2 quick)"))
     common.note_load(NAME)
+    from mlserver.__main__ import usable_cores
     from mlserver.fetcher import Claiming, Fetcher
     from mlserver.handlers.resnet50 import ResNet50
     from mlserver.tasks import Ledger
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for fetcher in fetchers.values():
             fetcher.close()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = usable_cores()
     results = []
     for n in THREADS:
         rate = statistics.median(r for r, _ in measured[n])

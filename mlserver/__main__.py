@@ -203,8 +203,12 @@ def default_decode_threads(device: str) -> int:
     next batch is decoded while the GPU runs this one."""
     if not device.startswith("GPU"):
         return 1
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(4, cores))
+    return max(1, min(4, usable_cores()))
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity where the OS tells it, else all of them)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def _fail(code: int, message: str) -> int:
